@@ -1,0 +1,89 @@
+"""Shared defaults for every ncsn_jax experiment.
+
+Each experiment file imports `get_default_config()` and changes only the
+fields that differ. Field names follow the official NCSN/NCSNv2 YAML configs
+where those exist (`data.image_size`, `model.ngf`, `sampling.step_lr`, ...).
+The defaults are the NCSNv2 CIFAR-10 settings.
+"""
+
+import ml_collections
+
+
+def get_default_config():
+  """Returns the default `ConfigDict` (NCSNv2, CIFAR-10 hyperparameters)."""
+  config = ml_collections.ConfigDict()
+  config.seed = 42  # Root of every random key of a run.
+
+  # ---------------------------------------------------------------- data
+  config.data = data = ml_collections.ConfigDict()
+  data.dataset = 'cifar10'  # digits | mnist | cifar10 | celeba | lsun | image_folder
+  data.image_size = 32  # Height = width of the model's images.
+  data.channels = 3  # 1 (grey) or 3 (RGB).
+  data.category = ''  # LSUN category (church_outdoor, bedroom, tower).
+  data.data_dir = ''  # tfds data_dir, or the folder of an image_folder set.
+  data.crop_size = 0  # Centre crop before resizing (CelebA: 140); 0 = none.
+  data.random_flip = True  # Random horizontal flip of training images.
+  data.uniform_dequantization = False  # x <- (255 x + u) / 256, u ~ U[0, 1).
+  data.gaussian_dequantization = False  # x <- x + 0.01 n, n ~ N(0, 1).
+  data.logit_transform = False  # Model space logit(1e-6 + (1 - 2e-6) x).
+  data.rescaled = False  # Model space 2x - 1 (the network then skips its own).
+  data.shuffle_buffer = 10_000  # tf.data shuffle buffer of the training split.
+  data.prefetch = 2  # Batches kept ready on the devices.
+  data.split_seed = 2019  # Fixed train/test permutation (digits, folders).
+  data.test_fraction = 0.1  # Share of a split-less set used for testing.
+
+  # --------------------------------------------------------------- model
+  config.model = model = ml_collections.ConfigDict()
+  model.name = 'ncsnv2'  # ncsn | ncsnv2 | ncsnv2_deeper | ncsnv2_deepest
+  model.ngf = 128  # Base number of filters F.
+  model.num_classes = 232  # Number of noise levels L.
+  model.sigma_begin = 50.0  # Largest noise level sigma_1.
+  model.sigma_end = 0.01  # Smallest noise level sigma_L.
+  model.sigma_dist = 'geometric'  # geometric | uniform spacing of the sigmas.
+  model.ema = True  # Keep and use an exponential moving average of params.
+  model.ema_rate = 0.999  # EMA decay m: ema <- m ema + (1 - m) params.
+  model.dtype = 'float32'  # Compute dtype of the convolutions.
+  model.remat = False  # Rematerialise residual / refine blocks on backward.
+
+  # ------------------------------------------------------------ training
+  config.training = training = ml_collections.ConfigDict()
+  training.batch_size = 128  # Global batch over all devices and hosts.
+  training.n_iters = 300_001  # Training stops after this step.
+  training.snapshot_freq = 5_000  # Checkpoint (and sample grid) every N steps.
+  training.log_freq = 100  # Scalars to TensorBoard every N steps.
+  training.eval_freq = 100  # Test-batch DSM loss every N steps.
+  training.anneal_power = 2.0  # Weight sigma^p of the per-level DSM loss.
+  training.loss = 'dsm'  # dsm (annealed denoising score matching).
+  training.snapshot_sampling = True  # Write a sample grid at each snapshot.
+  training.snapshot_n_samples = 36  # Images in that grid.
+  training.keep_checkpoints = 0  # Checkpoints kept; 0 keeps all.
+  training.n_jitted_steps = 1  # Train steps per device dispatch.
+
+  # ----------------------------------------------------------- optimiser
+  config.optim = optim = ml_collections.ConfigDict()
+  optim.optimizer = 'Adam'
+  optim.lr = 1e-4  # Learning rate.
+  optim.beta1 = 0.9  # Adam beta1 (beta2 is 0.999).
+  optim.eps = 1e-8  # Adam epsilon.
+  optim.weight_decay = 0.0  # Decoupled weight decay (0 = plain Adam).
+  optim.amsgrad = False
+  optim.warmup = 0  # Linear learning-rate warmup steps; 0 = none.
+  optim.grad_clip = -1.0  # Global-norm gradient clipping; negative = off.
+
+  # ------------------------------------------------------------ sampling
+  config.sampling = sampling = ml_collections.ConfigDict()
+  sampling.batch_size = 100  # Samples drawn per sampler call.
+  sampling.n_steps_each = 5  # Langevin steps T per noise level.
+  sampling.step_lr = 6.2e-6  # eps; step size is eps (sigma_i / sigma_L)^2.
+  sampling.denoise = True  # Final Tweedie step x + sigma_L^2 s(x, L - 1).
+  sampling.data_init = False  # Start from noised test images, not U[0, 1).
+  sampling.record_every = 0  # Keep every k-th chain state (0 = final only).
+  sampling.ckpt_id = 0  # Checkpoint step to sample from; 0 = latest.
+  sampling.tag = 'samples'  # File name stem of sample-mode outputs.
+
+  # ---------------------------------------------------------- evaluation
+  config.eval = evaluate = ml_collections.ConfigDict()
+  evaluate.batch_size = 100  # Test-loss batch size.
+  evaluate.num_samples = 1000  # Samples for sample-quality metrics.
+  evaluate.ckpt_id = 0  # Checkpoint step to evaluate; 0 = latest.
+  return config

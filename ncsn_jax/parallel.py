@@ -1,0 +1,79 @@
+"""Data parallelism over all local devices; the only user of `jax.pmap`.
+
+Step and sampler functions stay device-agnostic: they see one device's slice
+and communicate only through `lax.pmean(..., AXIS)` and
+`lax.axis_index(AXIS)` (to offset per-example random keys), so results match
+a single-device run of the same global batch.
+"""
+
+import functools
+
+import jax
+import numpy as np
+
+AXIS = 'batch'
+
+
+def check_divisible(batch_size: int, field: str) -> int:
+  """Per-device batch size; raises naming `field` if it does not divide."""
+  n = jax.device_count()
+  if batch_size % n:
+    raise ValueError(
+        f'{field}={batch_size} is not divisible by the {n} devices; set it '
+        f'to a multiple of {n}.')
+  return batch_size // n
+
+
+def shard(tree):
+  """Splits the leading axis `[B,...]` into `[local_devices, B/devices,...]`."""
+  d = jax.local_device_count()
+
+  def split(x):
+    if x.shape[0] % d:
+      raise ValueError(f'batch of {x.shape[0]} is not divisible by the {d} '
+                       'local devices.')
+    return x.reshape((d, x.shape[0] // d) + x.shape[1:])
+
+  return jax.tree.map(split, tree)
+
+
+def unshard(tree):
+  """Inverse of `shard`: `[D, B/D,...]` -> `[B,...]`."""
+  return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), tree)
+
+
+def device_offset(per_device: int):
+  """Global index of this device's first example (inside pmap)."""
+  return jax.lax.axis_index(AXIS) * per_device
+
+
+@functools.lru_cache(maxsize=None)
+def _pmapped_sampler(sample_fn, per_device: int):
+  def run(params, x0, key):
+    return sample_fn(params, x0, key, device_offset(per_device))
+
+  return jax.pmap(run, axis_name=AXIS, in_axes=(None, 0, None))
+
+
+def p_sample(sample_fn, params, x0, key):
+  """Runs `sample_fn(params, x0, key, offset)` split over local devices.
+
+  Args:
+    sample_fn: from `sampling.get_sampler` (must be hashable: reuse it).
+    params: model parameters (replicated).
+    x0: initial states `[B,...]`, B divisible by the local device count.
+    key: root sampling key.
+
+  Returns:
+    (final states `[B,...]`, trajectory `[n, B,...]` or None) as NumPy.
+  """
+  per_device = x0.shape[0] // jax.local_device_count()
+  x, trajectory = _pmapped_sampler(sample_fn, per_device)(
+      params, shard(x0), key)
+  x = np.asarray(unshard(x))
+  if trajectory is not None:
+    trajectory = np.asarray(trajectory)  # [D, n, B/D, ...]
+    trajectory = np.swapaxes(trajectory, 0, 1)
+    trajectory = trajectory.reshape(trajectory.shape[:1] + (-1,) +
+                                    trajectory.shape[3:])
+  return x, trajectory

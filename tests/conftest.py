@@ -1,0 +1,20 @@
+"""Test setup: 4 simulated CPU devices and the repository root on sys.path.
+
+XLA_FLAGS must be set before JAX is first imported, which is why this lives
+in conftest.py.
+"""
+
+import os
+import sys
+
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=4')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import flags  # pylint: disable=g-import-not-at-top
+
+# absltest helpers (create_tempdir) read flags that pytest never parses.
+if not flags.FLAGS.is_parsed():
+  flags.FLAGS.mark_as_parsed()

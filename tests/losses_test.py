@@ -1,0 +1,84 @@
+"""Tests of the denoising score-matching loss."""
+
+from absl.testing import absltest
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import tiny
+from ncsn_jax import losses
+from ncsn_jax import models
+from ncsn_jax import noise
+from ncsn_jax import random_utils
+
+
+def gaussian_score(mu, s2, sigmas, c=1.0):
+  """c times the exact score of N(mu, s2 I) perturbed by N(0, sigma_y^2 I)."""
+
+  def score_fn(x, y):
+    var = s2 + sigmas[y].reshape((-1,) + (1,) * (x.ndim - 1))**2
+    return -c * (x - mu) / var
+
+  return score_fn
+
+
+class DsmLossTest(absltest.TestCase):
+
+  def test_exact_gaussian_score_attains_analytic_minimum(self):
+    dim, s2, mu = 6, 0.5, 1.5
+    sigmas = jnp.asarray(noise.make_sigmas(2.0, 0.1, 5))
+    n = 200_000
+    x = mu + np.sqrt(s2) * jax.random.normal(jax.random.key(0), (n, dim))
+    keys = random_utils.per_example_keys(jax.random.key(1), n)
+    loss = lambda c: float(losses.annealed_dsm_loss(
+        gaussian_score(mu, s2, sigmas, c), x, keys, sigmas)[0])
+    # E over levels of D s2 / (2 (s2 + sigma^2)) with lambda = sigma^2.
+    analytic = float(np.mean(dim * s2 / (2 * (s2 + np.asarray(sigmas)**2))))
+    self.assertAlmostEqual(loss(1.0), analytic, delta=0.01 * analytic)
+    # The exact score is the minimiser (same noise draws for every c).
+    self.assertLess(loss(1.0), loss(0.9))
+    self.assertLess(loss(1.0), loss(1.1))
+
+  def test_labels_uniform_and_per_example(self):
+    sigmas = jnp.asarray(noise.make_sigmas(1.0, 0.01, 10))
+    x = jnp.zeros((4000, 2))
+    keys = random_utils.per_example_keys(jax.random.key(3), 4000)
+    _, aux = losses.annealed_dsm_loss(lambda x, y: x, x, keys, sigmas)
+    counts = np.bincount(np.asarray(aux['labels']), minlength=10)
+    self.assertTrue((np.abs(counts - 400) < 80).all(), counts)
+    # The draws of example i depend only on its key.
+    _, aux_half = losses.annealed_dsm_loss(lambda x, y: x, x[2000:],
+                                           keys[2000:], sigmas)
+    np.testing.assert_array_equal(aux['labels'][2000:], aux_half['labels'])
+    np.testing.assert_allclose(aux['losses'][2000:], aux_half['losses'])
+
+  def test_ncsnv2_loss_identity(self):
+    # With s = f / sigma and p = 2 the loss is mean 1/2 ||f(x~, y) + z||^2.
+    config = tiny.get_config()
+    config.model.sigma_begin = 5.0
+    model = models.create_model(config)
+    x = jax.random.uniform(jax.random.key(0), (6, 8, 8, 3))
+    keys = random_utils.per_example_keys(jax.random.key(1), 6)
+    params = model.init(jax.random.key(2), x, jnp.zeros(6, jnp.int32))[
+        'params']
+    loss_fn = losses.get_loss_fn(config, model)
+    loss, aux = loss_fn(params, x, keys)
+    sigmas = jnp.asarray(noise.get_sigmas(config))
+    labels, z = losses.perturb(keys, x, sigmas)
+    np.testing.assert_array_equal(labels, aux['labels'])
+    x_tilde = x + sigmas[labels][:, None, None, None] * z
+    f = model.clone(scale_by_sigma=False).apply({'params': params}, x_tilde,
+                                                labels)
+    expected = 0.5 * jnp.sum((f + z)**2, axis=(1, 2, 3))
+    np.testing.assert_allclose(aux['losses'], expected, rtol=1e-4)
+    np.testing.assert_allclose(loss, expected.mean(), rtol=1e-4)
+
+  def test_unknown_loss_names_field(self):
+    config = tiny.get_config()
+    config.training.loss = 'nce'
+    with self.assertRaisesRegex(ValueError, r'config\.training\.loss'):
+      losses.get_loss_fn(config, models.create_model(config))
+
+
+if __name__ == '__main__':
+  absltest.main()
