@@ -58,6 +58,7 @@ def get_default_config():
   training.snapshot_n_samples = 36  # Images in that grid.
   training.keep_checkpoints = 0  # Checkpoints kept; 0 keeps all.
   training.n_jitted_steps = 1  # Train steps per device dispatch.
+  training.n_loss_groups = 4  # Noise-level groups of the logged loss.
 
   # ----------------------------------------------------------- optimiser
   config.optim = optim = ml_collections.ConfigDict()

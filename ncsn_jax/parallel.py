@@ -77,3 +77,29 @@ def p_sample(sample_fn, params, x0, key):
     trajectory = trajectory.reshape(trajectory.shape[:1] + (-1,) +
                                     trajectory.shape[3:])
   return x, trajectory
+
+
+def pmap_train_step(step_fn):
+  """pmaps `step_fn(state, images, key) -> (state, metrics)`.
+
+  The state and key are replicated (`in_axes=None`), images are sharded
+  `[D, ...]`, and state and metrics come back replicated: the step function
+  keeps them identical on every device through `lax.pmean`.
+  """
+  return jax.pmap(step_fn, axis_name=AXIS, in_axes=(None, 0, None),
+                  out_axes=(None, None))
+
+
+def pmap_eval_step(eval_fn):
+  """pmaps `eval_fn(params, images, key) -> pmean'ed metrics`."""
+  return jax.pmap(eval_fn, axis_name=AXIS, in_axes=(None, 0, None),
+                  out_axes=None)
+
+
+def check_divisible_local(batch_size: int, field: str) -> int:
+  """Per-device batch over local devices; raises naming `field`."""
+  d = jax.local_device_count()
+  if batch_size % d or batch_size <= 0:
+    raise ValueError(f'{field}={batch_size} is not divisible by the {d} '
+                     f'local devices; set it to a multiple of {d}.')
+  return batch_size // d

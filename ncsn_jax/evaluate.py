@@ -1,0 +1,157 @@
+"""Sample and eval modes: everything that needs only a checkpoint.
+
+`sample` writes an image grid and a uint8 `.npz` of samples drawn with the
+EMA parameters; `evaluate` writes a JSON report with the test-split DSM loss
+and the sample-quality numbers available for the data set.
+"""
+
+import json
+import os
+
+from absl import logging
+import jax
+import numpy as np
+
+from ncsn_jax import checkpointing
+from ncsn_jax import digits_metrics
+from ncsn_jax import image_utils
+from ncsn_jax import input_pipeline
+from ncsn_jax import losses
+from ncsn_jax import models
+from ncsn_jax import parallel
+from ncsn_jax import sampling
+from ncsn_jax import train
+from ncsn_jax import transforms
+
+
+def load_params(config, workdir: str, step: int = 0, ema: bool = True):
+  """Parameters of checkpoint `step` (0 = latest) in `workdir`.
+
+  Returns:
+    (model, params: the EMA parameters when `ema` and config.model.ema, the
+    step restored).
+  """
+  model = models.create_model(config)
+  tx = train.create_optimizer(config)
+  target = jax.eval_shape(
+      lambda: train.create_train_state(config, model, tx, jax.random.key(0)))
+  directory = os.path.join(workdir, checkpointing.CHECKPOINT_DIR)
+  if not os.path.isdir(directory):
+    raise checkpointing.CheckpointError(
+        f'no checkpoint folder {directory}; train first (--mode=train) or '
+        'point --workdir at a run that has checkpoints.')
+  manager = checkpointing.create_manager(workdir, create=False)
+  state, step = checkpointing.restore(manager, target, step)
+  params = state.ema_params if ema and config.model.ema else state.params
+  return model, params, step
+
+
+def generate(config, model, params, key, n: int):
+  """`n` samples in data space, float `[n,H,W,C]`, in sampler-sized batches.
+
+  Every batch has `config.sampling.batch_size` chains (the last one padded),
+  so the sampler compiles once.
+  """
+  batch = config.sampling.batch_size
+  parallel.check_divisible_local(batch, 'config.sampling.batch_size')
+  sample_fn = sampling.get_sampler(config, model)
+  out = []
+  for i in range(-(-n // batch)):
+    batch_key = jax.random.fold_in(key, i)
+    x0 = sampling.init_samples(batch_key, config, batch)
+    x, _ = parallel.p_sample(sample_fn, params, x0, batch_key)
+    out.append(np.asarray(transforms.inverse_data_transform(x, config)))
+  return np.concatenate(out)[:n]
+
+
+def sample(config, workdir: str) -> dict[str, str]:
+  """Sample mode: grid PNG and uint8 npz under `WORKDIR/samples/`."""
+  model, params, step = load_params(config, workdir, config.sampling.ckpt_id)
+  s = config.sampling
+  parallel.check_divisible_local(s.batch_size, 'config.sampling.batch_size')
+  key = jax.random.fold_in(jax.random.key(config.seed), step)
+  data = None
+  if s.data_init:
+    data = input_pipeline.load_split_arrays(config, 'test', s.batch_size)
+  x0 = sampling.init_samples(key, config, s.batch_size, data=data)
+  x, trajectory = parallel.p_sample(sampling.get_sampler(config, model),
+                                    params, x0, key)
+  images = np.asarray(transforms.inverse_data_transform(x, config))
+  root = os.path.join(workdir, 'samples')
+  scale = max(1, 64 // images.shape[1])
+  paths = {'grid': os.path.join(root, f'{s.tag}.png'),
+           'npz': os.path.join(root, f'{s.tag}.npz')}
+  image_utils.save_image_grid(paths['grid'], images, scale=scale)
+  image_utils.save_npz_images(paths['npz'], images)
+  if trajectory is not None:
+    frames = np.asarray(transforms.inverse_data_transform(trajectory, config))
+    n_show = min(8, frames.shape[1])
+    process = frames[:, :n_show].swapaxes(0, 1).reshape((-1,) +
+                                                         frames.shape[2:])
+    paths['process'] = os.path.join(root, f'{s.tag}_process.png')
+    image_utils.save_image_grid(paths['process'], process,
+                                ncol=frames.shape[0], scale=scale)
+    paths['gif'] = os.path.join(root, f'{s.tag}_process.gif')
+    grids = [image_utils.make_grid(f) for f in frames]
+    image_utils.save_gif(paths['gif'], np.stack(grids), scale=scale)
+  logging.info('Sampled checkpoint %d: %s', step, paths)
+  return paths
+
+
+def test_loss(config, model, params, key) -> float:
+  """Mean DSM loss over the whole test split (per-example random levels)."""
+  loss_fn = losses.get_loss_fn(config, model)
+  p_eval = parallel.pmap_eval_step(lambda p, x, k: train.eval_step(
+      p, x, k, config=config, loss_fn=loss_fn))
+  per_process = config.eval.batch_size // jax.process_count()
+  ds = input_pipeline.create_dataset(
+      config, 'test', batch_size=per_process, shuffle=False, repeat=False,
+      augment=False, seed=config.seed + 1)
+  total, count = 0.0, 0
+  for i, batch in enumerate(input_pipeline.numpy_iterator(ds)):
+    images = parallel.shard(batch['image'])
+    total += float(p_eval(params, images, jax.random.fold_in(key, i)))
+    count += 1
+  if not count:
+    raise ValueError('the test split has fewer examples than '
+                     f'config.eval.batch_size={config.eval.batch_size}.')
+  return total / count
+
+
+def sample_quality(config, images: np.ndarray) -> dict:
+  """Sample-quality metrics available for the config's data set."""
+  if config.data.dataset == 'digits':
+    x_train, y_train, x_test, y_test = input_pipeline.digits_split(config)
+    clf = digits_metrics.train_digits_classifier(x_train[..., :1], y_train)
+    scores = digits_metrics.digits_scores(clf, images[..., :1],
+                                          x_test[..., :1], y_test)
+    return {'digits_classifier': {k: float(v) for k, v in scores.items()}}
+  return {'note': 'IS/FID/KID are not available for this data set yet.'}
+
+
+def evaluate(config, workdir: str) -> str:
+  """Eval mode: writes `WORKDIR/eval/report_<step>.json`; returns its path."""
+  parallel.check_divisible(config.eval.batch_size, 'config.eval.batch_size')
+  model, params, step = load_params(config, workdir, config.eval.ckpt_id)
+  key = jax.random.fold_in(jax.random.key(config.seed + 2), step)
+  eval_key, sample_key = jax.random.split(key)
+  report = {
+      'step': step,
+      'test_dsm_loss': test_loss(config, model, params, eval_key),
+      'params': 'ema' if config.model.ema else 'raw',
+      'num_samples': config.eval.num_samples,
+      'quantisation': 'uint8, round(clip(x, 0, 1) * 255)',
+  }
+  if config.eval.num_samples > 0:
+    images = generate(config, model, params, sample_key,
+                      config.eval.num_samples)
+    images = image_utils.to_uint8(images).astype(np.float32) / 255.0
+    report.update(sample_quality(config, images))
+  path = os.path.join(workdir, 'eval', f'report_{step}.json')
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(report, f, indent=2)
+  os.replace(tmp, path)
+  logging.info('Eval report of checkpoint %d: %s', step, path)
+  return path

@@ -1,0 +1,298 @@
+"""Stateless training: a TrainState pytree, a pure train step, the host loop.
+
+The state is an explicit pytree (step, params, opt_state, ema_params); the
+hyperparameters live in closures and the per-step randomness comes from
+`fold_in(train_key, step)`, so nothing random is checkpointed and a resumed
+run continues exactly.
+"""
+
+import functools
+import json
+import os
+import time
+from typing import Any
+
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ncsn_jax import checkpointing
+from ncsn_jax import image_utils
+from ncsn_jax import input_pipeline
+from ncsn_jax import losses
+from ncsn_jax import models
+from ncsn_jax import parallel
+from ncsn_jax import random_utils
+from ncsn_jax import sampling
+from ncsn_jax import transforms
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training; a pytree."""
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  ema_params: Any
+
+
+def create_learning_rate_fn(config):
+  """Constant learning rate, with a linear warmup when `optim.warmup` > 0."""
+  lr, warmup = config.optim.lr, config.optim.warmup
+  if warmup <= 0:
+    return optax.constant_schedule(lr)
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)],
+      [warmup])
+
+
+def create_optimizer(config) -> optax.GradientTransformation:
+  """Adam of `config.optim` (PyTorch semantics: coupled L2 weight decay)."""
+  o = config.optim
+  if o.optimizer != 'Adam':
+    raise ValueError(f"config.optim.optimizer={o.optimizer!r} is unknown; "
+                     "use 'Adam'.")
+  adam = optax.scale_by_amsgrad if o.amsgrad else optax.scale_by_adam
+  parts = []
+  if o.grad_clip > 0:
+    parts.append(optax.clip_by_global_norm(o.grad_clip))
+  if o.weight_decay > 0:
+    parts.append(optax.add_decayed_weights(o.weight_decay))
+  parts += [adam(b1=o.beta1, b2=0.999, eps=o.eps),
+            optax.scale_by_learning_rate(create_learning_rate_fn(config))]
+  return optax.chain(*parts)
+
+
+def init_params(config, model, key):
+  """Initial parameters from one dummy batch."""
+  size, channels = config.data.image_size, config.data.channels
+  x = jnp.zeros((1, size, size, channels), jnp.float32)
+  return model.init(key, x, jnp.zeros((1,), jnp.int32))['params']
+
+
+def create_train_state(config, model, tx, key) -> TrainState:
+  params = init_params(config, model, key)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=tx.init(params), ema_params=params)
+
+
+def loss_group_metrics(per_example, labels, num_classes, n_groups):
+  """Sums and counts of the loss over groups of noise levels (psum'ed).
+
+  Group g holds labels [g L / G, (g + 1) L / G); group 0 = largest sigmas.
+  """
+  n_groups = min(n_groups, num_classes)
+  groups = labels * n_groups // num_classes
+  sums = jax.ops.segment_sum(per_example, groups, n_groups)
+  counts = jax.ops.segment_sum(jnp.ones_like(per_example), groups, n_groups)
+  return jax.lax.psum(sums, parallel.AXIS), jax.lax.psum(counts, parallel.AXIS)
+
+
+def train_step(state: TrainState, images, train_key, *, config, loss_fn, tx):
+  """One optimisation step on this device's slice of the global batch.
+
+  Args:
+    state: the (replicated) train state.
+    images: data-space images `[B_device,H,W,C]`.
+    train_key: root training key; the step key is fold_in(train_key, step).
+    config: experiment config (static).
+    loss_fn: `loss_fn(params, x, keys) -> (loss, aux)`.
+    tx: the optax optimiser.
+
+  Returns:
+    (new state, metrics), identical on every device.
+  """
+  step_key = jax.random.fold_in(train_key, state.step)
+  n = images.shape[0]
+  keys = random_utils.per_example_keys(step_key, n, parallel.device_offset(n))
+  x = transforms.data_transform(images, config)
+  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params, x, keys)
+  grads = jax.lax.pmean(grads, parallel.AXIS)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  rate = config.model.ema_rate if config.model.ema else 0.0
+  ema_params = optax.incremental_update(params, state.ema_params, 1.0 - rate)
+  sums, counts = loss_group_metrics(aux['losses'], aux['labels'],
+                                    config.model.num_classes,
+                                    config.training.n_loss_groups)
+  metrics = {
+      'loss': jax.lax.pmean(loss, parallel.AXIS),
+      'grad_norm': optax.global_norm(grads),
+      'learning_rate': create_learning_rate_fn(config)(state.step),
+      'group_loss_sums': sums,
+      'group_counts': counts,
+  }
+  new_state = TrainState(step=state.step + 1, params=params,
+                         opt_state=opt_state, ema_params=ema_params)
+  return new_state, metrics
+
+
+def multi_train_step(state, images, train_key, **kwargs):
+  """`k` train steps in one `lax.scan`; images `[k, B_device,H,W,C]`."""
+  step = functools.partial(train_step, train_key=train_key, **kwargs)
+  return jax.lax.scan(step, state, images)
+
+
+def eval_step(params, images, key, *, config, loss_fn):
+  """Mean DSM loss of `params` on this device's test images (pmean'ed)."""
+  n = images.shape[0]
+  keys = random_utils.per_example_keys(key, n, parallel.device_offset(n))
+  loss, _ = loss_fn(params, transforms.data_transform(images, config), keys)
+  return jax.lax.pmean(loss, parallel.AXIS)
+
+
+def host_metrics(metrics) -> dict[str, float]:
+  """Scalars of the last step of a `multi_train_step` metrics pytree."""
+  last = jax.tree.map(lambda x: np.asarray(x)[-1], metrics)
+  out = {k: float(last[k]) for k in ('loss', 'grad_norm', 'learning_rate')}
+  for g, (s, c) in enumerate(zip(last['group_loss_sums'],
+                                 last['group_counts'])):
+    if c > 0:
+      out[f'loss_sigma_group_{g}'] = float(s / c)
+  return out
+
+
+def check_config(config) -> None:
+  """Raises ValueError naming the field for settings training cannot take."""
+  t = config.training
+  parallel.check_divisible(t.batch_size, 'config.training.batch_size')
+  if t.batch_size % (jax.process_count() * jax.local_device_count()):
+    raise ValueError(f'config.training.batch_size={t.batch_size} must split '
+                     'evenly over processes and their devices.')
+  for field in ('n_iters', 'snapshot_freq', 'log_freq', 'eval_freq',
+                'n_jitted_steps'):
+    if t[field] < 1:
+      raise ValueError(f'config.training.{field}={t[field]} must be >= 1.')
+  if t.snapshot_n_samples % jax.local_device_count():
+    raise ValueError(
+        f'config.training.snapshot_n_samples={t.snapshot_n_samples} is not '
+        f'divisible by the {jax.local_device_count()} local devices.')
+
+
+def _crossed(step: int, k: int, every: int) -> bool:
+  """Whether the steps (step - k, step] contain a multiple of `every`."""
+  return step // every > (step - k) // every
+
+
+def _next_batches(iterator, k: int):
+  """k host batches stacked into `[D, k, B_device, H, W, C]`."""
+  images = np.stack([np.asarray(next(iterator)['image']) for _ in range(k)])
+  d = jax.local_device_count()
+  images = images.reshape((k, d, -1) + images.shape[2:])
+  return np.swapaxes(images, 0, 1)
+
+
+def _append_jsonl(path: str, record: dict) -> None:
+  with open(path, 'a') as f:
+    f.write(json.dumps(record) + '\n')
+
+
+def write_loss_curve(workdir: str) -> str:
+  """Plots `WORKDIR/metrics.jsonl` to `WORKDIR/loss_curve.png`."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  records = []
+  if os.path.exists(path):
+    with open(path) as f:
+      records = [json.loads(line) for line in f if line.strip()]
+  train = [(r['step'], r['loss']) for r in records if 'loss' in r]
+  test = [(r['step'], r['test_loss']) for r in records if 'test_loss' in r]
+  out = os.path.join(workdir, 'loss_curve.png')
+  if train:
+    image_utils.save_loss_curve(
+        out, *zip(*train), title='DSM loss',
+        test_steps=[s for s, _ in test] or None,
+        test_losses=[v for _, v in test] or None, log_y=True)
+  return out
+
+
+def snapshot_samples(config, model, params, key, workdir: str, step: int):
+  """Samples a grid with `params` and writes `WORKDIR/samples/step_<k>.png`."""
+  sample_fn = sampling.get_sampler(config, model)
+  n = config.training.snapshot_n_samples
+  x0 = sampling.init_samples(key, config, n)
+  x, _ = parallel.p_sample(sample_fn, params, x0, key)
+  images = np.asarray(transforms.inverse_data_transform(x, config))
+  path = os.path.join(workdir, 'samples', f'step_{step}.png')
+  image_utils.save_image_grid(path, images, scale=max(1, 64 // images.shape[1]))
+  return path
+
+
+def train_and_evaluate(config, workdir: str) -> TrainState:
+  """Trains (or resumes training of) the config's model in `workdir`.
+
+  Writes orbax checkpoints to `WORKDIR/checkpoints/`, sample grids to
+  `WORKDIR/samples/step_<k>.png`, TensorBoard scalars, `metrics.jsonl` and
+  `loss_curve.png`.
+
+  Returns:
+    The final train state (host arrays).
+  """
+  check_config(config)
+  model = models.create_model(config)
+  tx = create_optimizer(config)
+  loss_fn = losses.get_loss_fn(config, model)
+  init_key, train_key, eval_key, sample_key = jax.random.split(
+      jax.random.key(config.seed), 4)
+  state = create_train_state(config, model, tx, init_key)
+  manager = checkpointing.create_manager(workdir,
+                                         config.training.keep_checkpoints)
+  t = config.training
+  per_process = t.batch_size // jax.process_count()
+  train_iter = iter(input_pipeline.create_dataset(
+      config, 'train', batch_size=per_process, shuffle=True, repeat=True,
+      augment=True, seed=config.seed))
+  if manager.latest_step() is not None:
+    state, start = checkpointing.restore(manager, state)
+    checkpointing.restore_data_iterator(workdir, start, train_iter)
+    logging.info('Resumed from checkpoint step %d.', start)
+  test_iter = iter(input_pipeline.create_dataset(
+      config, 'test', batch_size=config.eval.batch_size // jax.process_count(),
+      shuffle=True, repeat=True, augment=False, seed=config.seed + 1))
+  p_train = parallel.pmap_train_step(functools.partial(
+      multi_train_step, config=config, loss_fn=loss_fn, tx=tx))
+  p_eval = parallel.pmap_eval_step(functools.partial(
+      eval_step, config=config, loss_fn=loss_fn))
+
+  is_main = jax.process_index() == 0
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=not is_main, asynchronous=False)
+  report = periodic_actions.ReportProgress(
+      num_train_steps=t.n_iters, writer=writer, every_steps=t.log_freq)
+  jsonl = os.path.join(workdir, 'metrics.jsonl')
+  step = int(state.step)
+  k = t.n_jitted_steps
+  while step < t.n_iters:
+    k_now = min(k, t.n_iters - step)
+    state, metrics = p_train(state, _next_batches(train_iter, k_now),
+                             train_key)
+    step += k_now
+    report(step)
+    record = {}
+    if _crossed(step, k_now, t.log_freq) or step == t.n_iters:
+      record.update(host_metrics(metrics))
+    if _crossed(step, k_now, t.eval_freq):
+      test_images = parallel.shard(np.asarray(next(test_iter)['image']))
+      record['test_loss'] = float(p_eval(
+          state.ema_params, test_images, jax.random.fold_in(eval_key, step)))
+    if record:
+      writer.write_scalars(step, record)
+      if is_main:
+        _append_jsonl(jsonl, {'step': step, **record})
+    if _crossed(step, k_now, t.snapshot_freq) or step == t.n_iters:
+      checkpointing.save(manager, step, state)
+      checkpointing.save_data_iterator(workdir, step, train_iter)
+      if t.snapshot_sampling and is_main:
+        path = snapshot_samples(config, model, state.ema_params,
+                                jax.random.fold_in(sample_key, step),
+                                workdir, step)
+        logging.info('Step %d: checkpoint saved, samples in %s', step, path)
+      if is_main:
+        write_loss_curve(workdir)
+  writer.flush()
+  return jax.device_get(state)

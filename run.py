@@ -1,0 +1,79 @@
+"""ncsn_jax entry point: train, sample or evaluate a score model.
+
+  python run.py --config=configs/cifar10_ncsnv2.py --workdir=runs/c10 \
+      --mode=train
+  python run.py --config=configs/cifar10_ncsnv2.py --workdir=runs/c10 \
+      --mode=sample --config.sampling.ckpt_id=300000
+
+Config fields can be overridden with --config.<section>.<field>=<value>.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    'config', None, 'Experiment config file.', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Folder of checkpoints, samples, logs.')
+flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval'], 'What to do.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def check_workdir(workdir: str) -> None:
+  """Creates the workdir and fails early, naming it, if it is not writable."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, '.write_probe')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise ValueError(f'--workdir={workdir} is not writable ({e.strerror}); '
+                     'choose another --workdir.') from e
+
+
+class _QuietLibraries:
+  """Drops the INFO chatter of checkpointing libraries from the log."""
+
+  def filter(self, record) -> bool:
+    return record.levelno >= 30 or (  # 30 = Python logging.WARNING
+        '/orbax/' not in record.pathname)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError('Too many command-line arguments.')
+  logging.get_absl_handler().python_handler.addFilter(_QuietLibraries())
+  # TF only feeds data: keep it off the accelerators JAX uses.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], 'GPU')
+  from ncsn_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from ncsn_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from ncsn_jax import train  # pylint: disable=g-import-not-at-top
+
+  config, workdir = FLAGS.config, FLAGS.workdir
+  try:
+    check_workdir(workdir)
+    if FLAGS.mode == 'train':
+      train.train_and_evaluate(config, workdir)
+      print(f'Checkpoints: {os.path.join(workdir, "checkpoints")}\n'
+            f'Sample grids: {os.path.join(workdir, "samples")}\n'
+            f'Loss curve: {os.path.join(workdir, "loss_curve.png")}')
+    elif FLAGS.mode == 'sample':
+      paths = evaluate.sample(config, workdir)
+      print('\n'.join(f'{k}: {v}' for k, v in paths.items()))
+    else:
+      print(f'Report: {evaluate.evaluate(config, workdir)}')
+  except (ValueError, checkpointing.CheckpointError) as e:
+    logging.error('%s', e)
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  app.run(main)
