@@ -79,15 +79,16 @@ def p_sample(sample_fn, params, x0, key):
   return x, trajectory
 
 
-def pmap_train_step(step_fn):
+def pmap_train_step(step_fn, devices=None):
   """pmaps `step_fn(state, images, key) -> (state, metrics)`.
 
   The state and key are replicated (`in_axes=None`), images are sharded
   `[D, ...]`, and state and metrics come back replicated: the step function
-  keeps them identical on every device through `lax.pmean`.
+  keeps them identical on every device through `lax.pmean`. `devices`
+  defaults to all devices.
   """
   return jax.pmap(step_fn, axis_name=AXIS, in_axes=(None, 0, None),
-                  out_axes=(None, None))
+                  out_axes=(None, None), devices=devices)
 
 
 def pmap_eval_step(eval_fn):

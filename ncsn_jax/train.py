@@ -123,7 +123,7 @@ def train_step(state: TrainState, images, train_key, *, config, loss_fn, tx):
                                     config.training.n_loss_groups)
   metrics = {
       'loss': jax.lax.pmean(loss, parallel.AXIS),
-      'grad_norm': optax.global_norm(grads),
+      'grad_norm': optax.tree.norm(grads),
       'learning_rate': create_learning_rate_fn(config)(state.step),
       'group_loss_sums': sums,
       'group_counts': counts,
@@ -239,14 +239,14 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
   loss_fn = losses.get_loss_fn(config, model)
   init_key, train_key, eval_key, sample_key = jax.random.split(
       jax.random.key(config.seed), 4)
-  state = create_train_state(config, model, tx, init_key)
-  manager = checkpointing.create_manager(workdir,
-                                         config.training.keep_checkpoints)
   t = config.training
   per_process = t.batch_size // jax.process_count()
   train_iter = iter(input_pipeline.create_dataset(
       config, 'train', batch_size=per_process, shuffle=True, repeat=True,
       augment=True, seed=config.seed))
+  state = create_train_state(config, model, tx, init_key)
+  manager = checkpointing.create_manager(workdir,
+                                         config.training.keep_checkpoints)
   if manager.latest_step() is not None:
     state, start = checkpointing.restore(manager, state)
     checkpointing.restore_data_iterator(workdir, start, train_iter)

@@ -1,0 +1,82 @@
+"""Times one train step and one sampler network evaluation of digits configs.
+
+  PYTHONPATH=. python bench/digits_step_time.py ngf=16,batch=64,size=8 ...
+
+Each argument is a comma-separated list of overrides (ngf, batch, size, L,
+sbatch = sampling batch, k = n_jitted_steps); the script prints compile time,
+seconds per train step and seconds per Langevin step (one network evaluation
+of a sampling batch) for each.
+"""
+
+import functools
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import digits
+from ncsn_jax import losses
+from ncsn_jax import models
+from ncsn_jax import parallel
+from ncsn_jax import sampling
+from ncsn_jax import train
+
+
+def parse(arg):
+  out = {}
+  for part in arg.split(','):
+    k, v = part.split('=')
+    out[k] = int(v)
+  return out
+
+
+def bench(o):
+  config = digits.get_config()
+  config.model.ngf = o.get('ngf', config.model.ngf)
+  config.training.batch_size = o.get('batch', config.training.batch_size)
+  config.data.image_size = o.get('size', config.data.image_size)
+  config.model.num_classes = o.get('L', config.model.num_classes)
+  config.sampling.batch_size = o.get('sbatch', config.sampling.batch_size)
+  k = o.get('k', 1)
+  model = models.create_model(config)
+  tx = train.create_optimizer(config)
+  loss_fn = losses.get_loss_fn(config, model)
+  state = train.create_train_state(config, model, tx, jax.random.key(0))
+  n_params = models.count_params(state.params)
+  p_train = parallel.pmap_train_step(functools.partial(
+      train.multi_train_step, config=config, loss_fn=loss_fn, tx=tx))
+  s = config.data.image_size
+  images = np.random.rand(1, k, config.training.batch_size, s, s, 1).astype(
+      np.float32)
+  key = jax.random.key(1)
+  t0 = time.time()
+  state, m = p_train(state, images, key)
+  jax.block_until_ready(m)
+  compile_s = time.time() - t0
+  n = max(3, 12 // k)
+  t0 = time.time()
+  for _ in range(n):
+    state, m = p_train(state, images, key)
+  jax.block_until_ready(m)
+  step_s = (time.time() - t0) / (n * k)
+  # Sampler: one network evaluation of a sampling batch (forward only).
+  b = config.sampling.batch_size
+  score = jax.jit(lambda p, x, y: model.apply({'params': p}, x, y))
+  x = jnp.asarray(np.random.rand(b, s, s, 1).astype(np.float32))
+  y = jnp.zeros((b,), jnp.int32)
+  score(state.params, x, y).block_until_ready()
+  t0 = time.time()
+  for _ in range(5):
+    out = score(state.params, x, y)
+  out.block_until_ready()
+  eval_s = (time.time() - t0) / 5
+  print(f'{o}: params={n_params} compile={compile_s:.1f}s '
+        f'step={step_s * 1000:.0f}ms eval[{b}]={eval_s * 1000:.1f}ms',
+        flush=True)
+
+
+if __name__ == '__main__':
+  for arg in sys.argv[1:]:
+    bench(parse(arg))

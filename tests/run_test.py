@@ -1,0 +1,123 @@
+"""End-to-end tests of run.py: train, sample and eval, and bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+from absl.testing import absltest
+import numpy as np
+
+from ncsn_jax import image_utils
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WRAPPER = os.path.join(ROOT, 'tests', 'run_with_mock_data.py')
+
+
+def run(workdir, mode, *overrides, config='configs/tiny.py'):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', JAX_PLATFORMS='cpu')
+  cmd = [sys.executable, WRAPPER, f'--config={os.path.join(ROOT, config)}',
+         f'--workdir={workdir}', f'--mode={mode}', *overrides]
+  return subprocess.run(cmd, env=env, capture_output=True, text=True,
+                        timeout=600, cwd=ROOT)
+
+
+def error_line(result):
+  lines = [l for l in result.stderr.splitlines() if l.startswith('error: ')]
+  return lines[-1] if lines else result.stderr[-2000:]
+
+
+class RunTest(absltest.TestCase):
+
+  def test_train_sample_eval_and_errors(self):
+    workdir = self.create_tempdir().full_path
+    # Missing checkpoint: sample before training fails cleanly.
+    result = run(workdir, 'sample')
+    self.assertEqual(result.returncode, 2)
+    self.assertIn('no checkpoint', error_line(result))
+
+    result = run(workdir, 'train')
+    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+    self.assertEqual(sorted(os.listdir(os.path.join(workdir, 'checkpoints'))),
+                     ['2', '4'])
+    for name in ('step_2.png', 'step_4.png'):
+      self.assertTrue(os.path.exists(os.path.join(workdir, 'samples', name)))
+    self.assertTrue(os.path.exists(os.path.join(workdir, 'loss_curve.png')))
+    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+      records = [json.loads(l) for l in f]
+    self.assertEqual([r['step'] for r in records], [1, 2, 3, 4])
+    self.assertIn('loss_sigma_group_0', records[0])
+    self.assertIn('test_loss', records[1])
+
+    result = run(workdir, 'sample', '--config.sampling.tag=grid')
+    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+    images = image_utils.load_npz_images(
+        os.path.join(workdir, 'samples', 'grid.npz'))
+    self.assertEqual(images.shape, (4, 8, 8, 3))
+    self.assertEqual(images.dtype, np.uint8)
+    self.assertTrue(os.path.exists(os.path.join(workdir, 'samples',
+                                                'grid.png')))
+
+    result = run(workdir, 'eval')
+    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+    with open(os.path.join(workdir, 'eval', 'report_4.json')) as f:
+      report = json.load(f)
+    self.assertEqual(report['step'], 4)
+    self.assertTrue(np.isfinite(report['test_dsm_loss']))
+    self.assertGreater(report['test_dsm_loss'], 0)
+
+    # A batch size the 4 simulated devices cannot split.
+    result = run(workdir, 'train', '--config.training.batch_size=6',
+                 '--config.training.n_iters=6')
+    self.assertEqual(result.returncode, 2)
+    self.assertIn('config.training.batch_size=6', error_line(result))
+
+    # A missing checkpoint step names the ones that exist.
+    result = run(workdir, 'sample', '--config.sampling.ckpt_id=3')
+    self.assertEqual(result.returncode, 2)
+    self.assertIn('[2, 4]', error_line(result))
+
+    # A corrupt checkpoint: clear error, and nothing is deleted.
+    data_dir = os.path.join(workdir, 'checkpoints', '4', 'default')
+    for dirpath, _, files in os.walk(data_dir):
+      for name in files:
+        if name not in ('commit_success.txt',):
+          with open(os.path.join(dirpath, name), 'wb') as f:
+            f.write(b'garbage')
+    result = run(workdir, 'sample')
+    self.assertEqual(result.returncode, 2)
+    self.assertIn('checkpoints/4', error_line(result))
+    self.assertIn('unreadable', error_line(result))
+    self.assertTrue(os.path.isdir(data_dir))
+    self.assertEqual(sorted(os.listdir(os.path.join(workdir, 'checkpoints'))),
+                     ['2', '4'])
+    result = run(workdir, 'sample', '--config.sampling.ckpt_id=2')
+    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+
+  def test_bad_config_values_fail_with_one_line(self):
+    workdir = self.create_tempdir().full_path
+    cases = [
+        (['--config.data.dataset=imagenet'], 'config.data.dataset'),
+        (['--config.model.name=unet'], 'config.model.name'),
+        (['--config.data.image_size=7'], 'config.data.image_size=7'),
+    ]
+    for overrides, field in cases:
+      result = run(workdir, 'train', *overrides)
+      self.assertEqual(result.returncode, 2, result.stderr[-2000:])
+      self.assertIn(field, error_line(result))
+    self.assertEqual(os.listdir(workdir), [])
+
+  def test_unwritable_workdir(self):
+    parent = self.create_tempdir().full_path
+    blocker = os.path.join(parent, 'file')
+    with open(blocker, 'w') as f:
+      f.write('not a folder')
+    result = run(os.path.join(blocker, 'run'), 'train')
+    self.assertEqual(result.returncode, 2)
+    self.assertIn('--workdir', error_line(result))
+    with open(blocker) as f:
+      self.assertEqual(f.read(), 'not a folder')
+
+
+if __name__ == '__main__':
+  absltest.main()
