@@ -69,7 +69,8 @@ def main(argv):
       print('\n'.join(f'{k}: {v}' for k, v in paths.items()))
     else:
       print(f'Report: {evaluate.evaluate(config, workdir)}')
-  except (ValueError, checkpointing.CheckpointError) as e:
+  except (ValueError, checkpointing.CheckpointError,
+          train.NonFiniteLossError) as e:
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

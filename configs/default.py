@@ -59,6 +59,8 @@ def get_default_config():
   training.keep_checkpoints = 0  # Checkpoints kept; 0 keeps all.
   training.n_jitted_steps = 1  # Train steps per device dispatch.
   training.n_loss_groups = 4  # Noise-level groups of the logged loss.
+  training.grad_accum_steps = 1  # Micro-batches per step (saves memory).
+  training.skip_nonfinite = False  # Skip NaN/Inf steps instead of stopping.
 
   # ----------------------------------------------------------- optimiser
   config.optim = optim = ml_collections.ConfigDict()

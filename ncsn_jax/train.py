@@ -9,7 +9,8 @@ run continues exactly.
 import functools
 import json
 import os
-import time
+import signal
+import threading
 from typing import Any
 
 from absl import logging
@@ -93,8 +94,43 @@ def loss_group_metrics(per_example, labels, num_classes, n_groups):
   return jax.lax.psum(sums, parallel.AXIS), jax.lax.psum(counts, parallel.AXIS)
 
 
+def accumulated_grads(loss_fn, params, x, keys, n_micro: int):
+  """Loss and gradients of the mean loss, over `n_micro` micro-batches.
+
+  The batch loss is a mean over examples, so averaging the gradients of
+  equal micro-batches gives the full-batch gradient while holding only one
+  micro-batch of activations at a time.
+
+  Returns:
+    ((loss, aux), grads) as `jax.value_and_grad(..., has_aux=True)` does.
+  """
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if n_micro == 1:
+    return grad_fn(params, x, keys)
+  n = x.shape[0]
+  if n % n_micro:
+    raise ValueError(
+        f'config.training.grad_accum_steps={n_micro} does not divide the '
+        f'per-device batch of {n}.')
+  split = lambda a: a.reshape((n_micro, n // n_micro) + a.shape[1:])
+
+  def body(total, micro):
+    (loss, aux), grads = grad_fn(params, *micro)
+    return jax.tree.map(jnp.add, total, grads), (loss, aux)
+
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  grads, (loss, aux) = jax.lax.scan(body, zeros, (split(x), split(keys)))
+  grads = jax.tree.map(lambda g: g / n_micro, grads)
+  aux = jax.tree.map(lambda a: a.reshape((n,) + a.shape[2:]), aux)
+  return (jnp.mean(loss), aux), grads
+
+
 def train_step(state: TrainState, images, train_key, *, config, loss_fn, tx):
   """One optimisation step on this device's slice of the global batch.
+
+  A step whose loss or gradients are not finite leaves params, optimiser
+  state and EMA unchanged and reports `nonfinite = 1` (the host decides
+  whether to stop or to go on).
 
   Args:
     state: the (replicated) train state.
@@ -111,25 +147,34 @@ def train_step(state: TrainState, images, train_key, *, config, loss_fn, tx):
   n = images.shape[0]
   keys = random_utils.per_example_keys(step_key, n, parallel.device_offset(n))
   x = transforms.data_transform(images, config)
-  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params, x, keys)
+  (loss, aux), grads = accumulated_grads(loss_fn, state.params, x, keys,
+                                         config.training.grad_accum_steps)
   grads = jax.lax.pmean(grads, parallel.AXIS)
+  loss = jax.lax.pmean(loss, parallel.AXIS)
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   rate = config.model.ema_rate if config.model.ema else 0.0
   ema_params = optax.incremental_update(params, state.ema_params, 1.0 - rate)
+  keep_if_bad = lambda new, old: jax.tree.map(
+      lambda a, b: jnp.where(finite, a, b), new, old)
   sums, counts = loss_group_metrics(aux['losses'], aux['labels'],
                                     config.model.num_classes,
                                     config.training.n_loss_groups)
   metrics = {
-      'loss': jax.lax.pmean(loss, parallel.AXIS),
-      'grad_norm': optax.tree.norm(grads),
+      'loss': loss,
+      'grad_norm': grad_norm,
       'learning_rate': create_learning_rate_fn(config)(state.step),
       'group_loss_sums': sums,
       'group_counts': counts,
+      'nonfinite': 1 - finite.astype(jnp.int32),
   }
-  new_state = TrainState(step=state.step + 1, params=params,
-                         opt_state=opt_state, ema_params=ema_params)
+  new_state = TrainState(
+      step=state.step + 1,
+      params=keep_if_bad(params, state.params),
+      opt_state=keep_if_bad(opt_state, state.opt_state),
+      ema_params=keep_if_bad(ema_params, state.ema_params))
   return new_state, metrics
 
 
@@ -223,76 +268,151 @@ def snapshot_samples(config, model, params, key, workdir: str, step: int):
   return path
 
 
+class NonFiniteLossError(FloatingPointError):
+  """Training produced a NaN or Inf loss or gradient."""
+
+
+class PreemptionWatcher:
+  """Turns SIGTERM / SIGINT into a request to checkpoint and stop cleanly.
+
+  With several processes, orbax's preemption sync point (backed by
+  `jax.distributed`) makes all of them stop at the same step.
+  """
+
+  def __init__(self):
+    self.requested = False
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  def _handle(self, signum, frame):
+    del frame
+    logging.warning('Signal %d: checkpointing after this step.', signum)
+    self.requested = True
+
+  def should_stop(self, manager, step: int) -> bool:
+    if jax.process_count() > 1:
+      return self.requested or manager.reached_preemption(step)
+    return self.requested
+
+
+def _check_finite(metrics, step: int, config, skipped: int) -> int:
+  """Counts skipped NaN/Inf steps; raises unless skipping is enabled."""
+  bad = int(np.sum(np.asarray(metrics['nonfinite'])))
+  if bad and not config.training.skip_nonfinite:
+    raise NonFiniteLossError(
+        f'non-finite loss or gradient at step {step}; the last checkpoint is '
+        'kept. Lower config.optim.lr, set config.optim.grad_clip, or set '
+        'config.training.skip_nonfinite=True to skip such steps.')
+  if bad:
+    logging.warning('Skipped %d non-finite step(s) up to step %d.', bad, step)
+  return skipped + bad
+
+
+class _Run:
+  """What the training loop needs besides the state (built once)."""
+
+  def __init__(self, config, workdir: str):
+    check_config(config)
+    self.config, self.workdir = config, workdir
+    self.model = models.create_model(config)
+    self.tx = create_optimizer(config)
+    loss_fn = losses.get_loss_fn(config, self.model)
+    (self.init_key, self.train_key, self.eval_key,
+     self.sample_key) = jax.random.split(jax.random.key(config.seed), 4)
+    t = config.training
+    self.train_iter = iter(input_pipeline.create_dataset(
+        config, 'train', batch_size=t.batch_size // jax.process_count(),
+        shuffle=True, repeat=True, augment=True, seed=config.seed))
+    self.test_iter = iter(input_pipeline.create_dataset(
+        config, 'test',
+        batch_size=config.eval.batch_size // jax.process_count(),
+        shuffle=True, repeat=True, augment=False, seed=config.seed + 1))
+    self.p_train = parallel.pmap_train_step(functools.partial(
+        multi_train_step, config=config, loss_fn=loss_fn, tx=self.tx))
+    self.p_eval = parallel.pmap_eval_step(functools.partial(
+        eval_step, config=config, loss_fn=loss_fn))
+    self.manager = checkpointing.create_manager(workdir, t.keep_checkpoints)
+    self.is_main = jax.process_index() == 0
+    self.writer = metric_writers.create_default_writer(
+        workdir, just_logging=not self.is_main, asynchronous=False)
+
+  def initial_state(self) -> TrainState:
+    state = create_train_state(self.config, self.model, self.tx,
+                               self.init_key)
+    if self.manager.latest_step() is None:
+      return state
+    state, start = checkpointing.restore(self.manager, state)
+    checkpointing.restore_data_iterator(self.workdir, start, self.train_iter)
+    logging.info('Resumed from checkpoint step %d.', start)
+    return state
+
+  def log(self, state, metrics, step: int, k: int, skipped: int):
+    t, record = self.config.training, {}
+    if _crossed(step, k, t.log_freq) or step == t.n_iters:
+      record.update(host_metrics(metrics), skipped_steps=skipped)
+    if _crossed(step, k, t.eval_freq):
+      images = parallel.shard(np.asarray(next(self.test_iter)['image']))
+      record['test_loss'] = float(self.p_eval(
+          state.ema_params, images, jax.random.fold_in(self.eval_key, step)))
+    if record:
+      self.writer.write_scalars(step, record)
+      if self.is_main:
+        _append_jsonl(os.path.join(self.workdir, 'metrics.jsonl'),
+                      {'step': step, **record})
+
+  def snapshot(self, state, step: int):
+    checkpointing.save(self.manager, step, state)
+    checkpointing.save_data_iterator(self.workdir, step, self.train_iter)
+    if self.is_main:
+      if self.config.training.snapshot_sampling:
+        path = snapshot_samples(self.config, self.model, state.ema_params,
+                                jax.random.fold_in(self.sample_key, step),
+                                self.workdir, step)
+        logging.info('Step %d: checkpoint saved, samples in %s', step, path)
+      write_loss_curve(self.workdir)
+
+
 def train_and_evaluate(config, workdir: str) -> TrainState:
   """Trains (or resumes training of) the config's model in `workdir`.
 
   Writes orbax checkpoints to `WORKDIR/checkpoints/`, sample grids to
   `WORKDIR/samples/step_<k>.png`, TensorBoard scalars, `metrics.jsonl` and
-  `loss_curve.png`.
+  `loss_curve.png`. SIGTERM / SIGINT checkpoint and return early; a NaN or
+  Inf loss raises `NonFiniteLossError` (unless skipping is configured).
 
   Returns:
     The final train state (host arrays).
   """
-  check_config(config)
-  model = models.create_model(config)
-  tx = create_optimizer(config)
-  loss_fn = losses.get_loss_fn(config, model)
-  init_key, train_key, eval_key, sample_key = jax.random.split(
-      jax.random.key(config.seed), 4)
+  run = _Run(config, workdir)
+  state = run.initial_state()
   t = config.training
-  per_process = t.batch_size // jax.process_count()
-  train_iter = iter(input_pipeline.create_dataset(
-      config, 'train', batch_size=per_process, shuffle=True, repeat=True,
-      augment=True, seed=config.seed))
-  state = create_train_state(config, model, tx, init_key)
-  manager = checkpointing.create_manager(workdir,
-                                         config.training.keep_checkpoints)
-  if manager.latest_step() is not None:
-    state, start = checkpointing.restore(manager, state)
-    checkpointing.restore_data_iterator(workdir, start, train_iter)
-    logging.info('Resumed from checkpoint step %d.', start)
-  test_iter = iter(input_pipeline.create_dataset(
-      config, 'test', batch_size=config.eval.batch_size // jax.process_count(),
-      shuffle=True, repeat=True, augment=False, seed=config.seed + 1))
-  p_train = parallel.pmap_train_step(functools.partial(
-      multi_train_step, config=config, loss_fn=loss_fn, tx=tx))
-  p_eval = parallel.pmap_eval_step(functools.partial(
-      eval_step, config=config, loss_fn=loss_fn))
-
-  is_main = jax.process_index() == 0
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=not is_main, asynchronous=False)
   report = periodic_actions.ReportProgress(
-      num_train_steps=t.n_iters, writer=writer, every_steps=t.log_freq)
-  jsonl = os.path.join(workdir, 'metrics.jsonl')
-  step = int(state.step)
-  k = t.n_jitted_steps
-  while step < t.n_iters:
-    k_now = min(k, t.n_iters - step)
-    state, metrics = p_train(state, _next_batches(train_iter, k_now),
-                             train_key)
-    step += k_now
-    report(step)
-    record = {}
-    if _crossed(step, k_now, t.log_freq) or step == t.n_iters:
-      record.update(host_metrics(metrics))
-    if _crossed(step, k_now, t.eval_freq):
-      test_images = parallel.shard(np.asarray(next(test_iter)['image']))
-      record['test_loss'] = float(p_eval(
-          state.ema_params, test_images, jax.random.fold_in(eval_key, step)))
-    if record:
-      writer.write_scalars(step, record)
-      if is_main:
-        _append_jsonl(jsonl, {'step': step, **record})
-    if _crossed(step, k_now, t.snapshot_freq) or step == t.n_iters:
-      checkpointing.save(manager, step, state)
-      checkpointing.save_data_iterator(workdir, step, train_iter)
-      if t.snapshot_sampling and is_main:
-        path = snapshot_samples(config, model, state.ema_params,
-                                jax.random.fold_in(sample_key, step),
-                                workdir, step)
-        logging.info('Step %d: checkpoint saved, samples in %s', step, path)
-      if is_main:
-        write_loss_curve(workdir)
-  writer.flush()
+      num_train_steps=t.n_iters, writer=run.writer, every_steps=t.log_freq)
+  step, skipped = int(state.step), 0
+  with PreemptionWatcher() as watcher:
+    while step < t.n_iters:
+      k = min(t.n_jitted_steps, t.n_iters - step)
+      state, metrics = run.p_train(
+          state, _next_batches(run.train_iter, k), run.train_key)
+      step += k
+      skipped = _check_finite(metrics, step, config, skipped)
+      report(step)
+      run.log(state, metrics, step, k, skipped)
+      stop = watcher.should_stop(run.manager, step)
+      if stop or _crossed(step, k, t.snapshot_freq) or step == t.n_iters:
+        run.snapshot(state, step)
+      if stop:
+        logging.warning('Stopped at step %d on request; rerun to resume.',
+                        step)
+        break
+  run.writer.flush()
   return jax.device_get(state)

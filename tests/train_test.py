@@ -1,6 +1,7 @@
 """Tests of the optimiser, the pure train step and the training loop."""
 
 import functools
+import json
 import os
 
 from absl.testing import absltest
@@ -118,6 +119,57 @@ class TrainStepTest(absltest.TestCase):
     assert_trees_close(self, scanned, single)
     self.assertEqual(int(scanned.step), 3)
 
+  def test_gradient_accumulation_equals_full_batch(self):
+    config = tiny.get_config()
+    config.training.batch_size = 8
+    state, step = setup(config)
+    images = batches(config, 1, 8)[None]
+    p_step = lambda c: parallel.pmap_train_step(
+        setup(c)[1], devices=jax.devices()[:1])
+    full, m_full = p_step(config)(state, images, jax.random.key(1))
+    config.training.grad_accum_steps = 4
+    accum, m_accum = p_step(config)(state, images, jax.random.key(1))
+    assert_trees_close(self, accum, full, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(m_accum['loss'], m_full['loss'], rtol=1e-5)
+    config.training.grad_accum_steps = 3
+    with self.assertRaisesRegex(ValueError, 'grad_accum_steps=3'):
+      p_step(config)(state, images, jax.random.key(1))
+
+  def test_bfloat16_compute_close_to_float32(self):
+    config = tiny.get_config()
+    state, step = setup(config)
+    images = batches(config, 1, 4)[None]
+    run = lambda c: parallel.pmap_train_step(
+        setup(c)[1], devices=jax.devices()[:1])(state, images,
+                                                 jax.random.key(1))
+    f32, m32 = run(config)
+    config.model.dtype = 'bfloat16'
+    b16, m16 = run(config)
+    for leaf in jax.tree.leaves((b16.params, b16.opt_state, b16.ema_params)):
+      if jnp.issubdtype(leaf.dtype, jnp.floating):  # not Adam's step count
+        self.assertEqual(leaf.dtype, jnp.float32)
+    np.testing.assert_allclose(m16['loss'], m32['loss'], rtol=0.05)
+    delta32 = jax.tree.leaves(jax.tree.map(jnp.subtract, f32.params,
+                                           state.params))
+    delta16 = jax.tree.leaves(jax.tree.map(jnp.subtract, b16.params,
+                                           state.params))
+    cos = lambda a, b: float(jnp.vdot(a, b) / (jnp.linalg.norm(a) *
+                                              jnp.linalg.norm(b) + 1e-30))
+    flat32 = jnp.concatenate([d.ravel() for d in delta32])
+    flat16 = jnp.concatenate([d.ravel() for d in delta16])
+    self.assertGreater(cos(flat32, flat16), 0.9)
+
+  def test_nonfinite_step_keeps_state(self):
+    config = tiny.get_config()
+    state, step = setup(config)
+    images = batches(config, 1, 4)[None].copy()
+    images[0, 0, 0, 0, 0, 0] = np.nan
+    new, metrics = parallel.pmap_train_step(step, devices=jax.devices()[:1])(
+        state, images, jax.random.key(1))
+    self.assertEqual(int(metrics['nonfinite'][0]), 1)
+    assert_trees_close(self, new.params, state.params, rtol=0, atol=0)
+    self.assertEqual(int(new.step), 1)
+
   def test_loss_groups(self):
     losses_ = jnp.array([1.0, 2.0, 3.0, 4.0])
     labels = jnp.array([0, 1, 9, 5])
@@ -158,6 +210,36 @@ class TrainLoopTest(absltest.TestCase):
         jax.tree.leaves(train.create_train_state(
             config, models.create_model(config),
             train.create_optimizer(config), jax.random.key(0)).params)[0]))
+
+
+class DivergenceTest(absltest.TestCase):
+
+  def _config(self):
+    config = tiny.get_config()
+    config.data.dataset = 'digits'
+    config.data.channels = 1
+    config.training.snapshot_sampling = False
+    config.training.snapshot_freq = 1
+    config.training.n_iters = 4
+    config.optim.lr = 1e38  # The first update overflows the next forward.
+    return config
+
+  def test_divergence_stops_with_error_and_keeps_checkpoint(self):
+    workdir = self.create_tempdir().full_path
+    with self.assertRaisesRegex(train.NonFiniteLossError, 'at step 2'):
+      train.train_and_evaluate(self._config(), workdir)
+    manager = checkpointing.create_manager(workdir, create=False)
+    self.assertEqual(manager.all_steps(), [1])
+
+  def test_skip_nonfinite_counts_and_continues(self):
+    config = self._config()
+    config.training.skip_nonfinite = True
+    workdir = self.create_tempdir().full_path
+    state = train.train_and_evaluate(config, workdir)
+    self.assertEqual(int(state.step), 4)
+    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+      last = [json.loads(l) for l in f][-1]
+    self.assertEqual(last['skipped_steps'], 3)
 
 
 if __name__ == '__main__':
