@@ -20,7 +20,17 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Folder of checkpoints, samples, logs.')
-flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval'], 'What to do.')
+flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval', 'import'],
+                  'What to do (import: convert an official PyTorch '
+                  'checkpoint, see --checkpoint).')
+flags.DEFINE_string('checkpoint', None,
+                    'Official NCSN/NCSNv2 .pth file to import (--mode=import).')
+flags.DEFINE_bool('multihost', False,
+                  'Join a multi-process run through jax.distributed.')
+flags.DEFINE_string('coordinator_address', '',
+                    'host:port of process 0 (multihost runs off Cloud TPU).')
+flags.DEFINE_integer('num_processes', 0, 'Processes in a multihost run.')
+flags.DEFINE_integer('process_id', -1, 'This process in a multihost run.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -52,6 +62,10 @@ def main(argv):
   # TF only feeds data: keep it off the accelerators JAX uses.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')
+  from ncsn_jax import parallel  # pylint: disable=g-import-not-at-top
+  if FLAGS.multihost:
+    parallel.initialize_distributed(FLAGS.coordinator_address,
+                                    FLAGS.num_processes, FLAGS.process_id)
   from ncsn_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from ncsn_jax import evaluate  # pylint: disable=g-import-not-at-top
   from ncsn_jax import train  # pylint: disable=g-import-not-at-top
@@ -64,6 +78,15 @@ def main(argv):
       print(f'Checkpoints: {os.path.join(workdir, "checkpoints")}\n'
             f'Sample grids: {os.path.join(workdir, "samples")}\n'
             f'Loss curve: {os.path.join(workdir, "loss_curve.png")}')
+    elif FLAGS.mode == 'import':
+      if not FLAGS.checkpoint:
+        raise ValueError('--mode=import needs --checkpoint=PATH.pth (an '
+                         'official NCSN/NCSNv2 checkpoint).')
+      from ncsn_jax import checkpoint_import  # pylint: disable=g-import-not-at-top
+      step = checkpoint_import.import_checkpoint(config, workdir,
+                                                 FLAGS.checkpoint)
+      print(f'Imported {FLAGS.checkpoint} as step {step} into '
+            f'{os.path.join(workdir, "checkpoints")}')
     elif FLAGS.mode == 'sample':
       paths = evaluate.sample(config, workdir)
       print('\n'.join(f'{k}: {v}' for k, v in paths.items()))

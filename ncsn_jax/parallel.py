@@ -104,3 +104,19 @@ def check_divisible_local(batch_size: int, field: str) -> int:
     raise ValueError(f'{field}={batch_size} is not divisible by the {d} '
                      f'local devices; set it to a multiple of {d}.')
   return batch_size // d
+
+
+def initialize_distributed(coordinator_address: str = '',
+                           num_processes: int = 0, process_id: int = -1):
+  """Joins a multi-process run (call before any other JAX use).
+
+  With no arguments JAX finds the coordinator itself (Cloud TPU, SLURM,
+  Open MPI); on CPU-only clusters give the address explicitly. CPU
+  processes use gloo for cross-process collectives.
+  """
+  kwargs = {}
+  if coordinator_address:
+    kwargs = dict(coordinator_address=coordinator_address,
+                  num_processes=num_processes, process_id=process_id)
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(**kwargs)

@@ -1,0 +1,354 @@
+"""Imports official NCSN / NCSNv2 PyTorch checkpoints as ncsn_jax checkpoints.
+
+  python run.py --mode=import --config=configs/cifar10_ncsnv2.py \
+      --workdir=runs/c10_official --checkpoint=/path/to/checkpoint.pth
+  python run.py --mode=sample --config=configs/cifar10_ncsnv2.py \
+      --workdir=runs/c10_official
+
+The official runners save a list (read without torch by `torch_checkpoint`):
+
+  NCSN v1 (AnnealRunner): [model_state_dict, optimizer_state_dict]
+  NCSNv2 (NCSNRunner):    [model_state_dict, optimizer_state_dict, epoch,
+                           step, ema_shadow]   (ema_shadow only with EMA)
+
+Model keys carry the DataParallel prefix `module.`; the NCSNv2 model dict also
+holds the `sigmas` buffer; the EMA shadow has neither. A bare model state
+dict is accepted too. Our flax parameter names mirror the PyTorch attribute
+names, so the mapping is mechanical: a purely numeric key segment joins the
+previous one with '_' (`res1.0.conv1.weight` -> `res1_0/conv1/kernel`),
+conv weights `weight` (O, I, kh, kw) become `kernel` (kh, kw, I, O), a norm's
+`embed.weight` table (L, 3C) becomes `embed` unchanged, and `alpha`, `gamma`,
+`beta`, `bias` keep name and shape. Every parameter of the config's model must
+be filled with the right shape and every checkpoint key must be used.
+
+The written TrainState holds the model weights as `params`, the EMA shadow
+(when the file has one, else the weights) as `ema_params`, the file's step
+(v2; v1 files carry none: the number in a `checkpoint_<N>.pth` file name, else
+0, unless `step` is given) and the optimizer state of `config.optim`. Adam's
+moments (`exp_avg`, `exp_avg_sq`, `step`) are carried over when the file has
+them for every parameter and the config uses plain Adam (not AMSGrad, whose
+PyTorch and optax forms keep different maxima); otherwise the optax state is
+fresh, as at the start of training.
+"""
+
+import os
+import re
+from typing import Any, Optional
+
+from absl import logging
+import flax
+import jax
+import numpy as np
+import optax
+
+from ncsn_jax import checkpointing
+from ncsn_jax import models
+from ncsn_jax import noise
+from ncsn_jax import torch_checkpoint
+from ncsn_jax import train
+
+_PREFIX = 'module.'
+_SIGMAS = 'sigmas'
+_HINT = ('does the config (model.name, ngf, num_classes, data.channels) '
+         'match the checkpoint?')
+
+
+def strip_prefix(key: str) -> str:
+  """`key` without leading DataParallel `module.` prefixes."""
+  while key.startswith(_PREFIX):
+    key = key[len(_PREFIX):]
+  return key
+
+
+def torch_key_to_flax_path(key: str) -> tuple[str, ...]:
+  """Flax parameter path of a PyTorch state-dict key (prefix stripped).
+
+  `res1.0.conv1.weight` -> ('res1_0', 'conv1', 'kernel');
+  `refine2.crp.norms.1.embed.weight` -> ('refine2', 'crp', 'norms_1',
+  'embed').
+  """
+  path: list[str] = []
+  for part in strip_prefix(key).split('.'):
+    if part.isdigit() and path:
+      path[-1] = f'{path[-1]}_{part}'
+    else:
+      path.append(part)
+  if path[-1] == 'weight':
+    if len(path) > 1 and path[-2] == 'embed':
+      path.pop()
+    else:
+      path[-1] = 'kernel'
+  return tuple(path)
+
+
+def _to_flax_value(key: str, value: Any) -> np.ndarray:
+  if not isinstance(value, np.ndarray):
+    raise ValueError(f'checkpoint entry {key!r} is a {type(value).__name__}, '
+                     'not a tensor.')
+  if not (np.issubdtype(value.dtype, np.floating) or
+          value.dtype.name == 'bfloat16'):
+    raise ValueError(f'checkpoint entry {key!r} has dtype {value.dtype}, not '
+                     'a float type.')
+  value = np.asarray(value, np.float32)
+  if value.ndim == 4:  # Conv weight OIHW -> HWIO; cross-correlation in both.
+    value = value.transpose(2, 3, 1, 0)
+  return np.ascontiguousarray(value)
+
+
+def torch_to_flax_params(state_dict, target_params,
+                         sigmas: Optional[np.ndarray] = None):
+  """Converts a PyTorch model state dict into our parameter tree.
+
+  Args:
+    state_dict: mapping of PyTorch keys (with or without `module.`) to
+      arrays, e.g. from `torch_checkpoint.load_pth`.
+    target_params: the parameter tree (arrays or `jax.ShapeDtypeStruct`s) of
+      the config's model; fixes the structure and shapes.
+    sigmas: the config's noise levels; when given, a `sigmas` buffer in the
+      state dict must equal them (float32 tolerance). The buffer is dropped.
+
+  Returns:
+    A tree like `target_params` of float32 NumPy arrays.
+
+  Raises:
+    ValueError: naming the key, for a wrong sigmas buffer, a shape mismatch,
+      a parameter the file lacks or a key the model does not use.
+  """
+  if not hasattr(state_dict, 'items'):
+    raise ValueError(f'a model state dict must be a mapping, got '
+                     f'{type(state_dict).__name__}.')
+  target = flax.traverse_util.flatten_dict(
+      flax.core.unfreeze(target_params))
+  converted: dict[tuple[str, ...], np.ndarray] = {}
+  sources: dict[tuple[str, ...], str] = {}
+  unused = []
+  for key, value in state_dict.items():
+    if not isinstance(key, str):
+      raise ValueError(f'state dict key {key!r} is not a string.')
+    if strip_prefix(key) == _SIGMAS:
+      if sigmas is not None:
+        check_sigmas(value, sigmas, key)
+      continue
+    path = torch_key_to_flax_path(key)
+    if path in sources:
+      raise ValueError(f'checkpoint keys {sources[path]!r} and {key!r} both '
+                       f'map to parameter {"/".join(path)}.')
+    if path not in target:
+      unused.append(key)
+      continue
+    value = _to_flax_value(key, value)
+    want = tuple(target[path].shape)
+    if value.shape != want:
+      raise ValueError(
+          f'checkpoint entry {key!r} has shape {value.shape} (after the '
+          f'layout change) but parameter {"/".join(path)} of the model has '
+          f'{want}; {_HINT}')
+    converted[path], sources[path] = value, key
+  if unused:
+    raise ValueError(
+        f'checkpoint entry {unused[0]!r} matches no parameter of the model '
+        f'({len(unused)} unused entries in all); {_HINT}')
+  missing = [p for p in target if p not in converted]
+  if missing:
+    raise ValueError(
+        f'the checkpoint has no entry for parameter {"/".join(missing[0])} '
+        f'({len(missing)} missing in all); {_HINT}')
+  return flax.traverse_util.unflatten_dict(converted)
+
+
+def check_sigmas(value, sigmas: np.ndarray, key: str = _SIGMAS) -> None:
+  """Raises ValueError unless the checkpoint's sigma buffer equals `sigmas`."""
+  value = np.asarray(value, np.float64).reshape(-1)
+  sigmas = np.asarray(sigmas, np.float64)
+  if value.shape != sigmas.shape or not np.allclose(value, sigmas, rtol=1e-6,
+                                                    atol=0.0):
+    got = (f'{value.size} levels {value[0]:.6g} .. {value[-1]:.6g}'
+           if value.size else 'no levels')
+    raise ValueError(
+        f'checkpoint buffer {key!r} ({got}) differs from the config '
+        f'(model.num_classes={sigmas.size}, sigma_begin={sigmas[0]:.6g}, '
+        f'sigma_end={sigmas[-1]:.6g}, sigma_dist): wrong config for this '
+        'checkpoint.')
+
+
+def split_official(states) -> dict[str, Any]:
+  """The parts of an official checkpoint object.
+
+  Returns:
+    dict with 'model' (state dict), 'optimizer' (dict or None), 'epoch' and
+    'step' (int or None) and 'ema' (EMA shadow or None), and 'format'
+    ('ncsn', 'ncsnv2' or 'state_dict').
+  """
+  def is_state_dict(obj):
+    return hasattr(obj, 'items') and all(
+        isinstance(k, str) for k in obj) and all(
+            isinstance(v, np.ndarray) for v in obj.values())
+
+  parts = dict(model=None, optimizer=None, epoch=None, step=None, ema=None)
+  if is_state_dict(states) and states:
+    return dict(parts, model=states, format='state_dict')
+  if not isinstance(states, (list, tuple)) or len(states) not in (2, 4, 5):
+    kind = (f'a list of {len(states)}' if isinstance(states, (list, tuple))
+            else f'a {type(states).__name__}')
+    raise ValueError(
+        f'the checkpoint holds {kind}; expected an official NCSN '
+        '[model, optimizer] or NCSNv2 [model, optimizer, epoch, step'
+        '(, ema)] list, or a model state dict.')
+  if not is_state_dict(states[0]):
+    raise ValueError('the first item of the checkpoint list is not a model '
+                     'state dict (a mapping of names to tensors).')
+  parts.update(model=states[0], optimizer=states[1],
+               format='ncsn' if len(states) == 2 else 'ncsnv2')
+  if len(states) >= 4:
+    for i, name in ((2, 'epoch'), (3, 'step')):
+      value = states[i]
+      if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.item()
+      if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f'checkpoint list item {i} ({name}) is a '
+                         f'{type(value).__name__}, not an integer.')
+      parts[name] = int(value)
+  if len(states) == 5:
+    if not is_state_dict(states[4]):
+      raise ValueError('checkpoint list item 4 (EMA shadow) is not a '
+                       'mapping of names to tensors.')
+    parts['ema'] = states[4]
+  return parts
+
+
+def _adam_moments(optimizer, model_sd, target_params):
+  """(count, mu, nu) from a torch Adam state dict, or None (with a reason)."""
+  if not isinstance(optimizer, dict) or not isinstance(
+      optimizer.get('param_groups'), list):
+    return None, 'no optimizer state dict in the file'
+  state = optimizer.get('state') or {}
+  if not state:
+    return None, 'the optimizer state in the file is empty'
+  groups = optimizer['param_groups']
+  if any(g.get('amsgrad') for g in groups if isinstance(g, dict)):
+    return None, 'the file was trained with AMSGrad'
+  ids = [i for g in groups if isinstance(g, dict)
+         for i in g.get('params', [])]
+  names = [k for k in model_sd if strip_prefix(k) != _SIGMAS]
+  if len(ids) != len(names):
+    return None, (f'the optimizer lists {len(ids)} parameters, the model '
+                  f'{len(names)}')
+  steps, mu_sd, nu_sd = set(), {}, {}
+  for i, name in zip(ids, names):
+    entry = state.get(i)
+    if not isinstance(entry, dict) or not {'step', 'exp_avg',
+                                           'exp_avg_sq'} <= set(entry):
+      return None, f'no Adam moments for parameter {name!r}'
+    steps.add(int(np.asarray(entry['step']).item()))
+    mu_sd[name], nu_sd[name] = entry['exp_avg'], entry['exp_avg_sq']
+  if len(steps) != 1:
+    return None, f'the parameters have different Adam steps {sorted(steps)}'
+  try:
+    mu = torch_to_flax_params(mu_sd, target_params)
+    nu = torch_to_flax_params(nu_sd, target_params)
+  except ValueError as e:
+    raise ValueError(f'optimizer state: {e}') from e
+  return (steps.pop(), mu, nu), ''
+
+
+def _set_adam_state(opt_state, count: int, mu, nu):
+  """`opt_state` with its Adam moments and step counters replaced."""
+  found = []
+
+  def fix(s):
+    if isinstance(s, optax.ScaleByAdamState):
+      found.append(s)
+      return s._replace(count=np.asarray(count, np.int32), mu=mu, nu=nu)
+    if isinstance(s, optax.ScaleByScheduleState):
+      return s._replace(count=np.asarray(count, np.int32))
+    if isinstance(s, tuple) and not hasattr(s, '_fields'):
+      return tuple(fix(x) for x in s)
+    return s
+
+  new = fix(opt_state)
+  return new if found else None
+
+
+def _step_from_name(path: str) -> Optional[int]:
+  match = re.fullmatch(r'checkpoint_(\d+)\.pth', os.path.basename(path))
+  return int(match.group(1)) if match else None
+
+
+def convert(config, states, step: Optional[int] = None, path: str = ''):
+  """Builds our TrainState from a loaded official checkpoint object.
+
+  Args:
+    config: the experiment config whose model the checkpoint holds.
+    states: the object `torch_checkpoint.load_pth` returned.
+    step: the step to record; default the file's (v2), else the number in a
+      `checkpoint_<N>.pth` name of `path`, else 0.
+    path: the file the object came from (messages, step from the name).
+
+  Returns:
+    (train.TrainState of host arrays, info dict: format, step, ema (bool),
+    adam ('imported' or why fresh)).
+  """
+  model = models.create_model(config)
+  tx = train.create_optimizer(config)
+  abstract = jax.eval_shape(
+      lambda: train.create_train_state(config, model, tx, jax.random.key(0)))
+  parts = split_official(states)
+  sigmas = noise.get_sigmas(config)
+  params = torch_to_flax_params(parts['model'], abstract.params, sigmas)
+  if parts['ema'] is not None:
+    try:
+      ema_params = torch_to_flax_params(parts['ema'], abstract.params, sigmas)
+    except ValueError as e:
+      raise ValueError(f'EMA shadow: {e}') from e
+  else:
+    ema_params = params
+  if step is None:
+    step = parts['step']
+  if step is None:
+    step = _step_from_name(path) or 0
+  if step < 0:
+    raise ValueError(f'step {step} must be >= 0.')
+  opt_state = tx.init(params)
+  moments, why = _adam_moments(parts['optimizer'], parts['model'],
+                               abstract.params)
+  adam = why
+  if moments is not None:
+    new = _set_adam_state(opt_state, *moments)
+    if new is None:
+      adam = 'the config does not use plain Adam (optim.amsgrad)'
+    else:
+      opt_state, adam = new, 'imported'
+  state = train.TrainState(step=np.asarray(step, np.int32), params=params,
+                           opt_state=opt_state, ema_params=ema_params)
+  info = dict(format=parts['format'], step=int(step),
+              ema=parts['ema'] is not None, adam=adam, epoch=parts['epoch'])
+  return state, info
+
+
+def import_checkpoint(config, workdir: str, path: str,
+                      step: Optional[int] = None) -> int:
+  """Converts the official checkpoint `path` into a checkpoint of `workdir`.
+
+  Afterwards `run.py --mode=sample|eval --config=CONFIG --workdir=WORKDIR`
+  use it (the EMA weights when config.model.ema and the file has them).
+
+  Returns:
+    The step of the written checkpoint.
+  """
+  states = torch_checkpoint.load_pth(path)
+  state, info = convert(config, states, step, path)
+  manager = checkpointing.create_manager(workdir)
+  if info['step'] in manager.all_steps():
+    raise ValueError(
+        f'{os.path.join(workdir, checkpointing.CHECKPOINT_DIR)} already has '
+        f'a checkpoint at step {info["step"]}; import into another --workdir '
+        'or delete that checkpoint.')
+  checkpointing.save(manager, info['step'], state)
+  logging.info('Imported %s (%s layout, EMA shadow: %s, Adam state: %s) as '
+               'step %d of %s.', path, info['format'],
+               'yes' if info['ema'] else 'no', info['adam'], info['step'],
+               workdir)
+  if info['ema'] and not config.model.ema:
+    logging.warning('config.model.ema is False: sample/eval will use the raw '
+                    'weights, not the EMA shadow the authors evaluated.')
+  return info['step']

@@ -1,0 +1,47 @@
+"""Shared set-up of the multi-process tests (imported by both sides)."""
+
+import functools
+
+import jax
+import numpy as np
+
+from configs import tiny
+from ncsn_jax import losses
+from ncsn_jax import models
+from ncsn_jax import parallel
+from ncsn_jax import train
+
+N_STEPS = 3
+
+
+def config():
+  c = tiny.get_config()
+  c.data.dataset = 'digits'
+  c.data.channels = 1
+  c.training.batch_size = 8
+  c.training.n_iters = 4
+  c.training.snapshot_sampling = False
+  c.eval.batch_size = 8
+  return c
+
+
+def global_batches(c) -> np.ndarray:
+  """Fixed global batches `[N_STEPS, 8, H, W, 1]`, the same everywhere."""
+  shape = (N_STEPS, c.training.batch_size, c.data.image_size,
+           c.data.image_size, c.data.channels)
+  return np.asarray(jax.random.uniform(jax.random.key(11), shape))
+
+
+def run_steps(c, images: np.ndarray):
+  """N_STEPS train steps on this process's `[N_STEPS, B_process, ...]`."""
+  model = models.create_model(c)
+  tx = train.create_optimizer(c)
+  state = train.create_train_state(c, model, tx, jax.random.key(0))
+  step = parallel.pmap_train_step(functools.partial(
+      train.multi_train_step, config=c,
+      loss_fn=losses.get_loss_fn(c, model), tx=tx))
+  d = jax.local_device_count()
+  for i in range(N_STEPS):
+    batch = images[i].reshape((d, 1, -1) + images.shape[2:])
+    state, _ = step(state, batch, jax.random.key(1))
+  return jax.device_get(state)

@@ -1,0 +1,36 @@
+"""One process of the 2-process x 2-CPU-device tests (see multihost_test).
+
+Usage: multihost_worker.py PROCESS_ID PORT WORKDIR MODE, MODE = step | train.
+"""
+
+import os
+import sys
+
+os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'
+os.environ['JAX_PLATFORMS'] = 'cpu'
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from ncsn_jax import parallel  # pylint: disable=g-import-not-at-top
+
+
+def main(process_id: int, port: str, workdir: str, mode: str):
+  parallel.initialize_distributed(f'localhost:{port}', 2, process_id)
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from tests import multihost_common  # pylint: disable=g-import-not-at-top
+  from ncsn_jax import train  # pylint: disable=g-import-not-at-top
+  config = multihost_common.config()
+  if mode == 'step':
+    images = multihost_common.global_batches(config)
+    per_process = images.shape[1] // 2
+    local = images[:, process_id * per_process:(process_id + 1) * per_process]
+    state = multihost_common.run_steps(config, local)
+  else:
+    state = train.train_and_evaluate(config, workdir)
+  leaves = jax.tree.leaves(jax.device_get(state.params))
+  np.savez(os.path.join(workdir, f'{mode}_params_{process_id}.npz'), *leaves)
+
+
+if __name__ == '__main__':
+  main(int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4])
