@@ -31,6 +31,8 @@ flags.DEFINE_string('coordinator_address', '',
                     'host:port of process 0 (multihost runs off Cloud TPU).')
 flags.DEFINE_integer('num_processes', 0, 'Processes in a multihost run.')
 flags.DEFINE_integer('process_id', -1, 'This process in a multihost run.')
+flags.DEFINE_string('compilation_cache_dir', '',
+                    'Persistent XLA compilation cache (skips recompiles).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -62,6 +64,9 @@ def main(argv):
   # TF only feeds data: keep it off the accelerators JAX uses.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')
+  import jax  # pylint: disable=g-import-not-at-top
+  if FLAGS.compilation_cache_dir:
+    jax.config.update('jax_compilation_cache_dir', FLAGS.compilation_cache_dir)
   from ncsn_jax import parallel  # pylint: disable=g-import-not-at-top
   if FLAGS.multihost:
     parallel.initialize_distributed(FLAGS.coordinator_address,

@@ -61,6 +61,7 @@ def get_default_config():
   training.n_loss_groups = 4  # Noise-level groups of the logged loss.
   training.grad_accum_steps = 1  # Micro-batches per step (saves memory).
   training.skip_nonfinite = False  # Skip NaN/Inf steps instead of stopping.
+  training.profile_at_step = 0  # > 0: profile 5 steps from here (TensorBoard).
 
   # ----------------------------------------------------------- optimiser
   config.optim = optim = ml_collections.ConfigDict()
@@ -89,4 +90,7 @@ def get_default_config():
   evaluate.batch_size = 100  # Test-loss batch size.
   evaluate.num_samples = 1000  # Samples for sample-quality metrics.
   evaluate.ckpt_id = 0  # Checkpoint step to evaluate; 0 = latest.
+  evaluate.begin_ckpt = 0  # > 0: evaluate every checkpoint from this step,
+  evaluate.end_ckpt = 0  # up to this one (0 = the last),
+  evaluate.every = 0  # taking multiples of this step only (0 = all).
   return config

@@ -136,13 +136,14 @@ def torch_to_flax_params(state_dict, target_params,
     if path not in target:
       unused.append(key)
       continue
+    torch_shape = getattr(value, 'shape', None)
     value = _to_flax_value(key, value)
     want = tuple(target[path].shape)
     if value.shape != want:
       raise ValueError(
-          f'checkpoint entry {key!r} has shape {value.shape} (after the '
-          f'layout change) but parameter {"/".join(path)} of the model has '
-          f'{want}; {_HINT}')
+          f'checkpoint entry {key!r} has shape {tuple(torch_shape)} '
+          f'({value.shape} in our layout) but parameter {"/".join(path)} of '
+          f'the model has {want}; {_HINT}')
     converted[path], sources[path] = value, key
   if unused:
     raise ValueError(

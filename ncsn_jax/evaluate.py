@@ -129,10 +129,21 @@ def sample_quality(config, images: np.ndarray) -> dict:
   return {'note': 'IS/FID/KID are not available for this data set yet.'}
 
 
-def evaluate(config, workdir: str) -> str:
-  """Eval mode: writes `WORKDIR/eval/report_<step>.json`; returns its path."""
+def _write_atomic(path: str, text: str) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def evaluate_checkpoint(config, workdir: str, step: int = 0) -> dict:
+  """Test DSM loss and sample quality of checkpoint `step` (0 = latest).
+
+  Writes `WORKDIR/eval/report_<step>.json` and returns the report.
+  """
   parallel.check_divisible(config.eval.batch_size, 'config.eval.batch_size')
-  model, params, step = load_params(config, workdir, config.eval.ckpt_id)
+  model, params, step = load_params(config, workdir, step)
   key = jax.random.fold_in(jax.random.key(config.seed + 2), step)
   eval_key, sample_key = jax.random.split(key)
   report = {
@@ -148,10 +159,69 @@ def evaluate(config, workdir: str) -> str:
     images = image_utils.to_uint8(images).astype(np.float32) / 255.0
     report.update(sample_quality(config, images))
   path = os.path.join(workdir, 'eval', f'report_{step}.json')
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(report, f, indent=2)
-  os.replace(tmp, path)
+  _write_atomic(path, json.dumps(report, indent=2))
   logging.info('Eval report of checkpoint %d: %s', step, path)
+  return report
+
+
+def _flatten(report: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in report.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f'{prefix}{k}.'))
+    elif isinstance(v, (int, float)):
+      out[prefix + k] = v
+  return out
+
+
+def best_step(rows: list[dict]) -> tuple[int, str]:
+  """The best row's step and the criterion used (FID, score, then loss)."""
+  for key, sign in (('fid', 1), ('digits_classifier.frechet_distance', 1),
+                    ('test_dsm_loss', 1)):
+    if all(key in r for r in rows):
+      return min(rows, key=lambda r: sign * r[key])['step'], key
+  raise ValueError('no common metric to rank the checkpoints by.')
+
+
+def sweep(config, workdir: str) -> str:
+  """Evaluates every checkpoint in [eval.begin_ckpt, eval.end_ckpt].
+
+  Only steps that are multiples of `eval.every` are taken (0 = all). Writes
+  `WORKDIR/eval/sweep.json` and `sweep.csv` and names the best checkpoint,
+  as the papers selected theirs.
+  """
+  e = config.eval
+  manager = checkpointing.create_manager(workdir, create=False)
+  end = e.end_ckpt or float('inf')
+  steps = [s for s in sorted(manager.all_steps())
+           if e.begin_ckpt <= s <= end and (not e.every or s % e.every == 0)]
+  if not steps:
+    raise checkpointing.CheckpointError(
+        f'no checkpoint of {workdir} lies in config.eval.begin_ckpt='
+        f'{e.begin_ckpt} .. config.eval.end_ckpt={e.end_ckpt} (have '
+        f'{sorted(manager.all_steps())}).')
+  rows = [_flatten(evaluate_checkpoint(config, workdir, s)) for s in steps]
+  best, criterion = best_step(rows)
+  columns = sorted({k for r in rows for k in r}, key=lambda k: (k != 'step',
+                                                                k))
+  csv = [','.join(columns)] + [
+      ','.join(str(r.get(c, '')) for c in columns) for r in rows]
+  root = os.path.join(workdir, 'eval')
+  _write_atomic(os.path.join(root, 'sweep.csv'), '\n'.join(csv) + '\n')
+  path = os.path.join(root, 'sweep.json')
+  _write_atomic(path, json.dumps(
+      {'best_step': best, 'criterion': criterion, 'rows': rows}, indent=2))
+  logging.info('Best checkpoint by %s: %d', criterion, best)
   return path
+
+
+def evaluate(config, workdir: str) -> str:
+  """Eval mode: one checkpoint, or a sweep when `eval.begin_ckpt` is set.
+
+  Returns:
+    The path of the report (or of the sweep table).
+  """
+  if config.eval.begin_ckpt > 0:
+    return sweep(config, workdir)
+  step = evaluate_checkpoint(config, workdir, config.eval.ckpt_id)['step']
+  return os.path.join(workdir, 'eval', f'report_{step}.json')

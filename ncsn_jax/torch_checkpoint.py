@@ -221,6 +221,7 @@ def _load_legacy(path: str, f) -> Any:
   if isinstance(sys_info, dict) and not sys_info.get('little_endian', True):
     order = '>'
   start = f.tell()
+  file_size = os.fstat(f.fileno()).st_size
 
   # Pass 1 learns each storage's dtype; the data follow the pickle.
   storages: dict[str, _Storage] = {}
@@ -251,8 +252,11 @@ def _load_legacy(path: str, f) -> Any:
       raise ValueError(f'{path}: truncated before storage {key!r}.')
     (numel,) = struct.unpack(order + 'q', count)
     dtype = storage.dtype.newbyteorder(order)
+    if numel < 0 or numel * dtype.itemsize > file_size - f.tell():
+      raise ValueError(f'{path}: storage {key!r} is truncated ({numel} '
+                       'elements announced, fewer in the file).')
     raw = f.read(numel * dtype.itemsize)
-    if numel < 0 or len(raw) != numel * dtype.itemsize:
+    if len(raw) != numel * dtype.itemsize:
       raise ValueError(f'{path}: storage {key!r} is truncated ({len(raw)} '
                        f'of {numel * dtype.itemsize} bytes).')
     storage.array = np.frombuffer(raw, dtype).astype(dtype.newbyteorder('='))

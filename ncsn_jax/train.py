@@ -395,8 +395,12 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
   run = _Run(config, workdir)
   state = run.initial_state()
   t = config.training
-  report = periodic_actions.ReportProgress(
-      num_train_steps=t.n_iters, writer=run.writer, every_steps=t.log_freq)
+  hooks = [periodic_actions.ReportProgress(
+      num_train_steps=t.n_iters, writer=run.writer, every_steps=t.log_freq)]
+  if t.profile_at_step > 0 and run.is_main:
+    hooks.append(periodic_actions.Profile(
+        logdir=workdir, first_profile=t.profile_at_step,
+        num_profile_steps=5))
   step, skipped = int(state.step), 0
   with PreemptionWatcher() as watcher:
     while step < t.n_iters:
@@ -405,7 +409,8 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
           state, _next_batches(run.train_iter, k), run.train_key)
       step += k
       skipped = _check_finite(metrics, step, config, skipped)
-      report(step)
+      for hook in hooks:
+        hook(step)
       run.log(state, metrics, step, k, skipped)
       stop = watcher.should_stop(run.manager, step)
       if stop or _crossed(step, k, t.snapshot_freq) or step == t.n_iters:
