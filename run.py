@@ -71,6 +71,7 @@ def main(argv):
   if FLAGS.multihost:
     parallel.initialize_distributed(FLAGS.coordinator_address,
                                     FLAGS.num_processes, FLAGS.process_id)
+  from ncsn_jax import checkpoint_import  # pylint: disable=g-import-not-at-top
   from ncsn_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from ncsn_jax import evaluate  # pylint: disable=g-import-not-at-top
   from ncsn_jax import train  # pylint: disable=g-import-not-at-top
@@ -87,7 +88,6 @@ def main(argv):
       if not FLAGS.checkpoint:
         raise ValueError('--mode=import needs --checkpoint=PATH.pth (an '
                          'official NCSN/NCSNv2 checkpoint).')
-      from ncsn_jax import checkpoint_import  # pylint: disable=g-import-not-at-top
       step = checkpoint_import.import_checkpoint(config, workdir,
                                                  FLAGS.checkpoint)
       print(f'Imported {FLAGS.checkpoint} as step {step} into '

@@ -28,7 +28,6 @@ def get_default_config():
   data.logit_transform = False  # Model space logit(1e-6 + (1 - 2e-6) x).
   data.rescaled = False  # Model space 2x - 1 (the network then skips its own).
   data.shuffle_buffer = 10_000  # tf.data shuffle buffer of the training split.
-  data.prefetch = 2  # Batches kept ready on the devices.
   data.split_seed = 2019  # Fixed train/test permutation (digits, folders).
   data.test_fraction = 0.1  # Share of a split-less set used for testing.
 
@@ -69,7 +68,7 @@ def get_default_config():
   optim.lr = 1e-4  # Learning rate.
   optim.beta1 = 0.9  # Adam beta1 (beta2 is 0.999).
   optim.eps = 1e-8  # Adam epsilon.
-  optim.weight_decay = 0.0  # Decoupled weight decay (0 = plain Adam).
+  optim.weight_decay = 0.0  # L2 added to the gradients, as torch Adam.
   optim.amsgrad = False
   optim.warmup = 0  # Linear learning-rate warmup steps; 0 = none.
   optim.grad_clip = -1.0  # Global-norm gradient clipping; negative = off.

@@ -262,7 +262,9 @@ def _set_adam_state(opt_state, count: int, mu, nu):
       return s._replace(count=np.asarray(count, np.int32), mu=mu, nu=nu)
     if isinstance(s, optax.ScaleByScheduleState):
       return s._replace(count=np.asarray(count, np.int32))
-    if isinstance(s, tuple) and not hasattr(s, '_fields'):
+    if isinstance(s, tuple) and hasattr(s, '_fields'):  # Wrapper states.
+      return s._replace(**{f: fix(getattr(s, f)) for f in s._fields})
+    if isinstance(s, tuple):  # optax.chain
       return tuple(fix(x) for x in s)
     return s
 

@@ -225,6 +225,12 @@ class ConvertTest(absltest.TestCase):
     torch_mu = self.states[1]['state'][0]['exp_avg']  # begin_conv.weight.
     np.testing.assert_array_equal(
         adam.mu['begin_conv']['kernel'], torch_mu.transpose(2, 3, 1, 0))
+    # Also behind other optax transformations of the chain.
+    config = make_config('ncsnv2')
+    config.optim.grad_clip = 1.0
+    state, info = checkpoint_import.convert(config, self.states)
+    self.assertEqual(info['adam'], 'imported')
+    self.assertEqual(int(state.opt_state[1].count), int(REF['v2_step']))
     # No moments in the file: a fresh optax state.
     empty = torch_checkpoint.load_pth(fixture('ncsnv2_zip.pth'))
     state, info = checkpoint_import.convert(self.config, empty)

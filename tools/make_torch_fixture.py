@@ -1,4 +1,4 @@
-"""Writes the PyTorch-checkpoint parity fixture of tests/checkpoint_import_test.py.
+"""Writes the PyTorch checkpoint fixture of tests/checkpoint_import_test.py.
 
 Dev-only: needs PyTorch and local checkouts of the two official repositories
 (ermongroup/ncsn for NCSN v1, ermongroup/ncsnv2 for NCSNv2); the library and
