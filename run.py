@@ -20,9 +20,13 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Folder of checkpoints, samples, logs.')
-flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval', 'import'],
+flags.DEFINE_enum('mode', 'train',
+                  ['train', 'sample', 'eval', 'import', 'toy', 'tune',
+                   'fid_stats'],
                   'What to do (import: convert an official PyTorch '
-                  'checkpoint, see --checkpoint).')
+                  'checkpoint, see --checkpoint; toy: the NCSN paper\'s '
+                  '2-D experiments; tune: NCSNv2 sigma_1, L and eps; '
+                  'fid_stats: Inception reference stats of the data set).')
 flags.DEFINE_string('checkpoint', None,
                     'Official NCSN/NCSNv2 .pth file to import (--mode=import).')
 flags.DEFINE_bool('multihost', False,
@@ -95,6 +99,20 @@ def main(argv):
     elif FLAGS.mode == 'sample':
       paths = evaluate.sample(config, workdir)
       print('\n'.join(f'{k}: {v}' for k, v in paths.items()))
+    elif FLAGS.mode == 'toy':
+      from ncsn_jax import toy  # pylint: disable=g-import-not-at-top
+      report = toy.run_toy(config, workdir)
+      print(f'annealed_weight: {report["annealed_weight"]:.3f}, '
+            f'langevin_weight: {report["langevin_weight"]:.3f} (true 0.8)\n'
+            f'Report and figures: {os.path.join(workdir, "toy")}')
+    elif FLAGS.mode == 'tune':
+      from ncsn_jax import tune  # pylint: disable=g-import-not-at-top
+      result = tune.tune(config, workdir)
+      print(tune.config_snippet(result) +
+            f'Report: {os.path.join(workdir, "tune.json")}')
+    elif FLAGS.mode == 'fid_stats':
+      from ncsn_jax import inception_metrics  # pylint: disable=g-import-not-at-top
+      print(f'Reference stats: {inception_metrics.reference_stats(config)}')
     else:
       print(f'Report: {evaluate.evaluate(config, workdir)}')
   except (ValueError, checkpointing.CheckpointError,

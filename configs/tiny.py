@@ -25,4 +25,5 @@ def get_config():
   config.sampling.step_lr = 1e-3
   config.eval.batch_size = 4
   config.eval.num_samples = 8
+  config.eval.inception_batch_size = 8  # One compiled batch shape.
   return config

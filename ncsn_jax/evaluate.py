@@ -1,8 +1,10 @@
 """Sample and eval modes: everything that needs only a checkpoint.
 
 `sample` writes an image grid and a uint8 `.npz` of samples drawn with the
-EMA parameters; `evaluate` writes a JSON report with the test-split DSM loss
-and the sample-quality numbers available for the data set.
+EMA parameters (plus the generation process, inpainting, interpolation and
+nearest-neighbour figures when `config.sampling` asks for them); `evaluate`
+writes a JSON report with the test-split DSM loss and the sample-quality
+numbers available for the data set.
 """
 
 import json
@@ -15,11 +17,13 @@ import numpy as np
 from ncsn_jax import checkpointing
 from ncsn_jax import digits_metrics
 from ncsn_jax import image_utils
+from ncsn_jax import inception_metrics
 from ncsn_jax import input_pipeline
 from ncsn_jax import losses
 from ncsn_jax import models
 from ncsn_jax import parallel
 from ncsn_jax import sampling
+from ncsn_jax import sampling_modes
 from ncsn_jax import train
 from ncsn_jax import transforms
 
@@ -94,6 +98,8 @@ def sample(config, workdir: str) -> dict[str, str]:
     paths['gif'] = os.path.join(root, f'{s.tag}_process.gif')
     grids = [image_utils.make_grid(f) for f in frames]
     image_utils.save_gif(paths['gif'], np.stack(grids), scale=scale)
+  paths.update(sampling_modes.write_figures(config, model, params, key,
+                                           images, root))
   logging.info('Sampled checkpoint %d: %s', step, paths)
   return paths
 
@@ -126,7 +132,7 @@ def sample_quality(config, images: np.ndarray) -> dict:
     scores = digits_metrics.digits_scores(clf, images[..., :1],
                                           x_test[..., :1], y_test)
     return {'digits_classifier': {k: float(v) for k, v in scores.items()}}
-  return {'note': 'IS/FID/KID are not available for this data set yet.'}
+  return inception_metrics.sample_metrics(config, images)
 
 
 def _write_atomic(path: str, text: str) -> None:
@@ -209,8 +215,12 @@ def sweep(config, workdir: str) -> str:
   root = os.path.join(workdir, 'eval')
   _write_atomic(os.path.join(root, 'sweep.csv'), '\n'.join(csv) + '\n')
   path = os.path.join(root, 'sweep.json')
-  _write_atomic(path, json.dumps(
-      {'best_step': best, 'criterion': criterion, 'rows': rows}, indent=2))
+  summary = {'best_step': best, 'criterion': criterion}
+  if criterion == 'fid' and e.num_samples < inception_metrics.PAPER_NUM_SAMPLES:
+    summary['note'] = (
+        f'fast FID from {e.num_samples} samples per checkpoint: good for '
+        'ranking, not comparable to the papers\' 50000-sample FID.')
+  _write_atomic(path, json.dumps(dict(summary, rows=rows), indent=2))
   logging.info('Best checkpoint by %s: %d', criterion, best)
   return path
 

@@ -428,3 +428,17 @@ def load_split_arrays(config, split: str,
     size, channels = config.data.image_size, config.data.channels
     return np.zeros((0, size, size, channels), np.float32)
   return np.concatenate(batches, axis=0)
+
+
+def iterate_split(config, split: str,
+                  batch_size: int) -> Iterator[np.ndarray]:
+  """The whole split (all processes: all of it) in a fixed order, streamed.
+
+  Yields:
+    float32 `[b, S, S, C]` batches in [0, 1] without augmentation or
+    dequantisation; b = batch_size except for a smaller last batch.
+  """
+  _validate(config, split)
+  ds, _ = _images(config, split, 0, 1, None)
+  ds = ds.batch(batch_size).map(_to_float, num_parallel_calls=tf.data.AUTOTUNE)
+  return iter(tfds.as_numpy(ds.prefetch(tf.data.AUTOTUNE)))

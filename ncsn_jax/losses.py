@@ -4,6 +4,9 @@ A score function here is `score_fn(x, labels) -> scores` with `x` `[B,...]`
 and integer noise labels `[B]`; `keys` `[B]` are per-example keys (see
 `random_utils.per_example_keys`), so each example's draws depend only on its
 own key.
+
+Losses: annealed denoising score matching ('dsm'), and sliced score matching
+(plain and variance-reduced, unconditional and annealed; 'ssm', 'ssm_vr').
 """
 
 from typing import Callable
@@ -66,6 +69,119 @@ def annealed_dsm_loss(score_fn: ScoreFn, x: jax.Array, keys: jax.Array,
   return jnp.mean(losses), {'losses': losses, 'labels': labels}
 
 
+# ------------------------------------------------------ sliced score matching
+
+SSM_LOSSES = ('ssm', 'ssm_vr')
+PROJECTIONS = ('gaussian', 'rademacher')
+
+
+def check_projection(kind: str) -> None:
+  """Raises ValueError naming the config field for an unknown projection."""
+  if kind not in PROJECTIONS:
+    raise ValueError(f'config.training.projection={kind!r} is unknown; use '
+                     "'gaussian' or 'rademacher'.")
+
+
+def projections(keys: jax.Array, shape, n_particles: int,
+                kind: str = 'gaussian') -> jax.Array:
+  """Random projection vectors with E[v v^T] = I, per example.
+
+  Args:
+    keys: per-example keys `[B]`.
+    shape: shape of one example.
+    n_particles: projections per example.
+    kind: 'gaussian' (N(0, I)) or 'rademacher' (+-1 with probability 1/2).
+
+  Returns:
+    v `[n_particles, B, *shape]`.
+  """
+  check_projection(kind)
+  full = (n_particles,) + tuple(shape)
+  if kind == 'gaussian':
+    v = jax.vmap(lambda k: jax.random.normal(k, full))(keys)
+  else:
+    v = jax.vmap(lambda k: jax.random.rademacher(k, full, jnp.float32))(keys)
+  return jnp.swapaxes(v, 0, 1)
+
+
+def sliced_score_matching(score_fn: Callable[[jax.Array], jax.Array],
+                          x: jax.Array, keys: jax.Array, n_particles: int = 1,
+                          projection: str = 'gaussian',
+                          variance_reduction: bool = False):
+  """Sliced score matching (Song et al. 2019) with forward-mode JVPs.
+
+  Per example and projection v the objective is v^T (ds/dx) v + 1/2 (v^T s)^2
+  (SSM) or v^T (ds/dx) v + 1/2 ||s||^2 (SSM-VR); with E[v v^T] = I both are
+  unbiased for tr(ds/dx) + 1/2 ||s||^2. One `jax.jvp` per projection gives
+  s and (ds/dx) v together. The projections are not normalised (unlike the
+  reference's plain `sliced_score_estimation`, which scales v to unit norm).
+
+  Args:
+    score_fn: `score_fn(x [N,...]) -> [N,...]`, acting per example.
+    x: data `[B,...]`.
+    keys: per-example keys `[B]` (the projections of example i come from key
+      i only).
+    n_particles: projections per example (averaged).
+    projection: 'gaussian' or 'rademacher'.
+    variance_reduction: SSM-VR (exact 1/2 ||s||^2 term) instead of SSM.
+
+  Returns:
+    (mean loss, {'losses': `[B]`, 'loss1': `[B]`, 'loss2': `[B]`}) where loss1
+    is the norm term and loss2 the Jacobian term, averaged over projections.
+  """
+  n, b = n_particles, x.shape[0]
+  v = projections(keys, x.shape[1:], n, projection).astype(x.dtype)
+  x_rep = jnp.broadcast_to(x[None], (n,) + x.shape).reshape((n * b,) +
+                                                            x.shape[1:])
+  v = v.reshape(x_rep.shape)
+  s, jv = jax.jvp(score_fn, (x_rep,), (v,))
+  loss2 = _sum_except_batch(v * jv)
+  if variance_reduction:
+    loss1 = 0.5 * _sum_except_batch(s**2)
+  else:
+    loss1 = 0.5 * _sum_except_batch(v * s)**2
+  loss1 = jnp.mean(loss1.reshape(n, b), axis=0)
+  loss2 = jnp.mean(loss2.reshape(n, b), axis=0)
+  losses = loss1 + loss2
+  return jnp.mean(losses), {'losses': losses, 'loss1': loss1, 'loss2': loss2}
+
+
+def annealed_ssm_loss(score_fn: ScoreFn, x: jax.Array, keys: jax.Array,
+                      sigmas: jax.Array, n_particles: int = 1,
+                      projection: str = 'gaussian',
+                      variance_reduction: bool = True,
+                      anneal_power: float = 2.0):
+  """Noise-conditional sliced score matching (weight sigma_y^p).
+
+  As the reference's `anneal_sliced_score_estimation_vr`: x~ = x + sigma_y z
+  with one level y per example (drawn as in `annealed_dsm_loss`), then sliced
+  score matching of s(., y) on x~, times sigma_y^p.
+
+  Args:
+    score_fn: the noise-conditional score model.
+    x: data in the model's input space `[B,...]`.
+    keys: per-example keys `[B]`.
+    sigmas: noise levels `[L]`.
+    n_particles: projections per example.
+    projection: 'gaussian' or 'rademacher'.
+    variance_reduction: SSM-VR (the reference's choice) or plain SSM.
+    anneal_power: the exponent p (the reference uses 2).
+
+  Returns:
+    (mean loss over the batch, {'losses': `[B]`, 'labels': `[B]`}).
+  """
+  noise_keys, projection_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
+  labels, z = perturb(noise_keys, x, sigmas)
+  sigma = sigmas[labels].reshape((-1,) + (1,) * (x.ndim - 1))
+  x_tilde = x + sigma * z
+  tiled = jnp.tile(labels, n_particles)  # Particle-major, like x_tilde's.
+  _, aux = sliced_score_matching(lambda u: score_fn(u, tiled), x_tilde,
+                                 projection_keys, n_particles, projection,
+                                 variance_reduction)
+  losses = aux['losses'] * sigmas[labels]**anneal_power
+  return jnp.mean(losses), {'losses': losses, 'labels': labels}
+
+
 def get_loss_fn(config, model):
   """Builds `loss_fn(params, x, keys) -> (loss, aux)` for a config.
 
@@ -75,13 +191,29 @@ def get_loss_fn(config, model):
     model: the flax score network.
 
   Returns:
-    The pure loss function of the config's `training.loss`.
+    The pure loss function of the config's `training.loss`: 'dsm', or the
+    annealed sliced score matching 'ssm' / 'ssm_vr' (with
+    `training.n_particles` projections of kind `training.projection`).
   """
   sigmas = jnp.asarray(noise.get_sigmas(config))
   name = config.training.loss
-  if name != 'dsm':
-    raise ValueError(f"config.training.loss={name!r} is unknown; use 'dsm'.")
+  if name not in ('dsm',) + SSM_LOSSES:
+    raise ValueError(f"config.training.loss={name!r} is unknown; use 'dsm', "
+                     "'ssm' or 'ssm_vr'.")
   power = config.training.anneal_power
+  if name in SSM_LOSSES:
+    t = config.training
+    check_projection(t.projection)
+    if t.n_particles < 1:
+      raise ValueError(
+          f'config.training.n_particles={t.n_particles} must be >= 1.')
+
+    def ssm_loss_fn(params, x, keys):
+      score_fn = lambda x, y: model.apply({'params': params}, x, y)
+      return annealed_ssm_loss(score_fn, x, keys, sigmas, t.n_particles,
+                               t.projection, name == 'ssm_vr', power)
+
+    return ssm_loss_fn
 
   def loss_fn(params, x, keys):
     score_fn = lambda x, y: model.apply({'params': params}, x, y)

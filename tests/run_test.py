@@ -65,8 +65,29 @@ class RunTest(absltest.TestCase):
     self.assertEqual(report['step'], 4)
     self.assertTrue(np.isfinite(report['test_dsm_loss']))
     self.assertGreater(report['test_dsm_loss'], 0)
+    # IS/FID/KID with the real FID trunk (make test fetches it); no cached
+    # reference stats for 8 px mock data: the test split, on the fly.
+    self.assertGreater(report['fid'], 0)
+    self.assertTrue(np.isfinite(report['kid']))
+    self.assertIn('fc head', report['inception_score_note'])
+    self.assertEqual(report['inception']['num_samples'], 8)
+    self.assertEqual(report['inception']['num_reference'], 16)
+    self.assertIn('on the fly', report['inception']['reference'])
+    self.assertEqual(len(report['inception']['weights_trunk_sha256']), 64)
+    self.assertFalse(report['inception']['comparable_to_papers'])
 
-    # A sweep over both checkpoints names the best one.
+    # A fast-FID sweep over both checkpoints names the best one, labelled
+    # as not comparable with the papers' 50k-sample FID.
+    result = run(workdir, 'eval', '--config.eval.begin_ckpt=1')
+    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+    with open(os.path.join(workdir, 'eval', 'sweep.json')) as f:
+      sweep = json.load(f)
+    self.assertEqual(sweep['criterion'], 'fid')
+    fids = {r['step']: r['fid'] for r in sweep['rows']}
+    self.assertEqual(sweep['best_step'], min(fids, key=fids.get))
+    self.assertIn('not comparable', sweep['note'])
+
+    # Without samples, a sweep ranks by the test loss.
     result = run(workdir, 'eval', '--config.eval.begin_ckpt=1',
                  '--config.eval.num_samples=0')
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
