@@ -3,7 +3,10 @@
   PYTHONPATH=. python bench/digits_step_time.py ngf=16,batch=64,size=8 ...
 
 Each argument is a comma-separated list of overrides (ngf, batch, size, L,
-sbatch = sampling batch, k = n_jitted_steps); the script prints compile time,
+sbatch = sampling batch, k = n_jitted_steps, unrolled = 1 to time the k steps
+as a Python loop instead of `train.multi_train_step`'s `lax.scan`; on XLA:CPU
+the weight gradients of convolutions inside a while loop are ~10-90x slower);
+the script prints compile time,
 seconds per train step and seconds per Langevin step (one network evaluation
 of a sampling batch) for each.
 """
@@ -22,6 +25,15 @@ from ncsn_jax import models
 from ncsn_jax import parallel
 from ncsn_jax import sampling
 from ncsn_jax import train
+
+
+def unrolled_train_step(state, images, train_key, **kwargs):
+  """`train.multi_train_step` as a Python loop (no `lax.scan`)."""
+  metrics = []
+  for i in range(images.shape[0]):
+    state, m = train.train_step(state, images[i], train_key, **kwargs)
+    metrics.append(m)
+  return state, jax.tree.map(lambda *xs: jnp.stack(xs), *metrics)
 
 
 def parse(arg):
@@ -45,16 +57,23 @@ def bench(o):
   loss_fn = losses.get_loss_fn(config, model)
   state = train.create_train_state(config, model, tx, jax.random.key(0))
   n_params = models.count_params(state.params)
+  multi = unrolled_train_step if o.get('unrolled') else train.multi_train_step
   p_train = parallel.pmap_train_step(functools.partial(
-      train.multi_train_step, config=config, loss_fn=loss_fn, tx=tx))
+      multi, config=config, loss_fn=loss_fn, tx=tx))
   s = config.data.image_size
   images = np.random.rand(1, k, config.training.batch_size, s, s, 1).astype(
       np.float32)
   key = jax.random.key(1)
+  # Two warm-up calls: the first compiles for the freshly created (host,
+  # uncommitted) state, the second recompiles for the pmap-output state.
   t0 = time.time()
   state, m = p_train(state, images, key)
   jax.block_until_ready(m)
   compile_s = time.time() - t0
+  t0 = time.time()
+  state, m = p_train(state, images, key)
+  jax.block_until_ready(m)
+  recompile_s = time.time() - t0
   n = max(3, 12 // k)
   t0 = time.time()
   for _ in range(n):
@@ -73,6 +92,7 @@ def bench(o):
   out.block_until_ready()
   eval_s = (time.time() - t0) / 5
   print(f'{o}: params={n_params} compile={compile_s:.1f}s '
+        f'recompile={recompile_s:.1f}s '
         f'step={step_s * 1000:.0f}ms eval[{b}]={eval_s * 1000:.1f}ms',
         flush=True)
 
