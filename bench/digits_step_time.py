@@ -3,12 +3,11 @@
   PYTHONPATH=. python bench/digits_step_time.py ngf=16,batch=64,size=8 ...
 
 Each argument is a comma-separated list of overrides (ngf, batch, size, L,
-sbatch = sampling batch, k = n_jitted_steps, unrolled = 1 to time the k steps
-as a Python loop instead of `train.multi_train_step`'s `lax.scan`; on XLA:CPU
-the weight gradients of convolutions inside a while loop are ~10-90x slower);
-the script prints compile time,
-seconds per train step and seconds per Langevin step (one network evaluation
-of a sampling batch) for each.
+sbatch = sampling batch, k = n_jitted_steps, scan = 1 to time the k steps
+inside a `lax.scan`, which `train.multi_train_step` avoids on XLA:CPU because
+convolution gradients inside a while loop are several times slower there);
+the script prints compile time, seconds per train step and seconds per
+Langevin step (one network evaluation of a sampling batch) for each.
 """
 
 import functools
@@ -27,13 +26,10 @@ from ncsn_jax import sampling
 from ncsn_jax import train
 
 
-def unrolled_train_step(state, images, train_key, **kwargs):
-  """`train.multi_train_step` as a Python loop (no `lax.scan`)."""
-  metrics = []
-  for i in range(images.shape[0]):
-    state, m = train.train_step(state, images[i], train_key, **kwargs)
-    metrics.append(m)
-  return state, jax.tree.map(lambda *xs: jnp.stack(xs), *metrics)
+def scanned_train_step(state, images, train_key, **kwargs):
+  """The k steps in a `lax.scan` on every backend (for comparison)."""
+  step = functools.partial(train.train_step, train_key=train_key, **kwargs)
+  return jax.lax.scan(step, state, images)
 
 
 def parse(arg):
@@ -57,7 +53,7 @@ def bench(o):
   loss_fn = losses.get_loss_fn(config, model)
   state = train.create_train_state(config, model, tx, jax.random.key(0))
   n_params = models.count_params(state.params)
-  multi = unrolled_train_step if o.get('unrolled') else train.multi_train_step
+  multi = scanned_train_step if o.get('scan') else train.multi_train_step
   p_train = parallel.pmap_train_step(functools.partial(
       multi, config=config, loss_fn=loss_fn, tx=tx))
   s = config.data.image_size

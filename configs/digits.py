@@ -14,13 +14,13 @@ def get_config():
   config.data.channels = 1
   config.data.random_flip = False  # Mirrored digits are not digits.
   config.model.name = 'ncsnv2'
-  config.model.ngf = 8
+  config.model.ngf = 16
   config.model.num_classes = 16
   config.model.sigma_begin = 4.8  # Max pairwise distance of the images.
   config.model.sigma_end = 0.05  # 17 grey levels: finer noise is wasted.
   config.model.ema_rate = 0.995
   config.training.batch_size = 64
-  config.training.n_iters = 2000
+  config.training.n_iters = 4000
   config.training.snapshot_freq = 1000
   config.training.log_freq = 50
   config.training.eval_freq = 100

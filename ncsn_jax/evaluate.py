@@ -131,7 +131,10 @@ def sample_quality(config, images: np.ndarray) -> dict:
     clf = digits_metrics.train_digits_classifier(x_train[..., :1], y_train)
     scores = digits_metrics.digits_scores(clf, images[..., :1],
                                           x_test[..., :1], y_test)
-    return {'digits_classifier': {k: float(v) for k, v in scores.items()}}
+    # Strict JSON: a statistic that is undefined here (KID's std over one
+    # block) is null, not NaN.
+    return {'digits_classifier': {
+        k: float(v) if np.isfinite(v) else None for k, v in scores.items()}}
   return inception_metrics.sample_metrics(config, images)
 
 
