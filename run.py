@@ -114,7 +114,8 @@ def main(argv):
       from ncsn_jax import inception_metrics  # pylint: disable=g-import-not-at-top
       print(f'Reference stats: {inception_metrics.reference_stats(config)}')
     else:
-      print(f'Report: {evaluate.evaluate(config, workdir)}')
+      path = evaluate.evaluate(config, workdir)
+      print(f'Report: {path}\n{evaluate.summary_line(path)}')
   except (ValueError, checkpointing.CheckpointError,
           train.NonFiniteLossError) as e:
     logging.error('%s', e)

@@ -25,7 +25,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import flax  # pylint: disable=g-import-not-at-top
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from configs import cifar10_ncsnv2
 from ncsn_jax import losses

@@ -22,7 +22,6 @@ from configs import digits
 from ncsn_jax import losses
 from ncsn_jax import models
 from ncsn_jax import parallel
-from ncsn_jax import sampling
 from ncsn_jax import train
 
 

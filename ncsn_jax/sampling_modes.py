@@ -385,10 +385,7 @@ def nearest_neighbor_figure(config, samples: np.ndarray, root: str,
                               ncol=k + 1, scale=_scale(samples))
   report = {'metric': 'L2 distance of [0, 1] pixels',
             'indices': idx.tolist(), 'distances': dist.tolist()}
-  tmp = paths['nearest_json'] + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(report, f)
-  os.replace(tmp, paths['nearest_json'])
+  image_utils.save_text(paths['nearest_json'], json.dumps(report))
   return paths
 
 

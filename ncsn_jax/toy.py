@@ -183,11 +183,7 @@ def score_errors(score_fn, sigma=0.0, size: int = 161, extent: float = 8.0):
 def _save_figure(fig, path: str) -> None:
   buffer = io.BytesIO()
   backend_agg.FigureCanvasAgg(fig).print_png(buffer)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + '.tmp'
-  with open(tmp, 'wb') as f:
-    f.write(buffer.getvalue())
-  os.replace(tmp, path)
+  image_utils.save_bytes(path, buffer.getvalue())
 
 
 def plot_scores(path: str, score_fn, extent: float = 8.0) -> None:
@@ -324,9 +320,6 @@ def run_toy(config, workdir: str) -> dict:
       labels=(f'plain ({toy.plain_loss})', f'annealed ({t.loss})'))
   report['seconds'] = round(time.time() - start, 2)
   path = os.path.join(root, 'report.json')
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(report, f, indent=2)
-  os.replace(tmp, path)
+  image_utils.save_text(path, json.dumps(report, indent=2))
   logging.info('Toy report: %s', report)
   return report

@@ -26,6 +26,7 @@ from scipy import optimize
 from scipy import stats
 
 from ncsn_jax import distances
+from ncsn_jax import image_utils
 from ncsn_jax import input_pipeline
 from ncsn_jax import transforms
 
@@ -173,14 +174,6 @@ def config_snippet(result: dict) -> str:
       f"config.sampling.step_lr = {result['step_lr']:.3g}\n")
 
 
-def _write(path: str, text: str) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def tune(config, workdir: str) -> dict:
   """Tune mode: sigma_1 (from the data unless `tune.sigma_begin`), L, eps.
 
@@ -210,7 +203,9 @@ def tune(config, workdir: str) -> dict:
   result = recommend(sigma_begin, dim, config.model.sigma_end,
                      config.sampling.n_steps_each)
   result.update(source)
-  _write(os.path.join(workdir, 'tune.json'), json.dumps(result, indent=2))
-  _write(os.path.join(workdir, 'tune_config.py'), config_snippet(result))
+  image_utils.save_text(os.path.join(workdir, 'tune.json'),
+                        json.dumps(result, indent=2))
+  image_utils.save_text(os.path.join(workdir, 'tune_config.py'),
+                        config_snippet(result))
   logging.info('Tuned hyperparameters: %s', result)
   return result

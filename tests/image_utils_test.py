@@ -88,6 +88,14 @@ class FilesTest(parameterized.TestCase):
   def _no_temp_files_left(self, directory):
     self.assertEmpty([f for f in os.listdir(directory) if f.endswith('.tmp')])
 
+  def test_save_text_replaces_whole_file(self):
+    path = os.path.join(self.dir, 'new', 'report.json')
+    image_utils.save_text(path, 'first, longer text')
+    image_utils.save_text(path, 'second')
+    with open(path) as f:
+      self.assertEqual(f.read(), 'second')
+    self._no_temp_files_left(os.path.dirname(path))
+
   @parameterized.parameters(1, 3)
   def test_png_round_trip(self, channels):
     images = np.random.default_rng(1).uniform(size=(7, 5, 6, channels))

@@ -120,7 +120,9 @@ class SampleMetricsTest(absltest.TestCase):
     self.assertTrue(info['preprocessing'].startswith('tf: TF1 legacy'))
     self.assertIn('floor(clip(x, 0, 1) * 255 + 0.5)', info['quantisation'])
     self.assertEqual(info['weights_trunk_sha256'], 'b' * 64)
-    self.assertEqual(info['notes'], [])
+    self.assertFalse(info['comparable_to_papers'])
+    self.assertLen(info['notes'], 1)  # Only the small-N bias warning.
+    self.assertIn('30 samples: FID and IS are biased', info['notes'][0])
     json.dumps(report, allow_nan=False)
     # Floats in [0, 1] are rounded to the same uint8 images.
     again = im.sample_metrics(self.config, samples / np.float32(255),

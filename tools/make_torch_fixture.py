@@ -22,8 +22,8 @@ kept Adam's `step` as a Python int), carries the Adam moments; in
 `ncsnv2_zip.pth` the optimizer's per-parameter state is left empty, and the
 v1 model is saved untrained, with a fresh optimizer (empty state).
 
-  /tmp/torchvenv/bin/python tools/make_torch_fixture.py \
-      --ncsn_repo=/tmp/refs/ncsn --ncsnv2_repo=/tmp/refs/ncsnv2
+  torchvenv/bin/python tools/make_torch_fixture.py \
+      --ncsn_repo=PATH/TO/ncsn --ncsnv2_repo=PATH/TO/ncsnv2
 
 Outputs in --out_dir (default tests/testdata/torch_checkpoints):
   ncsn_zip.pth, ncsn_legacy.pth, ncsnv2_zip.pth, ncsnv2_legacy.pth,
