@@ -208,10 +208,12 @@ def sweep(config, workdir: str) -> str:
   csv = [','.join(columns)] + [
       ','.join(str(r.get(c, '')) for c in columns) for r in rows]
   root = os.path.join(workdir, 'eval')
-  image_utils.save_text(os.path.join(root, 'sweep.csv'), '\n'.join(csv) + '\n')
+  image_utils.save_text(os.path.join(root, 'sweep.csv'),
+                        '\n'.join(csv) + '\n')
   path = os.path.join(root, 'sweep.json')
   summary = {'best_step': best, 'criterion': criterion}
-  if criterion == 'fid' and e.num_samples < inception_metrics.PAPER_NUM_SAMPLES:
+  fast = e.num_samples < inception_metrics.PAPER_NUM_SAMPLES
+  if criterion == 'fid' and fast:
     summary['note'] = (
         f'fast FID from {e.num_samples} samples per checkpoint: good for '
         'ranking, not comparable to the papers\' 50000-sample FID.')
