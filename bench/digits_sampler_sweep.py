@@ -54,7 +54,7 @@ def main(workdir, args):
                                config.eval.num_samples)
     seconds = time.time() - t0
     images = image_utils.to_uint8(images).astype(np.float32) / 255.0
-    d = evaluate.sample_quality(config, images)['digits_classifier']
+    d = evaluate.create_sample_scorer(config)(images)['digits_classifier']
     print(f'{arg}: step={step} score_ratio={d["score_ratio"]:.3f} '
           f'FD={d["frechet_distance"]:.2f} sampling={seconds:.1f}s',
           flush=True)

@@ -7,8 +7,10 @@ writes a JSON report with the test-split DSM loss and the sample-quality
 numbers available for the data set.
 """
 
+import functools
 import json
 import os
+from typing import Callable, Optional
 
 from absl import logging
 import jax
@@ -124,23 +126,39 @@ def test_loss(config, model, params, key) -> float:
   return total / count
 
 
-def sample_quality(config, images: np.ndarray) -> dict:
-  """Sample-quality metrics available for the config's data set."""
-  if config.data.dataset == 'digits':
+def create_sample_scorer(config) -> Callable[[np.ndarray], dict]:
+  """`scorer(images [N,H,W,C] in [0, 1]) -> metrics` for the config's data.
+
+  Digits: the classifier-based scores; other data sets: IS, FID and KID.
+  What the metrics need besides the samples (the digits classifier, or the
+  Inception network and reference statistics) is made on the first call and
+  reused, so a checkpoint sweep makes it once.
+  """
+  if config.data.dataset != 'digits':
+    return inception_metrics.create_scorer(config)
+
+  @functools.cache
+  def prepared():
     x_train, y_train, x_test, y_test = input_pipeline.digits_split(config)
     clf = digits_metrics.train_digits_classifier(x_train[..., :1], y_train)
-    scores = digits_metrics.digits_scores(clf, images[..., :1],
-                                          x_test[..., :1], y_test)
+    return clf, x_test[..., :1], y_test
+
+  def scorer(images):
+    clf, x_test, y_test = prepared()
+    scores = digits_metrics.digits_scores(clf, images[..., :1], x_test, y_test)
     # Strict JSON: a statistic that is undefined here (KID's std over one
     # block) is null, not NaN.
     return {'digits_classifier': {
         k: float(v) if np.isfinite(v) else None for k, v in scores.items()}}
-  return inception_metrics.sample_metrics(config, images)
+
+  return scorer
 
 
-def evaluate_checkpoint(config, workdir: str, step: int = 0) -> dict:
+def evaluate_checkpoint(config, workdir: str, step: int = 0,
+                        scorer: Optional[Callable] = None) -> dict:
   """Test DSM loss and sample quality of checkpoint `step` (0 = latest).
 
+  `scorer` is `create_sample_scorer(config)`'s, to share between checkpoints.
   Writes `WORKDIR/eval/report_<step>.json` and returns the report.
   """
   parallel.check_divisible(config.eval.batch_size, 'config.eval.batch_size')
@@ -158,7 +176,7 @@ def evaluate_checkpoint(config, workdir: str, step: int = 0) -> dict:
     images = generate(config, model, params, sample_key,
                       config.eval.num_samples)
     images = image_utils.to_uint8(images).astype(np.float32) / 255.0
-    report.update(sample_quality(config, images))
+    report.update((scorer or create_sample_scorer(config))(images))
   path = os.path.join(workdir, 'eval', f'report_{step}.json')
   image_utils.save_text(path, json.dumps(report, indent=2))
   logging.info('Eval report of checkpoint %d: %s', step, path)
@@ -201,7 +219,9 @@ def sweep(config, workdir: str) -> str:
         f'no checkpoint of {workdir} lies in config.eval.begin_ckpt='
         f'{e.begin_ckpt} .. config.eval.end_ckpt={e.end_ckpt} (have '
         f'{sorted(manager.all_steps())}).')
-  rows = [_flatten(evaluate_checkpoint(config, workdir, s)) for s in steps]
+  scorer = create_sample_scorer(config)
+  rows = [_flatten(evaluate_checkpoint(config, workdir, s, scorer))
+          for s in steps]
   best, criterion = best_step(rows)
   columns = sorted({k for r in rows for k in r}, key=lambda k: (k != 'step',
                                                                 k))

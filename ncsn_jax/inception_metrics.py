@@ -18,6 +18,7 @@ Reference files from elsewhere are read too: score_sde's (`pool_3` only)
 and TTUR / pytorch-fid's (`mu`, `sigma` only: FID but no KID).
 """
 
+import functools
 import json
 import os
 from typing import Callable, Optional
@@ -26,6 +27,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from ncsn_jax import image_utils
 from ncsn_jax import inception
 from ncsn_jax import inception_weights
 from ncsn_jax import input_pipeline
@@ -100,11 +102,9 @@ def save_reference(path: str, pool_3: np.ndarray, meta: dict) -> dict:
   """Writes pool_3 [N,2048] float32, mu [D], sigma [D,D] float64 and meta."""
   mu, sigma = metrics.finalize_stats(metrics.compute_stats(pool_3))
   meta = dict(meta, num_examples=int(pool_3.shape[0]))
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + '.tmp.npz'
-  np.savez(tmp, pool_3=np.asarray(pool_3, np.float32), mu=mu, sigma=sigma,
-           meta=np.array(json.dumps(meta)))
-  os.replace(tmp, path)
+  with image_utils.atomic_open(path) as f:
+    np.savez(f, pool_3=np.asarray(pool_3, np.float32), mu=mu, sigma=sigma,
+             meta=np.array(json.dumps(meta)))
   return meta
 
 
@@ -164,8 +164,14 @@ def reference_stats(config,
   return path
 
 
-def _reference(config, extract, weights, notes) -> tuple[dict, str]:
-  """Cached reference stats, else the test split's computed now."""
+def _reference(config, extract, weights) -> tuple[dict, str, list[str]]:
+  """Cached reference stats, else the test split's computed now.
+
+  Returns:
+    (stats {'mu', 'sigma', 'pool_3' (or None), 'meta'}, a description of
+    where they came from, notes for the report).
+  """
+  notes = []
   path = stats_path(config)
   if os.path.isfile(path):
     ref = load_reference(path)
@@ -180,7 +186,7 @@ def _reference(config, extract, weights, notes) -> tuple[dict, str]:
                        'config.eval.inception_preprocessing='
                        f'{config.eval.inception_preprocessing!r}.')
     split = ref['meta'].get('split', '?')
-    return ref, f'{path} (split {split})'
+    return ref, f'{path} (split {split})', notes
   pool_3 = split_features(config, 'test', extract)
   mu, sigma = metrics.finalize_stats(metrics.compute_stats(pool_3))
   notes.append(f'no reference stats at {path}: the test split\'s '
@@ -190,15 +196,33 @@ def _reference(config, extract, weights, notes) -> tuple[dict, str]:
   meta = dict(_stats_meta(config, 'test', weights),
               num_examples=int(pool_3.shape[0]))
   return ({'mu': mu, 'sigma': sigma, 'pool_3': pool_3, 'meta': meta},
-          'test split, computed on the fly')
+          'test split, computed on the fly', notes)
 
 
 def _finite_or_none(x: float) -> Optional[float]:
   return float(x) if np.isfinite(x) else None
 
 
+def create_scorer(config) -> Callable[[np.ndarray], dict]:
+  """`sample_metrics` with the network and reference stats made once.
+
+  They are made on the first call and reused by every later one, so a sweep
+  over checkpoints loads and compiles the Inception network, and computes
+  on-the-fly reference features, only once.
+  """
+
+  @functools.cache
+  def prepared():
+    extractor = create_extractor(config)
+    return extractor, _reference(config, *extractor)
+
+  return lambda images: sample_metrics(config, images, *prepared())
+
+
 def sample_metrics(config, images: np.ndarray,
-                   extractor: Optional[tuple[Callable, dict]] = None) -> dict:
+                   extractor: Optional[tuple[Callable, dict]] = None,
+                   reference: Optional[tuple[dict, str, list[str]]] = None
+                   ) -> dict:
   """IS, FID and KID of samples, with how each was computed.
 
   Args:
@@ -206,6 +230,8 @@ def sample_metrics(config, images: np.ndarray,
     images: uint8 [N,H,W,C] samples (C = 1 or 3), or floats in [0, 1]
       (rounded to uint8).
     extractor: (extract, weights meta) to use instead of the config's.
+    reference: `_reference`'s (stats, description, notes) for this
+      extractor, to reuse instead of loading or computing them.
 
   Returns:
     {'fid', 'kid', 'kid_std', 'inception_score', 'inception_score_std'
@@ -216,9 +242,9 @@ def sample_metrics(config, images: np.ndarray,
   if images.dtype != np.uint8:
     images = inception.quantize(images, 'round')
   extract, weights = extractor or create_extractor(config)
-  notes: list[str] = []
   feats = extract(images)
-  ref, ref_desc = _reference(config, extract, weights, notes)
+  ref, ref_desc, ref_notes = reference or _reference(config, extract, weights)
+  notes = list(ref_notes)  # This report's own list: the cache stays clean.
   out: dict = {}
   n = images.shape[0]
   if n >= 2:

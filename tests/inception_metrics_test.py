@@ -158,6 +158,37 @@ class SampleMetricsTest(absltest.TestCase):
       im.sample_metrics(self.config, _images(3, 20), stub_extractor(False))
 
 
+class ScorerTest(absltest.TestCase):
+
+  def test_network_and_reference_are_made_once(self):
+    config = tiny.get_config()
+    config.eval.stats_path = os.path.join(self.create_tempdir().full_path,
+                                          'absent.npz')
+    made = []
+
+    def create_extractor(c):
+      made.append(c)
+      return stub_extractor(True)
+
+    original = im.create_extractor
+    im.create_extractor = create_extractor
+    self.addCleanup(setattr, im, 'create_extractor', original)
+    with tfds.testing.mock_data(num_examples=16):
+      scorer = im.create_scorer(config)
+      self.assertEmpty(made)  # Nothing is made before the first call.
+      first = scorer(_images(3, 12))
+      second = scorer(_images(4, 12))
+      want = im.sample_metrics(config, _images(4, 12), stub_extractor(True))
+    self.assertLen(made, 1)
+    self.assertNotEqual(first['fid'], second['fid'])
+    self.assertEqual(second['fid'], want['fid'])
+    self.assertEqual(second['kid'], want['kid'])
+    # Each report has its own notes: the on-the-fly note and the small-N
+    # warning once, not accumulated across calls.
+    self.assertEqual(second['inception']['notes'], want['inception']['notes'])
+    self.assertLen(second['inception']['notes'], 2)
+
+
 class OnTheFlyTest(absltest.TestCase):
 
   def test_test_split_is_used_without_cached_stats(self):
