@@ -107,8 +107,11 @@ def _to_pil(image: np.ndarray) -> Image.Image:
 
 
 @contextlib.contextmanager
-def _atomic_open(path: str):
-  """Yields a binary temp file next to `path`; renamed to `path` on success."""
+def atomic_open(path: str):
+  """Yields a binary temp file next to `path`; renamed to `path` on success.
+
+  On an exception the temp file is removed and `path` is left as it was.
+  """
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   tmp_path = os.path.join(
@@ -129,7 +132,7 @@ def _atomic_open(path: str):
 
 def save_bytes(path: str, data: bytes) -> None:
   """Writes `data` to `path` atomically."""
-  with _atomic_open(path) as f:
+  with atomic_open(path) as f:
     f.write(data)
 
 
@@ -156,7 +159,7 @@ def save_image_grid(path: str, images, ncol: Optional[int] = None,
   """
   grid = _upscale(make_grid(images, ncol, padding, pad_value), scale)
   image = _to_pil(grid)
-  with _atomic_open(path) as f:
+  with atomic_open(path) as f:
     image.save(f, format='PNG')
   return grid
 
@@ -169,7 +172,7 @@ def save_npz_images(path: str, images, compressed: bool = False) -> None:
   """
   x = _as_nhwc_uint8(images)
   save_fn = np.savez_compressed if compressed else np.savez
-  with _atomic_open(path) as f:
+  with atomic_open(path) as f:
     save_fn(f, images=x)
 
 
@@ -227,7 +230,7 @@ def save_loss_curve(path: str, steps: Sequence[float],
   fig.tight_layout()
   buffer = io.BytesIO()
   canvas.print_png(buffer)
-  with _atomic_open(path) as f:
+  with atomic_open(path) as f:
     f.write(buffer.getvalue())
 
 
@@ -250,6 +253,6 @@ def save_gif(path: str, frames, duration_ms: int = 100, loop: int = 0,
   if x.shape[-1] not in (1, 3):
     raise ValueError(f'GIF frames need 1 or 3 channels, got {x.shape[-1]}.')
   images = [_to_pil(frame) for frame in x]
-  with _atomic_open(path) as f:
+  with atomic_open(path) as f:
     images[0].save(f, format='GIF', save_all=True, append_images=images[1:],
                    duration=duration_ms, loop=loop)

@@ -33,13 +33,13 @@ import os
 import pickle
 import shutil
 import sys
-import tempfile
 import urllib.request
 import zipfile
 from typing import Any, Optional
 
 import numpy as np
 
+from ncsn_jax import image_utils
 from ncsn_jax import torch_checkpoint
 
 CONVERTER_VERSION = 1
@@ -362,17 +362,8 @@ def save_weights(path: str, flat: dict[str, np.ndarray], meta: dict) -> dict:
               trunk_sha256=trunk_sha256(flat),
               converter_version=CONVERTER_VERSION,
               bn_scale=any(k.endswith('/scale') for k in flat))
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(suffix='.npz', dir=os.path.dirname(
-      os.path.abspath(path)))
-  os.close(fd)
-  try:
-    np.savez(tmp, **flat, **{META_KEY: np.array(json.dumps(meta))})
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  with image_utils.atomic_open(path) as f:
+    np.savez(f, **flat, **{META_KEY: np.array(json.dumps(meta))})
   return meta
 
 
@@ -432,26 +423,21 @@ def download_pytorch_fid(dest_dir: str, url: str = PYTORCH_FID_URL,
   path = os.path.join(dest_dir, PYTORCH_FID_NAME)
   if os.path.isfile(path) and sha256_of(path) == sha256:
     return path
-  os.makedirs(dest_dir, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(suffix='.part', dir=dest_dir)
   try:
-    with os.fdopen(fd, 'wb') as f, urllib.request.urlopen(
+    with image_utils.atomic_open(path) as f, urllib.request.urlopen(
         url, timeout=60) as response:
-      shutil.copyfileobj(response, f)
-    got = sha256_of(tmp)
-    if got != sha256:
-      raise ValueError(f'{url}: sha256 {got} differs from the expected '
-                       f'{sha256}; the download is corrupt or not the '
-                       'pytorch-fid weights (nothing was kept).')
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+      digest = hashlib.sha256()
+      while chunk := response.read(1 << 20):
+        digest.update(chunk)
+        f.write(chunk)
+      if digest.hexdigest() != sha256:  # Raising here keeps nothing.
+        raise ValueError(f'{url}: sha256 {digest.hexdigest()} differs from '
+                         f'the expected {sha256}; the download is corrupt '
+                         'or not the pytorch-fid weights (nothing was kept).')
   except OSError as e:
     raise ValueError(f'could not download {url} ({e}). Offline: put the file '
                      'somewhere and set config.eval.inception_weights to its '
                      'path.') from e
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
   return path
 
 

@@ -406,33 +406,15 @@ def numpy_iterator(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
   return iter(tfds.as_numpy(ds))
 
 
-def load_split_arrays(config, split: str,
-                      max_examples: Optional[int] = None) -> np.ndarray:
-  """The whole split (every process gets all of it), in a fixed order.
+def iterate_split(config, split: str, batch_size: int,
+                  max_examples: Optional[int] = None) -> Iterator[np.ndarray]:
+  """The whole split (every process gets all of it) in a fixed order, streamed.
 
   Args:
     config: the run config.
     split: 'train' or 'test'.
+    batch_size: images per yielded batch.
     max_examples: keep only the first this many examples; None keeps all.
-
-  Returns:
-    float32 `[N, S, S, C]` in [0, 1], without augmentation or dequantisation.
-  """
-  _validate(config, split)
-  ds, _ = _images(config, split, 0, 1, None)
-  if max_examples is not None:
-    ds = ds.take(max_examples)
-  ds = ds.batch(256).map(_to_float, num_parallel_calls=tf.data.AUTOTUNE)
-  batches = list(tfds.as_numpy(ds.prefetch(tf.data.AUTOTUNE)))
-  if not batches:
-    size, channels = config.data.image_size, config.data.channels
-    return np.zeros((0, size, size, channels), np.float32)
-  return np.concatenate(batches, axis=0)
-
-
-def iterate_split(config, split: str,
-                  batch_size: int) -> Iterator[np.ndarray]:
-  """The whole split (all processes: all of it) in a fixed order, streamed.
 
   Yields:
     float32 `[b, S, S, C]` batches in [0, 1] without augmentation or
@@ -440,5 +422,17 @@ def iterate_split(config, split: str,
   """
   _validate(config, split)
   ds, _ = _images(config, split, 0, 1, None)
+  if max_examples is not None:
+    ds = ds.take(max_examples)
   ds = ds.batch(batch_size).map(_to_float, num_parallel_calls=tf.data.AUTOTUNE)
   return iter(tfds.as_numpy(ds.prefetch(tf.data.AUTOTUNE)))
+
+
+def load_split_arrays(config, split: str,
+                      max_examples: Optional[int] = None) -> np.ndarray:
+  """`iterate_split` gathered into one float32 `[N, S, S, C]` array."""
+  batches = list(iterate_split(config, split, 256, max_examples))
+  if not batches:
+    size, channels = config.data.image_size, config.data.channels
+    return np.zeros((0, size, size, channels), np.float32)
+  return np.concatenate(batches, axis=0)

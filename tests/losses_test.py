@@ -10,16 +10,7 @@ from ncsn_jax import losses
 from ncsn_jax import models
 from ncsn_jax import noise
 from ncsn_jax import random_utils
-
-
-def gaussian_score(mu, s2, sigmas, c=1.0):
-  """c times the exact score of N(mu, s2 I) perturbed by N(0, sigma_y^2 I)."""
-
-  def score_fn(x, y):
-    var = s2 + sigmas[y].reshape((-1,) + (1,) * (x.ndim - 1))**2
-    return -c * (x - mu) / var
-
-  return score_fn
+from tests import score_models
 
 
 class DsmLossTest(absltest.TestCase):
@@ -31,7 +22,7 @@ class DsmLossTest(absltest.TestCase):
     x = mu + np.sqrt(s2) * jax.random.normal(jax.random.key(0), (n, dim))
     keys = random_utils.per_example_keys(jax.random.key(1), n)
     loss = lambda c: float(losses.annealed_dsm_loss(
-        gaussian_score(mu, s2, sigmas, c), x, keys, sigmas)[0])
+        score_models.gaussian_score(mu, s2, sigmas, c), x, keys, sigmas)[0])
     # E over levels of D s2 / (2 (s2 + sigma^2)) with lambda = sigma^2.
     analytic = float(np.mean(dim * s2 / (2 * (s2 + np.asarray(sigmas)**2))))
     self.assertAlmostEqual(loss(1.0), analytic, delta=0.01 * analytic)

@@ -20,13 +20,13 @@ from ncsn_jax import parallel
 from ncsn_jax import sampling
 from ncsn_jax import sampling_modes
 from ncsn_jax import train
-from tests import pixel_model
+from tests import score_models
 
 zero_score = lambda x, y: jnp.zeros_like(x)
 
 
 def small_model(config, batch):
-  model = pixel_model.PixelModel(config.model.num_classes)
+  model = score_models.PixelModel(config.model.num_classes)
   x0 = sampling.init_samples(jax.random.key(0), config, batch)
   params = model.init(jax.random.key(1), x0, jnp.zeros(batch, jnp.int32))[
       'params']

@@ -1,4 +1,4 @@
-"""A cheap noise-conditional score model for tests of losses and samplers."""
+"""Cheap score models with known behaviour, shared by loss and sampler tests."""
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -12,3 +12,13 @@ class PixelModel(nn.Module):
   def __call__(self, x, y):
     scale = nn.Embed(self.num_classes, 1)(y)[:, :, None, None]
     return nn.Dense(x.shape[-1])(jnp.tanh(nn.Dense(8)(x))) * scale - x
+
+
+def gaussian_score(mu, s2, sigmas, c=1.0):
+  """c times the exact score of N(mu, s2 I) perturbed by N(0, sigma_y^2 I)."""
+
+  def score_fn(x, y):
+    var = s2 + sigmas[y].reshape((-1,) + (1,) * (x.ndim - 1))**2
+    return -c * (x - mu) / var
+
+  return score_fn

@@ -11,7 +11,7 @@ from ncsn_jax import losses
 from ncsn_jax import models
 from ncsn_jax import noise
 from ncsn_jax import random_utils
-from tests import pixel_model
+from tests import score_models
 
 DIM = 4
 A = np.array([[1.5, 0.3, -0.2, 0.0],
@@ -109,9 +109,7 @@ class SlicedScoreMatchingTest(parameterized.TestCase):
     keys = random_utils.per_example_keys(jax.random.key(1), n)
 
     def loss(c):
-      def score(x, y):
-        var = s2 + sigmas[y][:, None]**2
-        return -c * (x - mu) / var
+      score = score_models.gaussian_score(mu, s2, sigmas, c)
       return float(losses.annealed_ssm_loss(score, x, keys, sigmas)[0])
 
     sig2 = np.asarray(sigmas)**2
@@ -145,7 +143,7 @@ class SlicedScoreMatchingTest(parameterized.TestCase):
     config.training.loss = name
     config.training.projection = projection
     config.training.n_particles = particles
-    model = pixel_model.PixelModel(config.model.num_classes)
+    model = score_models.PixelModel(config.model.num_classes)
     x = jax.random.uniform(jax.random.key(0), (4, 2, 2, 3))
     keys = random_utils.per_example_keys(jax.random.key(1), 4)
     params = model.init(jax.random.key(2), x, jnp.zeros(4, jnp.int32))[
