@@ -78,10 +78,11 @@ class _TorchWorker:
     self._proc.wait()
 
 
-def _jax_timer(weights, n, batch, mode, micro_batch):
+def _jax_timer(weights, n, batch, mode, micro_batch, winograd_min_pixels):
   params, _ = inception.load_params(weights)
-  extract = inception.create_extractor(params, mode, batch,
-                                       micro_batch=micro_batch)
+  extract = inception.create_extractor(
+      params, mode, batch, micro_batch=micro_batch,
+      winograd_min_pixels=winograd_min_pixels)
   images = np.random.default_rng(0).integers(0, 256, (n, 32, 32, 3),
                                              np.uint8)
 
@@ -102,6 +103,8 @@ def main():
   parser.add_argument('--mode', default='tf')
   parser.add_argument('--micro_batch', type=int, default=-1,
                       help='-1: 1 on CPU, whole batch elsewhere; 0: whole.')
+  parser.add_argument('--winograd_min_pixels', type=int, default=-1,
+                      help='-1: the CPU default on CPU, 0 elsewhere; 0: off.')
   parser.add_argument('--weights', default=os.path.join(
       cache, inception_weights.TRUNK_NPZ))
   parser.add_argument('--wheel', default=os.path.join(
@@ -109,9 +112,14 @@ def main():
   parser.add_argument('--torch_python', default='',
                       help='A Python with torch for the reference side.')
   parser.add_argument('--threads', type=int, default=os.cpu_count())
+  parser.add_argument('--pause', type=float, default=1.0,
+                      help='Seconds idle before each timed pass, so that '
+                      "the other side's worker threads, which spin for a "
+                      'while after their work, do not run during it.')
   args = parser.parse_args()
   timers = {f'jax ({jax.default_backend()}, {args.mode})': _jax_timer(
-      args.weights, args.n, args.batch, args.mode, args.micro_batch or None)}
+      args.weights, args.n, args.batch, args.mode, args.micro_batch or None,
+      args.winograd_min_pixels)}
   worker = None
   if os.path.exists(args.torch_python) and os.path.exists(args.wheel):
     worker = _TorchWorker(args.torch_python, args.wheel, args.n, args.batch,
@@ -124,6 +132,7 @@ def main():
             for name, t in timers.items()}
     for _ in range(args.repeats):  # Interleaved: both see the same load.
       for name, t in timers.items():
+        time.sleep(args.pause)
         rows[name]['times_s'].append(t())
   finally:
     if worker:

@@ -43,6 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ncsn_jax import inception_weights
+from ncsn_jax import pooling
+from ncsn_jax import winograd
 
 INPUT_SIZE = 299
 POOL3_DIM = 2048
@@ -55,6 +57,10 @@ QUANTISATION = {
 }
 
 _HIGHEST = lax.Precision.HIGHEST
+# XLA:CPU: 3x3 stride-1 convolutions with at least this many output pixels
+# (the stem's 147x147 and 71x71 maps) run faster by Winograd (`conv2d`);
+# bench/README.md has the numbers.
+CPU_WINOGRAD_MIN_PIXELS = 71 * 71
 
 
 def _pad(padding):
@@ -74,6 +80,7 @@ class ConvBN(nn.Module):
     padding: (ph, pw), symmetric, as PyTorch's integer padding.
     use_scale: whether the BN has a gamma (`scale`); the FID graph has none.
     eps: BN epsilon.
+    winograd_min_pixels: see `conv2d` (0: XLA's convolution always).
   """
   features: int
   kernel_size: tuple[int, int] = (1, 1)
@@ -81,6 +88,7 @@ class ConvBN(nn.Module):
   padding: tuple[int, int] = (0, 0)
   use_scale: bool = False
   eps: float = 1e-3
+  winograd_min_pixels: int = 0
 
   @nn.compact
   def __call__(self, x, params_only: bool = False):
@@ -104,10 +112,27 @@ class ConvBN(nn.Module):
       # A 1x1 conv is a matmul; XLA:CPU runs it as one ~1.5x faster.
       y = jnp.dot(x, kernel[0, 0], precision=_HIGHEST)
     else:
-      y = lax.conv_general_dilated(
-          x, kernel, self.strides, _pad(self.padding),
-          dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=_HIGHEST)
+      y = conv2d(x, kernel, self.strides, self.padding,
+                 self.winograd_min_pixels)
     return nn.relu((y - mean) * inv + bias)
+
+
+def conv2d(x, kernel, strides, padding, winograd_min_pixels: int = 0):
+  """NHWC x HWIO convolution; large 3x3 stride-1 ones by Winograd.
+
+  3x3 stride-1 convolutions with at least `winograd_min_pixels` output
+  pixels per image (0: none) run as `winograd.conv3x3`, the same sums to
+  float32 rounding; the others as XLA's convolution.
+  """
+  kh, kw = kernel.shape[:2]
+  ho = x.shape[1] + 2 * padding[0] - kh + 1
+  wo = x.shape[2] + 2 * padding[1] - kw + 1
+  if ((kh, kw) == (3, 3) and tuple(strides) == (1, 1) and
+      0 < winograd_min_pixels <= ho * wo):
+    return winograd.conv3x3(x, kernel, padding, precision=_HIGHEST)
+  return lax.conv_general_dilated(
+      x, kernel, strides, _pad(padding),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=_HIGHEST)
 
 
 def fused_1x1(x, convs):
@@ -128,24 +153,22 @@ def fused_1x1(x, convs):
 
 def avg_pool_3x3(x):
   """3x3 stride-1 average pool, padding 1 not counted: [B,H,W,C]."""
-  return nn.avg_pool(x, (3, 3), (1, 1), ((1, 1), (1, 1)),
-                     count_include_pad=False)
+  return pooling.avg_pool(x, 3, padding=1, count_include_pad=False)
 
 
 def max_pool_3x3(x, stride: int = 1):
   """3x3 max pool: stride 1 with padding 1 (-inf), or stride 2 VALID."""
-  padding = ((1, 1), (1, 1)) if stride == 1 else 'VALID'
-  return nn.max_pool(x, (3, 3), (stride, stride), padding)
+  return pooling.max_pool(x, 3, stride, padding=1 if stride == 1 else 0)
 
 
 class InceptionA(nn.Module):
   """Mixed_5b/c/d: 35x35 block, pool branch avg (padding not counted)."""
   pool_features: int
-  use_scale: bool = False
+  conv: Callable[..., nn.Module] = ConvBN  # `ConvBN` with shared settings.
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(ConvBN, use_scale=self.use_scale)
+    conv = self.conv
     b1, b5, b3 = fused_1x1(x, [conv(64, name='branch1x1'),
                                conv(48, name='branch5x5_1'),
                                conv(64, name='branch3x3dbl_1')])
@@ -158,11 +181,11 @@ class InceptionA(nn.Module):
 
 class InceptionB(nn.Module):
   """Mixed_6a: 35x35 -> 17x17 reduction."""
-  use_scale: bool = False
+  conv: Callable[..., nn.Module] = ConvBN  # `ConvBN` with shared settings.
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(ConvBN, use_scale=self.use_scale)
+    conv = self.conv
     b3 = conv(384, (3, 3), (2, 2), name='branch3x3')(x)
     bd = conv(64, name='branch3x3dbl_1')(x)
     bd = conv(96, (3, 3), padding=(1, 1), name='branch3x3dbl_2')(bd)
@@ -173,11 +196,11 @@ class InceptionB(nn.Module):
 class InceptionC(nn.Module):
   """Mixed_6b..6e: 17x17 block with factorised 7x7 convs."""
   channels_7x7: int
-  use_scale: bool = False
+  conv: Callable[..., nn.Module] = ConvBN  # `ConvBN` with shared settings.
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(ConvBN, use_scale=self.use_scale)
+    conv = self.conv
     c7 = self.channels_7x7
     b1, b7, bd = fused_1x1(x, [conv(192, name='branch1x1'),
                                conv(c7, name='branch7x7_1'),
@@ -194,11 +217,11 @@ class InceptionC(nn.Module):
 
 class InceptionD(nn.Module):
   """Mixed_7a: 17x17 -> 8x8 reduction."""
-  use_scale: bool = False
+  conv: Callable[..., nn.Module] = ConvBN  # `ConvBN` with shared settings.
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(ConvBN, use_scale=self.use_scale)
+    conv = self.conv
     b3, b7 = fused_1x1(x, [conv(192, name='branch3x3_1'),
                            conv(192, name='branch7x7x3_1')])
     b3 = conv(320, (3, 3), (2, 2), name='branch3x3_2')(b3)
@@ -211,11 +234,11 @@ class InceptionD(nn.Module):
 class InceptionE(nn.Module):
   """Mixed_7b (avg pool branch, padding not counted) and 7c (max pool)."""
   max_pool: bool
-  use_scale: bool = False
+  conv: Callable[..., nn.Module] = ConvBN  # `ConvBN` with shared settings.
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(ConvBN, use_scale=self.use_scale)
+    conv = self.conv
     b1, b3, bd = fused_1x1(x, [conv(320, name='branch1x1'),
                                conv(384, name='branch3x3_1'),
                                conv(448, name='branch3x3dbl_1')])
@@ -240,10 +263,13 @@ class InceptionV3(nn.Module):
     fc_bias: add the fc bias to the logits (False: improved-gan's IS, which
       multiplies pool_3 by the weights only).
     use_scale: BN layers have a gamma (`scale`) parameter.
+    winograd_min_pixels: 3x3 stride-1 convolutions with at least this many
+      output pixels per image run by Winograd (`conv2d`); 0: none.
   """
   with_logits: bool = False
   fc_bias: bool = False
   use_scale: bool = False
+  winograd_min_pixels: int = 0
 
   @nn.compact
   def __call__(self, x):
@@ -251,8 +277,8 @@ class InceptionV3(nn.Module):
     if x.shape[1:] != (INPUT_SIZE, INPUT_SIZE, 3):
       raise ValueError(f'InceptionV3 takes [B,{INPUT_SIZE},{INPUT_SIZE},3] '
                        f'inputs (use preprocess), got {x.shape}.')
-    s = self.use_scale
-    conv = functools.partial(ConvBN, use_scale=s)
+    conv = functools.partial(ConvBN, use_scale=self.use_scale,
+                             winograd_min_pixels=self.winograd_min_pixels)
     x = conv(32, (3, 3), (2, 2), name='Conv2d_1a_3x3')(x)
     x = conv(32, (3, 3), name='Conv2d_2a_3x3')(x)
     x = conv(64, (3, 3), padding=(1, 1), name='Conv2d_2b_3x3')(x)
@@ -260,17 +286,17 @@ class InceptionV3(nn.Module):
     x = conv(80, name='Conv2d_3b_1x1')(x)
     x = conv(192, (3, 3), name='Conv2d_4a_3x3')(x)
     x = max_pool_3x3(x, 2)
-    x = InceptionA(32, s, name='Mixed_5b')(x)
-    x = InceptionA(64, s, name='Mixed_5c')(x)
-    x = InceptionA(64, s, name='Mixed_5d')(x)
-    x = InceptionB(s, name='Mixed_6a')(x)
-    x = InceptionC(128, s, name='Mixed_6b')(x)
-    x = InceptionC(160, s, name='Mixed_6c')(x)
-    x = InceptionC(160, s, name='Mixed_6d')(x)
-    x = InceptionC(192, s, name='Mixed_6e')(x)
-    x = InceptionD(s, name='Mixed_7a')(x)
-    x = InceptionE(False, s, name='Mixed_7b')(x)
-    x = InceptionE(True, s, name='Mixed_7c')(x)
+    x = InceptionA(32, conv, name='Mixed_5b')(x)
+    x = InceptionA(64, conv, name='Mixed_5c')(x)
+    x = InceptionA(64, conv, name='Mixed_5d')(x)
+    x = InceptionB(conv, name='Mixed_6a')(x)
+    x = InceptionC(128, conv, name='Mixed_6b')(x)
+    x = InceptionC(160, conv, name='Mixed_6c')(x)
+    x = InceptionC(160, conv, name='Mixed_6d')(x)
+    x = InceptionC(192, conv, name='Mixed_6e')(x)
+    x = InceptionD(conv, name='Mixed_7a')(x)
+    x = InceptionE(False, conv, name='Mixed_7b')(x)
+    x = InceptionE(True, conv, name='Mixed_7c')(x)
     out = {'pool_3': jnp.mean(x, axis=(1, 2))}
     if self.with_logits:
       out['logits'] = _Head(self.fc_bias, name='fc')(out['pool_3'])
@@ -365,11 +391,13 @@ def quantize(images, method: str = 'round') -> np.ndarray:
 # ---------------------------------------------------------------- loading
 
 
-def create_model(params, fc_bias: bool = False) -> InceptionV3:
+def create_model(params, fc_bias: bool = False,
+                 winograd_min_pixels: int = 0) -> InceptionV3:
   """The module matching a params tree (head and BN gamma when present)."""
   flat = flax.traverse_util.flatten_dict(params, sep='/')
   return InceptionV3(with_logits='fc/kernel' in flat, fc_bias=fc_bias,
-                     use_scale=any(k.endswith('/scale') for k in flat))
+                     use_scale=any(k.endswith('/scale') for k in flat),
+                     winograd_min_pixels=winograd_min_pixels)
 
 
 def load_params(path: str) -> tuple[dict, dict]:
@@ -426,6 +454,7 @@ def get_features_fn(model: InceptionV3, mode: str = 'tf',
 def create_extractor(params, mode: str = 'tf', batch_size: int = 50,
                      fc_bias: bool = False,
                      micro_batch: Optional[int] = -1,
+                     winograd_min_pixels: int = -1,
                      device: Optional[jax.Device] = None) -> Callable:
   """Host extractor: uint8 [N,H,W,C] -> {'pool_3': [N,2048] float32, ...}.
 
@@ -433,14 +462,19 @@ def create_extractor(params, mode: str = 'tf', batch_size: int = 50,
   the padding dropped), so each input shape compiles once. 'logits' [N,1008]
   are returned when `params` hold the fc head. `micro_batch` (see
   `get_features_fn`): -1 picks 1 on CPU and None elsewhere.
+  `winograd_min_pixels` (see `conv2d`): -1 picks `CPU_WINOGRAD_MIN_PIXELS` on
+  CPU and 0 elsewhere.
   """
   if batch_size < 1:
     raise ValueError(f'batch_size must be >= 1, got {batch_size}.')
   device = device or jax.local_devices()[0]
+  on_cpu = device.platform == 'cpu'
   if micro_batch == -1:
-    micro_batch = 1 if device.platform == 'cpu' else None
-  fn = jax.jit(get_features_fn(create_model(params, fc_bias), mode,
-                               micro_batch))
+    micro_batch = 1 if on_cpu else None
+  if winograd_min_pixels == -1:
+    winograd_min_pixels = CPU_WINOGRAD_MIN_PIXELS if on_cpu else 0
+  model = create_model(params, fc_bias, winograd_min_pixels)
+  fn = jax.jit(get_features_fn(model, mode, micro_batch))
   params = jax.device_put(params, device)
 
   def extract(images) -> dict[str, np.ndarray]:

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ncsn_jax import pooling
+
 NormFactory = Optional[Callable[..., nn.Module]]
 
 
@@ -202,13 +204,13 @@ class CRPBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
-    pool = {'max': nn.max_pool, 'avg': nn.avg_pool}[self.pool]
+    pool = {'max': pooling.max_pool, 'avg': pooling.avg_pool}[self.pool]
     x = self.act(x)
     path = x
     for k in range(self.n_stages):
       if self.norm is not None:
         path = self.norm(name=f'norms_{k}')(path, y)
-      path = pool(path, (5, 5), strides=(1, 1), padding=((2, 2), (2, 2)))
+      path = pool(path, 5, padding=2)
       path = Conv2d(self.features, 3, use_bias=False, dtype=self.dtype,
                     name=f'convs_{k}')(path)
       x = x + path

@@ -261,8 +261,11 @@ class RealWeightsTest(absltest.TestCase):
                               self.golden['pool_3_pytorch']).max(), 0.1)
 
   def test_whole_batch_program_agrees(self):
+    # The accelerator program: whole batch, XLA's convolutions throughout
+    # (the CPU extractor above runs the stem by Winograd).
+    self.assertGreater(inception.CPU_WINOGRAD_MIN_PIXELS, 0)
     fn = jax.jit(inception.get_features_fn(inception.create_model(
-        self.params), 'tf', micro_batch=None))
+        self.params, winograd_min_pixels=0), 'tf', micro_batch=None))
     out = fn(self.params, self.golden['images'][:2])
     np.testing.assert_allclose(out['pool_3'], self.golden['pool_3_tf'][:2],
                                atol=5e-5, rtol=0)
