@@ -22,6 +22,7 @@ from ncsn_jax import image_utils
 from ncsn_jax import inception_metrics
 from ncsn_jax import input_pipeline
 from ncsn_jax import losses
+from ncsn_jax import metrics
 from ncsn_jax import models
 from ncsn_jax import parallel
 from ncsn_jax import sampling
@@ -149,7 +150,7 @@ def create_sample_scorer(config) -> Callable[[np.ndarray], dict]:
     # Strict JSON: a statistic that is undefined here (KID's std over one
     # block) is null, not NaN.
     return {'digits_classifier': {
-        k: float(v) if np.isfinite(v) else None for k, v in scores.items()}}
+        k: metrics.finite_or_none(v) for k, v in scores.items()}}
 
   return scorer
 

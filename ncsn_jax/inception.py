@@ -108,28 +108,28 @@ class ConvBN(nn.Module):
       inv = inv * self.param('scale', nn.initializers.ones, (self.features,))
     if params_only:
       return {'kernel': kernel, 'mean': mean, 'bias': bias, 'inv': inv}
-    if self.kernel_size == (1, 1) and self.strides == (1, 1):
-      # A 1x1 conv is a matmul; XLA:CPU runs it as one ~1.5x faster.
-      y = jnp.dot(x, kernel[0, 0], precision=_HIGHEST)
-    else:
-      y = conv2d(x, kernel, self.strides, self.padding,
-                 self.winograd_min_pixels)
+    y = conv2d(x, kernel, self.strides, self.padding,
+               self.winograd_min_pixels)
     return nn.relu((y - mean) * inv + bias)
 
 
 def conv2d(x, kernel, strides, padding, winograd_min_pixels: int = 0):
-  """NHWC x HWIO convolution; large 3x3 stride-1 ones by Winograd.
+  """NHWC x HWIO convolution, by the fastest equivalent form here.
 
-  3x3 stride-1 convolutions with at least `winograd_min_pixels` output
-  pixels per image (0: none) run as `winograd.conv3x3`, the same sums to
-  float32 rounding; the others as XLA's convolution.
+  Stride 1 only: a 1x1 convolution is a matmul, which XLA:CPU runs ~1.5x
+  faster; 3x3 convolutions with at least `winograd_min_pixels` output
+  pixels per image (0: none) run as `winograd.conv3x3`. All others, and
+  every strided one, are XLA's convolution. The forms agree to float32
+  rounding.
   """
   kh, kw = kernel.shape[:2]
-  ho = x.shape[1] + 2 * padding[0] - kh + 1
-  wo = x.shape[2] + 2 * padding[1] - kw + 1
-  if ((kh, kw) == (3, 3) and tuple(strides) == (1, 1) and
-      0 < winograd_min_pixels <= ho * wo):
-    return winograd.conv3x3(x, kernel, padding, precision=_HIGHEST)
+  if tuple(strides) == (1, 1):
+    if (kh, kw) == (1, 1) and tuple(padding) == (0, 0):
+      return jnp.dot(x, kernel[0, 0], precision=_HIGHEST)
+    out_pixels = ((x.shape[1] + 2 * padding[0] - kh + 1) *
+                  (x.shape[2] + 2 * padding[1] - kw + 1))
+    if (kh, kw) == (3, 3) and 0 < winograd_min_pixels <= out_pixels:
+      return winograd.conv3x3(x, kernel, padding, precision=_HIGHEST)
   return lax.conv_general_dilated(
       x, kernel, strides, _pad(padding),
       dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=_HIGHEST)

@@ -199,10 +199,6 @@ def _reference(config, extract, weights) -> tuple[dict, str, list[str]]:
           'test split, computed on the fly', notes)
 
 
-def _finite_or_none(x: float) -> Optional[float]:
-  return float(x) if np.isfinite(x) else None
-
-
 def create_scorer(config) -> Callable[[np.ndarray], dict]:
   """`sample_metrics` with the network and reference stats made once.
 
@@ -260,7 +256,7 @@ def sample_metrics(config, images: np.ndarray,
     try:
       kid, kid_std = metrics.kernel_inception_distance(ref['pool_3'],
                                                        feats['pool_3'])
-      out['kid'], out['kid_std'] = kid, _finite_or_none(kid_std)
+      out['kid'], out['kid_std'] = kid, metrics.finite_or_none(kid_std)
     except ValueError as e:
       out['kid_note'] = f'KID not computed: {e}'
   if 'logits' not in feats:

@@ -18,6 +18,7 @@ this module never sees images. Formulas follow EVALUATION.md §2.4:
 import dataclasses
 import math
 import warnings
+from typing import Optional
 
 from absl import logging
 import numpy as np
@@ -205,6 +206,11 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6,
   diff = mu1 - mu2
   return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) -
                2.0 * tr_covmean)
+
+
+def finite_or_none(x) -> Optional[float]:
+  """A float for a JSON report; None (null) where it is NaN or infinite."""
+  return float(x) if np.isfinite(x) else None
 
 
 def fid_from_features(features1, features2, **kwargs) -> float:
