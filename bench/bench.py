@@ -27,11 +27,11 @@ import jax
 import jax.numpy as jnp
 
 from configs import cifar10_ncsnv2
-from ncsn_jax import losses
 from ncsn_jax import models
 from ncsn_jax import parallel
-from ncsn_jax import sampling
-from ncsn_jax import train
+from ncsn_jax.sampling import langevin
+from ncsn_jax.training import losses
+from ncsn_jax.training import train
 
 
 def _flops(compiled) -> float:
@@ -89,7 +89,7 @@ def bench_sampler(config, batch: int, repeats: int) -> dict:
   """Score evaluations/s and sampler compile times (full vs 1 step)."""
   model = models.create_model(config)
   params = train.init_params(config, model, jax.random.key(0))
-  x0 = sampling.init_samples(jax.random.key(1), config, batch)
+  x0 = langevin.init_samples(jax.random.key(1), config, batch)
   apply = jax.jit(lambda p, x, y: model.apply({'params': p}, x, y))
   labels = jnp.zeros((batch,), jnp.int32)
   compiled = apply.lower(params, x0, labels).compile()
@@ -99,7 +99,7 @@ def bench_sampler(config, batch: int, repeats: int) -> dict:
   def compile_time(levels, steps):
     c = cifar10_ncsnv2.get_config()
     c.model.num_classes, c.sampling.n_steps_each = levels, steps
-    fn = jax.jit(sampling.get_sampler(c, models.create_model(c)))
+    fn = jax.jit(langevin.get_sampler(c, models.create_model(c)))
     start = time.perf_counter()
     fn.lower(params, x0, jax.random.key(2)).compile()
     return time.perf_counter() - start

@@ -18,8 +18,8 @@ import jax
 import numpy as np
 
 from configs import digits
-from ncsn_jax import evaluate
-from ncsn_jax import image_utils
+from ncsn_jax import image_io
+from ncsn_jax.evaluation import evaluate
 
 _FIELDS = {
     'ngf': ('model', 'ngf', int), 'L': ('model', 'num_classes', int),
@@ -53,7 +53,7 @@ def main(workdir, args):
     images = evaluate.generate(config, model, params, sample_key,
                                config.eval.num_samples)
     seconds = time.time() - t0
-    images = image_utils.to_uint8(images).astype(np.float32) / 255.0
+    images = image_io.to_uint8(images).astype(np.float32) / 255.0
     d = evaluate.create_sample_scorer(config)(images)['digits_classifier']
     print(f'{arg}: step={step} score_ratio={d["score_ratio"]:.3f} '
           f'FD={d["frechet_distance"]:.2f} sampling={seconds:.1f}s',

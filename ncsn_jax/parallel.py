@@ -11,6 +11,8 @@ import functools
 import jax
 import numpy as np
 
+from ncsn_jax import errors
+
 AXIS = 'batch'
 
 
@@ -18,7 +20,7 @@ def check_divisible(batch_size: int, field: str) -> int:
   """Per-device batch size; raises naming `field` if it does not divide."""
   n = jax.device_count()
   if batch_size % n:
-    raise ValueError(
+    raise errors.ConfigError(
         f'{field}={batch_size} is not divisible by the {n} devices; set it '
         f'to a multiple of {n}.')
   return batch_size // n
@@ -59,7 +61,7 @@ def p_sample(sample_fn, params, x0, key):
   """Runs `sample_fn(params, x0, key, offset)` split over local devices.
 
   Args:
-    sample_fn: from `sampling.get_sampler` (must be hashable: reuse it).
+    sample_fn: from `langevin.get_sampler` (must be hashable: reuse it).
     params: model parameters (replicated).
     x0: initial states `[B,...]`, B divisible by the local device count.
     key: root sampling key.
@@ -101,8 +103,9 @@ def check_divisible_local(batch_size: int, field: str) -> int:
   """Per-device batch over local devices; raises naming `field`."""
   d = jax.local_device_count()
   if batch_size % d or batch_size <= 0:
-    raise ValueError(f'{field}={batch_size} is not divisible by the {d} '
-                     f'local devices; set it to a multiple of {d}.')
+    raise errors.ConfigError(
+        f'{field}={batch_size} is not divisible by the {d} '
+        f'local devices; set it to a multiple of {d}.')
   return batch_size // d
 
 

@@ -8,11 +8,22 @@ the network rescales to [-1, 1] itself, as the reference configs do.
 
 import jax.numpy as jnp
 
+from ncsn_jax import errors
+
 LOGIT_LAMBDA = 1e-6
+
+
+def check_config(config) -> None:
+  """Raises ConfigError when `config.data` asks for two input spaces."""
+  if config.data.rescaled and config.data.logit_transform:
+    raise errors.ConfigError(
+        'config.data.rescaled and config.data.logit_transform are both set; '
+        'choose one input space (set the other to False).')
 
 
 def data_transform(x, config):
   """Data `[B,H,W,C]` in [0, 1] -> model input space."""
+  check_config(config)
   if config.data.rescaled:
     return 2.0 * x - 1.0
   if config.data.logit_transform:
@@ -23,6 +34,7 @@ def data_transform(x, config):
 
 def inverse_data_transform(x, config):
   """Model space -> data space, clipped to [0, 1] (for images and metrics)."""
+  check_config(config)
   if config.data.logit_transform:
     x = 1.0 / (1.0 + jnp.exp(-x))
   elif config.data.rescaled:

@@ -21,11 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import tiny
-from ncsn_jax import checkpoint_import
-from ncsn_jax import evaluate
-from ncsn_jax import image_utils
+from ncsn_jax import image_io
 from ncsn_jax import models
-from ncsn_jax import torch_checkpoint
+from ncsn_jax.evaluation import evaluate
+from ncsn_jax.interop import official_checkpoint
+from ncsn_jax.interop import torch_pickle
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, 'tests', 'testdata', 'torch_checkpoints')
@@ -86,7 +86,7 @@ class KeyMappingTest(absltest.TestCase):
         'module.normalizer.embed.weight': ('normalizer', 'embed'),
     }
     for key, path in cases.items():
-      self.assertEqual(checkpoint_import.torch_key_to_flax_path(key), path,
+      self.assertEqual(official_checkpoint.torch_key_to_flax_path(key), path,
                        key)
 
 
@@ -94,15 +94,15 @@ class ReaderTest(absltest.TestCase):
 
   def test_formats_agree_and_keep_the_official_layout(self):
     for kind in ('ncsn', 'ncsnv2'):
-      zipped = torch_checkpoint.load_pth(fixture(f'{kind}_zip.pth'))
-      legacy = torch_checkpoint.load_pth(fixture(f'{kind}_legacy.pth'))
+      zipped = torch_pickle.load_pth(fixture(f'{kind}_zip.pth'))
+      legacy = torch_pickle.load_pth(fixture(f'{kind}_legacy.pth'))
       self.assertLen(zipped, 2 if kind == 'ncsn' else 5)
       self.assertEqual(list(zipped[0]), list(legacy[0]))
       for key, value in zipped[0].items():
         self.assertTrue(key.startswith('module.'), key)
         self.assertEqual(value.dtype, np.float32)
         np.testing.assert_array_equal(value, legacy[0][key])
-    v2 = torch_checkpoint.load_pth(fixture('ncsnv2_legacy.pth'))
+    v2 = torch_pickle.load_pth(fixture('ncsnv2_legacy.pth'))
     self.assertEqual(v2[0]['module.begin_conv.weight'].shape, (2, 3, 3, 3))
     self.assertEqual(v2[2:4], [1, int(REF['v2_step'])])
     self.assertNotIn('sigmas', v2[4])
@@ -115,19 +115,19 @@ class ReaderTest(absltest.TestCase):
     tmp = self.create_tempdir()
     text = tmp.create_file('notes.pth', content='hello').full_path
     with self.assertRaisesRegex(ValueError, 'notes.pth.*not a PyTorch'):
-      torch_checkpoint.load_pth(text)
+      torch_pickle.load_pth(text)
     npz = os.path.join(tmp.full_path, 'arrays.pth')
     with open(npz, 'wb') as f:
       np.savez(f, a=np.zeros(3))
     with self.assertRaisesRegex(ValueError, 'arrays.pth.*not a PyTorch'):
-      torch_checkpoint.load_pth(npz)
+      torch_pickle.load_pth(npz)
     plain = os.path.join(tmp.full_path, 'plain.pth')
     with open(plain, 'wb') as f:
       pickle.dump({'a': 1}, f, protocol=2)
     with self.assertRaisesRegex(ValueError, 'plain.pth.*magic'):
-      torch_checkpoint.load_pth(plain)
+      torch_pickle.load_pth(plain)
     with self.assertRaisesRegex(ValueError, 'does not exist'):
-      torch_checkpoint.load_pth(os.path.join(tmp.full_path, 'missing.pth'))
+      torch_pickle.load_pth(os.path.join(tmp.full_path, 'missing.pth'))
 
   def test_truncated_files(self):
     tmp = self.create_tempdir().full_path
@@ -139,7 +139,7 @@ class ReaderTest(absltest.TestCase):
         with open(path, 'wb') as f:
           f.write(data[:cut])
         with self.assertRaisesRegex(ValueError, f'cut_{kind}_{cut}.pth'):
-          torch_checkpoint.load_pth(path)
+          torch_pickle.load_pth(path)
 
   def test_missing_storage_record(self):
     path = os.path.join(self.create_tempdir().full_path, 'gap.pth')
@@ -149,7 +149,7 @@ class ReaderTest(absltest.TestCase):
         if not item.filename.endswith('/data/5'):
           dst.writestr(item, src.read(item.filename))
     with self.assertRaisesRegex(ValueError, r"gap.pth.*'ncsn_zip/data/5'"):
-      torch_checkpoint.load_pth(path)
+      torch_pickle.load_pth(path)
 
   def test_unknown_global_is_refused_not_run(self):
     tmp = self.create_tempdir().full_path
@@ -172,17 +172,17 @@ class ReaderTest(absltest.TestCase):
       with self.assertRaisesRegex(ValueError,
                                   r'refusing to load global (posix|nt|os)'
                                   r'\.system'):
-        torch_checkpoint.load_pth(path)
+        torch_pickle.load_pth(path)
     # Also behind a valid legacy header.
     header = io.BytesIO()
-    for item in (torch_checkpoint.LEGACY_MAGIC,
-                 torch_checkpoint.LEGACY_PROTOCOL, {'little_endian': True}):
+    for item in (torch_pickle.LEGACY_MAGIC,
+                 torch_pickle.LEGACY_PROTOCOL, {'little_endian': True}):
       pickle.dump(item, header, protocol=2)
     behind = os.path.join(tmp, 'evil_behind.pth')
     with open(behind, 'wb') as f:
       f.write(header.getvalue() + payload)
     with self.assertRaisesRegex(ValueError, r'\.system'):
-      torch_checkpoint.load_pth(behind)
+      torch_pickle.load_pth(behind)
     self.assertFalse(os.path.exists(marker))
 
 
@@ -191,8 +191,8 @@ class ParityTest(ParityMixin, parameterized.TestCase):
   @parameterized.product(kind=('ncsn', 'ncsnv2'), fmt=('zip', 'legacy'))
   def test_outputs_match_pytorch(self, kind, fmt):
     config = make_config(kind)
-    states = torch_checkpoint.load_pth(fixture(f'{kind}_{fmt}.pth'))
-    state, info = checkpoint_import.convert(config, states)
+    states = torch_pickle.load_pth(fixture(f'{kind}_{fmt}.pth'))
+    state, info = official_checkpoint.convert(config, states)
     self.assertEqual(info['format'], kind)
     p = PREFIX[kind]
     self.assert_matches_reference(forward(config, state.params, kind),
@@ -215,10 +215,10 @@ class ConvertTest(absltest.TestCase):
   def setUp(self):
     super().setUp()
     self.config = make_config('ncsnv2')
-    self.states = torch_checkpoint.load_pth(fixture('ncsnv2_legacy.pth'))
+    self.states = torch_pickle.load_pth(fixture('ncsnv2_legacy.pth'))
 
   def test_adam_moments_imported(self):
-    state, info = checkpoint_import.convert(self.config, self.states)
+    state, info = official_checkpoint.convert(self.config, self.states)
     self.assertEqual(info['adam'], 'imported')
     adam = state.opt_state[0]
     self.assertEqual(int(adam.count), int(REF['v2_step']))
@@ -228,12 +228,12 @@ class ConvertTest(absltest.TestCase):
     # Also behind other optax transformations of the chain.
     config = make_config('ncsnv2')
     config.optim.grad_clip = 1.0
-    state, info = checkpoint_import.convert(config, self.states)
+    state, info = official_checkpoint.convert(config, self.states)
     self.assertEqual(info['adam'], 'imported')
     self.assertEqual(int(state.opt_state[1].count), int(REF['v2_step']))
     # No moments in the file: a fresh optax state.
-    empty = torch_checkpoint.load_pth(fixture('ncsnv2_zip.pth'))
-    state, info = checkpoint_import.convert(self.config, empty)
+    empty = torch_pickle.load_pth(fixture('ncsnv2_zip.pth'))
+    state, info = official_checkpoint.convert(self.config, empty)
     self.assertIn('empty', info['adam'])
     self.assertEqual(int(state.opt_state[0].count), 0)
 
@@ -241,35 +241,35 @@ class ConvertTest(absltest.TestCase):
     model = dict(self.states[0])
     del model['module.refine2.msf.convs.1.bias']
     with self.assertRaisesRegex(ValueError, 'refine2/msf/convs_1/bias'):
-      checkpoint_import.convert(self.config, [model] + self.states[1:])
+      official_checkpoint.convert(self.config, [model] + self.states[1:])
     model = dict(self.states[0], **{'module.extra.weight': np.zeros(3)})
     with self.assertRaisesRegex(ValueError, "'module.extra.weight'"):
-      checkpoint_import.convert(self.config, [model] + self.states[1:])
+      official_checkpoint.convert(self.config, [model] + self.states[1:])
     ema = dict(self.states[4])
     del ema['res1.0.normalize1.gamma']
     with self.assertRaisesRegex(ValueError, 'EMA.*res1_0/normalize1/gamma'):
-      checkpoint_import.convert(self.config, self.states[:4] + [ema])
+      official_checkpoint.convert(self.config, self.states[:4] + [ema])
 
   def test_wrong_config(self):
     config = make_config('ncsnv2')
     config.model.sigma_begin = 2.0
     with self.assertRaisesRegex(ValueError, "'module.sigmas'.*wrong config"):
-      checkpoint_import.convert(config, self.states)
+      official_checkpoint.convert(config, self.states)
     config = make_config('ncsnv2')
     config.model.ngf = 4
     with self.assertRaisesRegex(ValueError, r"'module.begin_conv.weight' has "
                                 r'shape \(2, 3, 3, 3\).*begin_conv/kernel'):
-      checkpoint_import.convert(config, self.states)
+      official_checkpoint.convert(config, self.states)
     with self.assertRaisesRegex(ValueError, 'matches no parameter'):
-      checkpoint_import.convert(make_config('ncsn'), self.states)
+      official_checkpoint.convert(make_config('ncsn'), self.states)
 
   def test_bad_layouts(self):
     with self.assertRaisesRegex(ValueError, 'a list of 3'):
-      checkpoint_import.convert(self.config, self.states[:3])
+      official_checkpoint.convert(self.config, self.states[:3])
     with self.assertRaisesRegex(ValueError, r'item 3 \(step\)'):
-      checkpoint_import.convert(self.config, self.states[:3] + ['x'])
+      official_checkpoint.convert(self.config, self.states[:3] + ['x'])
     # A bare model state dict is accepted.
-    state, info = checkpoint_import.convert(self.config, self.states[0])
+    state, info = official_checkpoint.convert(self.config, self.states[0])
     self.assertEqual(info['format'], 'state_dict')
     self.assertEqual(int(state.step), 0)
 
@@ -279,7 +279,7 @@ class ImportTest(ParityMixin, absltest.TestCase):
   def test_ncsnv2_import_then_load_params_gives_ema(self):
     config = make_config('ncsnv2')
     workdir = self.create_tempdir().full_path
-    step = checkpoint_import.import_checkpoint(
+    step = official_checkpoint.import_checkpoint(
         config, workdir, fixture('ncsnv2_legacy.pth'))
     self.assertEqual(step, int(REF['v2_step']))
     _, params, restored = evaluate.load_params(config, workdir)
@@ -290,7 +290,7 @@ class ImportTest(ParityMixin, absltest.TestCase):
     self.assert_matches_reference(forward(config, raw, 'ncsnv2'),
                                   REF['v2_out'])
     with self.assertRaisesRegex(ValueError, 'already has a checkpoint'):
-      checkpoint_import.import_checkpoint(config, workdir,
+      official_checkpoint.import_checkpoint(config, workdir,
                                           fixture('ncsnv2_zip.pth'))
 
   def test_ncsn_import_takes_the_step_from_the_file_name(self):
@@ -300,7 +300,7 @@ class ImportTest(ParityMixin, absltest.TestCase):
     shutil.copy(fixture('ncsn_zip.pth'), named)
     workdir = os.path.join(tmp, 'run')
     self.assertEqual(
-        checkpoint_import.import_checkpoint(config, workdir, named), 7000)
+        official_checkpoint.import_checkpoint(config, workdir, named), 7000)
     _, params, step = evaluate.load_params(config, workdir)
     self.assertEqual(step, 7000)
     self.assert_matches_reference(forward(config, params, 'ncsn'),
@@ -330,7 +330,7 @@ class RunImportTest(absltest.TestCase):
     self.assertIn('as step 3', result.stdout)
     result = run('sample')
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
-    images = image_utils.load_npz_images(
+    images = image_io.load_npz_images(
         os.path.join(workdir, 'samples', 'samples.npz'))
     self.assertEqual(images.shape, (4, 8, 8, 3))
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from ncsn_jax import models
 
-# NCSNv2 paper / official configs (PAPERS.md table): sigma_1, L, T, eps,
+# NCSNv2 paper (hyperparameter table) and official configs: sigma_1, L, T, eps,
 # iterations, batch, lr, Adam eps, EMA rate, image size, model.
 V2 = {
     'cifar10_ncsnv2': (50, 232, 5, 6.2e-6, 300_001, 128, 1e-4, 1e-8, 0.999,

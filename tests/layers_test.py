@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ncsn_jax import layers
-from ncsn_jax import normalization
+from ncsn_jax.models import layers
+from ncsn_jax.models import normalization
 
 
 def np_bilinear_align_corners(x, oh, ow):

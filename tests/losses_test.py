@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import tiny
-from ncsn_jax import losses
 from ncsn_jax import models
 from ncsn_jax import noise
 from ncsn_jax import random_utils
+from ncsn_jax.training import losses
 from tests import score_models
 
 

@@ -1,4 +1,4 @@
-"""Tests for ncsn_jax.metrics against direct NumPy/SciPy oracles."""
+"""Tests for ncsn_jax.evaluation.metrics against direct NumPy/SciPy oracles."""
 
 import itertools
 
@@ -7,7 +7,7 @@ from absl.testing import parameterized
 import numpy as np
 import scipy.linalg
 
-from ncsn_jax import metrics
+from ncsn_jax.evaluation import metrics
 
 
 def _random_features(seed, n, d, scale=1.0, offset=0.0):

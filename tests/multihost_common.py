@@ -6,10 +6,10 @@ import jax
 import numpy as np
 
 from configs import tiny
-from ncsn_jax import losses
 from ncsn_jax import models
 from ncsn_jax import parallel
-from ncsn_jax import train
+from ncsn_jax.training import losses
+from ncsn_jax.training import train
 
 N_STEPS = 3
 

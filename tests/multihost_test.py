@@ -9,7 +9,7 @@ from absl.testing import absltest
 import jax
 import numpy as np
 
-from ncsn_jax import checkpointing
+from ncsn_jax.training import checkpointing
 from tests import multihost_common
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

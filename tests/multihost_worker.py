@@ -19,7 +19,7 @@ def main(process_id: int, port: str, workdir: str, mode: str):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from tests import multihost_common  # pylint: disable=g-import-not-at-top
-  from ncsn_jax import train  # pylint: disable=g-import-not-at-top
+  from ncsn_jax.training import train  # pylint: disable=g-import-not-at-top
   config = multihost_common.config()
   if mode == 'step':
     images = multihost_common.global_batches(config)

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ncsn_jax import normalization
+from ncsn_jax.models import normalization
 
 
 def np_instance_norm(x):

@@ -1,4 +1,4 @@
-"""Tests for ncsn_jax.pooling: separable pools equal flax's reduce_window."""
+"""Tests for models.pooling: separable pools equal flax's reduce_window."""
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ncsn_jax import pooling
+from ncsn_jax.models import pooling
 
 
 def _x(shape, seed=0):

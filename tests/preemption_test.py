@@ -11,8 +11,8 @@ import time
 from absl.testing import absltest
 
 from configs import tiny
-from ncsn_jax import checkpointing
-from ncsn_jax import train
+from ncsn_jax.training import checkpointing
+from ncsn_jax.training import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

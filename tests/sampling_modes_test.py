@@ -10,16 +10,16 @@ import numpy as np
 from PIL import Image
 
 from configs import tiny
-from ncsn_jax import checkpointing
-from ncsn_jax import evaluate
-from ncsn_jax import image_utils
-from ncsn_jax import input_pipeline
+from ncsn_jax import image_io
 from ncsn_jax import models
 from ncsn_jax import noise
 from ncsn_jax import parallel
-from ncsn_jax import sampling
-from ncsn_jax import sampling_modes
-from ncsn_jax import train
+from ncsn_jax.data import input_pipeline
+from ncsn_jax.evaluation import evaluate
+from ncsn_jax.sampling import figures
+from ncsn_jax.sampling import langevin
+from ncsn_jax.training import checkpointing
+from ncsn_jax.training import train
 from tests import score_models
 
 zero_score = lambda x, y: jnp.zeros_like(x)
@@ -27,7 +27,7 @@ zero_score = lambda x, y: jnp.zeros_like(x)
 
 def small_model(config, batch):
   model = score_models.PixelModel(config.model.num_classes)
-  x0 = sampling.init_samples(jax.random.key(0), config, batch)
+  x0 = langevin.init_samples(jax.random.key(0), config, batch)
   params = model.init(jax.random.key(1), x0, jnp.zeros(batch, jnp.int32))[
       'params']
   return model, params, x0
@@ -39,7 +39,7 @@ class MaskTest(parameterized.TestCase):
                             ('top_half', 32), ('bottom_half', 32),
                             ('center', 48))
   def test_masks(self, kind, known):
-    mask = sampling_modes.make_mask(kind, (8, 8, 3))
+    mask = figures.make_mask(kind, (8, 8, 3))
     self.assertEqual(mask.shape, (8, 8, 3))
     self.assertEqual(int(mask[..., 0].sum()), known)
     np.testing.assert_array_equal(mask[..., 0], mask[..., 2])
@@ -47,10 +47,10 @@ class MaskTest(parameterized.TestCase):
       self.assertTrue((mask[:, :4] == 1).all() and (mask[:, 4:] == 0).all())
 
   def test_random_mask_and_errors(self):
-    mask = sampling_modes.make_mask('random', (32, 32, 1), jax.random.key(0))
+    mask = figures.make_mask('random', (32, 32, 1), jax.random.key(0))
     self.assertAlmostEqual(float(mask.mean()), 0.5, delta=0.05)
     with self.assertRaisesRegex(ValueError, 'config.sampling.inpainting_mask'):
-      sampling_modes.make_mask('square', (8, 8, 1))
+      figures.make_mask('square', (8, 8, 1))
 
 
 class InpaintingTest(absltest.TestCase):
@@ -61,9 +61,9 @@ class InpaintingTest(absltest.TestCase):
     sigmas = jnp.array([2.0, 1.0])
     b, shape = 2000, (1, 4, 1)
     ref = jnp.full((b,) + shape, 0.3)
-    mask = sampling_modes.make_mask('right_half', (1, 4, 1))
+    mask = figures.make_mask('right_half', (1, 4, 1))
     x0 = jnp.full((b,) + shape, 5.0)
-    x, traj = sampling_modes.annealed_langevin_inpainting(
+    x, traj = figures.annealed_langevin_inpainting(
         zero_score, x0, jax.random.key(0), sigmas, 3, 0.01, ref, mask,
         record_every=1)
     self.assertEqual(traj.shape, (6, b) + shape)
@@ -97,9 +97,9 @@ class InpaintingTest(absltest.TestCase):
 
     b = 4000
     ref = jnp.full((b, 1, 2, 1), a)
-    mask = sampling_modes.make_mask('right_half', (1, 2, 1))
+    mask = figures.make_mask('right_half', (1, 2, 1))
     x0 = jax.random.uniform(jax.random.key(0), (b, 1, 2, 1))
-    x, _ = jax.jit(lambda x0: sampling_modes.annealed_langevin_inpainting(
+    x, _ = jax.jit(lambda x0: figures.annealed_langevin_inpainting(
         score, x0, jax.random.key(1), sigmas, 100, 2e-3, ref, mask))(x0)
     filled = np.asarray(x[:, 0, 1, 0])
     np.testing.assert_array_equal(x[:, 0, 0, 0], a)
@@ -113,7 +113,7 @@ class InpaintingTest(absltest.TestCase):
     # A different mask per chain: devices must slice masks and references.
     mask = jax.random.bernoulli(jax.random.key(6), 0.5, x0.shape).astype(
         jnp.float32)
-    sample_fn = sampling_modes.get_inpainting_sampler(config, model, ref,
+    sample_fn = figures.get_inpainting_sampler(config, model, ref,
                                                       mask)
     single, _ = jax.jit(sample_fn)(params, x0, jax.random.key(3))
     multi, _ = parallel.p_sample(sample_fn, params, x0, jax.random.key(3))
@@ -129,7 +129,7 @@ class InterpolationTest(absltest.TestCase):
     sigmas = jnp.array([2.0, 1.0, 0.5])
     rows, n = 3, 5
     x0 = jax.random.normal(jax.random.key(0), (rows, 2, 2, 1))
-    x, traj = sampling_modes.annealed_langevin_interpolation(
+    x, traj = figures.annealed_langevin_interpolation(
         zero_score, x0, jax.random.key(1), sigmas, 4, 0.01, n,
         record_every=4)
     self.assertEqual(x.shape, (rows * n, 2, 2, 1))
@@ -143,14 +143,14 @@ class InterpolationTest(absltest.TestCase):
           np.sin(theta[k]) * drift[:, -1], atol=1e-5)
     self.assertGreater(np.abs(drift[0, 0] - drift[1, 0]).min(), 0)
     # theta = 0 is chain p alone: the same as a single-chain row.
-    alone, _ = sampling_modes.annealed_langevin_interpolation(
+    alone, _ = figures.annealed_langevin_interpolation(
         zero_score, x0, jax.random.key(1), sigmas, 4, 0.01, 1)
     np.testing.assert_array_equal(np.asarray(x).reshape(rows, n, 2, 2, 1)[
         :, 0], alone)
 
   def test_every_chain_has_unit_variance_noise(self):
     x0 = jnp.zeros((4000, 1))
-    x, _ = sampling_modes.annealed_langevin_interpolation(
+    x, _ = figures.annealed_langevin_interpolation(
         zero_score, x0, jax.random.key(0), jnp.array([1.0]), 1, 0.5, 4)
     per_chain = np.asarray(x).reshape(4000, 4)
     np.testing.assert_allclose(per_chain.var(axis=0), 1.0, atol=0.07)
@@ -160,7 +160,7 @@ class InterpolationTest(absltest.TestCase):
     config.sampling.n_interpolations = 3
     config.sampling.record_every = 4
     model, params, x0 = small_model(config, 4)
-    sample_fn = sampling_modes.get_interpolation_sampler(config, model)
+    sample_fn = figures.get_interpolation_sampler(config, model)
     single, traj_single = jax.jit(sample_fn)(params, x0, jax.random.key(3))
     multi, traj_multi = parallel.p_sample(sample_fn, params, x0,
                                           jax.random.key(3))
@@ -204,7 +204,7 @@ class SampleModeFiguresTest(absltest.TestCase):
     refs = input_pipeline.load_split_arrays(config, 'test', 4)
     original = grid[2:10, 3 * cell + 2:3 * cell + 10]
     np.testing.assert_array_equal(original,
-                                  image_utils.to_uint8(refs[0, ..., 0]))
+                                  image_io.to_uint8(refs[0, ..., 0]))
     completion = grid[2:10, cell + 2:cell + 10]
     np.testing.assert_array_equal(completion[:, :4], original[:, :4])
     self.assertEqual(size('interpolation'), ((2 * cell + 2) * 8,
@@ -214,7 +214,7 @@ class SampleModeFiguresTest(absltest.TestCase):
     # Nearest neighbours are the closest training images.
     with open(paths['nearest_json']) as f:
       report = json.load(f)
-    samples = image_utils.load_npz_images(paths['npz']) / 255.0
+    samples = image_io.load_npz_images(paths['npz']) / 255.0
     train_images = input_pipeline.load_split_arrays(config, 'train')
     d = np.sqrt(((samples[:, None] - train_images[None])**2).sum((2, 3, 4)))
     for i, (idx, dist) in enumerate(zip(report['indices'],

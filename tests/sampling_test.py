@@ -11,7 +11,7 @@ from ncsn_jax import models
 from ncsn_jax import noise
 from ncsn_jax import parallel
 from ncsn_jax import random_utils
-from ncsn_jax import sampling
+from ncsn_jax.sampling import langevin
 
 MIX_WEIGHTS = jnp.array([0.2, 0.8])
 MIX_MEANS = jnp.array([[-5.0, -5.0], [5.0, 5.0]])
@@ -44,7 +44,7 @@ class AnnealedLangevinTest(parameterized.TestCase):
     key = jax.random.key(7)
     x0 = jnp.zeros((3, 2))
     ones = lambda x, y: jnp.ones_like(x)
-    _, traj = sampling.annealed_langevin(ones, x0, key, sigmas, 2, 0.01,
+    _, traj = langevin.annealed_langevin(ones, x0, key, sigmas, 2, 0.01,
                                          record_every=1)
     states = np.concatenate([np.zeros((1, 3, 2)), np.asarray(traj)])
     for t in range(6):
@@ -64,7 +64,7 @@ class AnnealedLangevinTest(parameterized.TestCase):
       jax.debug.callback(lambda: calls.append(1))
       return -x
 
-    run = jax.jit(lambda x0, key: sampling.annealed_langevin(
+    run = jax.jit(lambda x0, key: langevin.annealed_langevin(
         score_fn, x0, key, jnp.array([3.0, 2.0, 1.0]), 4, 0.01, denoise))
     jax.block_until_ready(run(jnp.zeros((2, 2)), jax.random.key(0)))
     self.assertLen(calls, expected)
@@ -78,7 +78,7 @@ class AnnealedLangevinTest(parameterized.TestCase):
 
     sigmas = jnp.array([3.0, 0.5])
     x0 = jnp.zeros((1, 1))
-    run = lambda d: sampling.annealed_langevin(score_fn, x0, jax.random.key(
+    run = lambda d: langevin.annealed_langevin(score_fn, x0, jax.random.key(
         0), sigmas, 2, 0.01, denoise=d)[0]
     undenoised = run(False)
     seen.clear()
@@ -89,7 +89,7 @@ class AnnealedLangevinTest(parameterized.TestCase):
 
   def test_no_clipping_inside_the_chain(self):
     x0 = jnp.full((4, 3), 5.0)
-    x, _ = sampling.annealed_langevin(lambda x, y: jnp.zeros_like(x), x0,
+    x, _ = langevin.annealed_langevin(lambda x, y: jnp.zeros_like(x), x0,
                                       jax.random.key(0), jnp.array([1.0]), 3,
                                       1e-4)
     self.assertGreater(float(x.min()), 4.5)
@@ -98,25 +98,25 @@ class AnnealedLangevinTest(parameterized.TestCase):
     sigmas = jnp.array([3.0, 2.0, 1.0])
     x0 = jnp.zeros((2, 2))
     score = lambda x, y: -x
-    final, _ = sampling.annealed_langevin(score, x0, jax.random.key(0),
+    final, _ = langevin.annealed_langevin(score, x0, jax.random.key(0),
                                           sigmas, 5, 0.01)
-    full_final, full = sampling.annealed_langevin(
+    full_final, full = langevin.annealed_langevin(
         score, x0, jax.random.key(0), sigmas, 5, 0.01, record_every=1)
-    _, thin = sampling.annealed_langevin(score, x0, jax.random.key(0), sigmas,
+    _, thin = langevin.annealed_langevin(score, x0, jax.random.key(0), sigmas,
                                          5, 0.01, record_every=4)
     self.assertEqual(full.shape, (15, 2, 2))
     self.assertEqual(thin.shape, (3, 2, 2))
     np.testing.assert_allclose(thin, full[3::4][:3], rtol=1e-6)
     np.testing.assert_allclose(full[-1], final, rtol=1e-6)
     np.testing.assert_allclose(full_final, final, rtol=1e-6)
-    _, with_denoise = sampling.annealed_langevin(
+    _, with_denoise = langevin.annealed_langevin(
         score, x0, jax.random.key(0), sigmas, 5, 0.01, denoise=True,
         record_every=5)
     self.assertEqual(with_denoise.shape, (4, 2, 2))
 
   def test_program_size_does_not_grow_with_levels_and_steps(self):
     def n_eqns(levels, steps):
-      fn = lambda x0, key, sigmas: sampling.annealed_langevin(
+      fn = lambda x0, key, sigmas: langevin.annealed_langevin(
           lambda x, y: -x, x0, key, sigmas, steps, 0.01, denoise=True)
       jaxpr = jax.make_jaxpr(fn)(jnp.zeros((2, 2)), jax.random.key(0),
                                  jnp.ones(levels))
@@ -130,7 +130,7 @@ class AnnealedLangevinTest(parameterized.TestCase):
     score = lambda x, y: -(x - mu) / (s2 + sigmas[y][:, None]**2)
     x0 = jax.random.uniform(jax.random.key(1), (8000, 2), minval=-8,
                             maxval=8)
-    x, _ = jax.jit(lambda x0: sampling.annealed_langevin(
+    x, _ = jax.jit(lambda x0: langevin.annealed_langevin(
         score, x0, jax.random.key(2), sigmas, 100, 2e-4))(x0)
     np.testing.assert_allclose(x.mean(0), mu, atol=0.06)
     np.testing.assert_allclose(x.var(0), s2, rtol=0.08)
@@ -143,9 +143,9 @@ class AnnealedLangevinTest(parameterized.TestCase):
     score = mixture_score(sigmas)
     x0 = jax.random.uniform(jax.random.key(0), (3000, 2), minval=-8,
                             maxval=8)
-    annealed, _ = jax.jit(lambda x0: sampling.annealed_langevin(
+    annealed, _ = jax.jit(lambda x0: langevin.annealed_langevin(
         score, x0, jax.random.key(1), sigmas, 100, 0.05))(x0)
-    plain = jax.jit(lambda x0: sampling.langevin(
+    plain = jax.jit(lambda x0: langevin.langevin(
         mixture_score(jnp.zeros(1)), x0, jax.random.key(2), 0.1, 1000))(x0)
     self.assertAlmostEqual(fraction_in_upper_mode(annealed), 0.8, delta=0.05)
     self.assertGreater(abs(fraction_in_upper_mode(plain) - 0.8), 0.1)
@@ -176,14 +176,14 @@ class CrossPaperSamplerTest(parameterized.TestCase):
         calls.append(y)
         return model.apply(variables, x, y)
 
-    sample_fn = sampling.get_sampler(config, Counting())
+    sample_fn = langevin.get_sampler(config, Counting())
     x, _ = jax.jit(sample_fn)(params, x0, jax.random.key(1))
     self.assertEqual(x.shape, x0.shape)
     self.assertTrue(np.isfinite(np.asarray(x)).all())
     self.assertLen(calls, 2 if denoise else 1)
     # The chain really used the config's step size: a smaller eps moves less.
     config.sampling.step_lr = step_lr / 100
-    y, _ = jax.jit(sampling.get_sampler(config, model))(params, x0,
+    y, _ = jax.jit(langevin.get_sampler(config, model))(params, x0,
                                                         jax.random.key(1))
     self.assertLess(float(jnp.abs(y - x0).mean()),
                     float(jnp.abs(x - x0).mean()))
@@ -195,16 +195,16 @@ class ParallelSamplerTest(absltest.TestCase):
     self.assertEqual(jax.local_device_count(), 4)
     config = tiny.get_config()
     model = models.create_model(config)
-    x0 = sampling.init_samples(jax.random.key(0), config, 8)
+    x0 = langevin.init_samples(jax.random.key(0), config, 8)
     params = model.init(jax.random.key(1), x0, jnp.zeros(8, jnp.int32))[
         'params']
-    sample_fn = sampling.get_sampler(config, model)
+    sample_fn = langevin.get_sampler(config, model)
     key = jax.random.key(3)
     single, _ = jax.jit(sample_fn)(params, x0, key)
     multi, _ = parallel.p_sample(sample_fn, params, x0, key)
     np.testing.assert_allclose(multi, single, rtol=1e-5, atol=1e-5)
     config.sampling.record_every = 3
-    sample_fn = sampling.get_sampler(config, model)
+    sample_fn = langevin.get_sampler(config, model)
     _, traj_single = jax.jit(sample_fn)(params, x0, key)
     _, traj_multi = parallel.p_sample(sample_fn, params, x0, key)
     self.assertEqual(traj_multi.shape, traj_single.shape)
@@ -212,14 +212,14 @@ class ParallelSamplerTest(absltest.TestCase):
 
   def test_init_samples(self):
     config = tiny.get_config()
-    x0 = sampling.init_samples(jax.random.key(0), config, 6)
+    x0 = langevin.init_samples(jax.random.key(0), config, 6)
     self.assertEqual(x0.shape, (6, 8, 8, 3))
     self.assertTrue(((x0 >= 0) & (x0 < 1)).all())
-    tail = sampling.init_samples(jax.random.key(0), config, 3,
+    tail = langevin.init_samples(jax.random.key(0), config, 3,
                                  example_offset=3)
     np.testing.assert_array_equal(x0[3:], tail)
     data = jnp.full((6, 8, 8, 3), 0.5)
-    noised = sampling.init_samples(jax.random.key(0), config, 6, data=data)
+    noised = langevin.init_samples(jax.random.key(0), config, 6, data=data)
     self.assertAlmostEqual(float(jnp.std(noised)), 1.0, delta=0.1)
 
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import toy_gmm
-from ncsn_jax import toy
+from ncsn_jax.experiments import toy
 
 
 class ToyTest(absltest.TestCase):

@@ -10,11 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import tiny
-from ncsn_jax import checkpointing
-from ncsn_jax import losses
+from ncsn_jax import errors
 from ncsn_jax import models
 from ncsn_jax import parallel
-from ncsn_jax import train
+from ncsn_jax.training import checkpointing
+from ncsn_jax.training import losses
+from ncsn_jax.training import train
 
 
 def assert_trees_close(test, a, b, rtol=1e-5, atol=1e-6):
@@ -225,7 +226,7 @@ class DivergenceTest(absltest.TestCase):
 
   def test_divergence_stops_with_error_and_keeps_checkpoint(self):
     workdir = self.create_tempdir().full_path
-    with self.assertRaisesRegex(train.NonFiniteLossError, 'at step 2'):
+    with self.assertRaisesRegex(errors.NonFiniteLossError, 'at step 2'):
       train.train_and_evaluate(self._config(), workdir)
     manager = checkpointing.create_manager(workdir, create=False)
     self.assertEqual(manager.all_steps(), [1])

@@ -12,12 +12,12 @@ from scipy import spatial
 
 from configs import digits
 from ncsn_jax import distances
-from ncsn_jax import input_pipeline
-from ncsn_jax import tune
+from ncsn_jax.data import input_pipeline
+from ncsn_jax.experiments import tune
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# NCSNv2 (PAPERS.md table): image size, sigma_1, L, T, eps.
+# NCSNv2 paper (its table of hyperparameters): image size, sigma_1, L, T, eps.
 PAPER = {
     'cifar10': (32, 50, 232, 5, 6.2e-6),
     'celeba': (64, 90, 500, 5, 3.3e-6),

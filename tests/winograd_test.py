@@ -1,4 +1,4 @@
-"""Tests for ncsn_jax.winograd: F(2x2, 3x3) equals the direct convolution."""
+"""Tests for inception.winograd: F(2x2, 3x3) equals the direct convolution."""
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -7,7 +7,7 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
-from ncsn_jax import winograd
+from ncsn_jax.evaluation.inception import winograd
 
 
 def _direct(x, kernel, padding):

@@ -42,9 +42,11 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
-from ncsn_jax import inception_weights
-from ncsn_jax import pooling
-from ncsn_jax import winograd
+from ncsn_jax import backend
+from ncsn_jax import errors
+from ncsn_jax.evaluation.inception import weight_files
+from ncsn_jax.evaluation.inception import winograd
+from ncsn_jax.models import pooling
 
 INPUT_SIZE = 299
 POOL3_DIM = 2048
@@ -57,10 +59,6 @@ QUANTISATION = {
 }
 
 _HIGHEST = lax.Precision.HIGHEST
-# XLA:CPU: 3x3 stride-1 convolutions with at least this many output pixels
-# (the stem's 147x147 and 71x71 maps) run faster by Winograd (`conv2d`);
-# bench/README.md has the numbers.
-CPU_WINOGRAD_MIN_PIXELS = 71 * 71
 
 
 def _pad(padding):
@@ -330,8 +328,9 @@ def resize_matrix(in_size: int, out_size: int = INPUT_SIZE,
   weights (1 - f, f) with f = src - i0.
   """
   if mode not in PREPROCESSING_MODES:
-    raise ValueError(f'preprocessing mode {mode!r} is unknown; use one of '
-                     f'{PREPROCESSING_MODES}.')
+    raise errors.ConfigError(
+        f'preprocessing mode {mode!r} is unknown; use one of '
+        f'{PREPROCESSING_MODES}.')
   scale = np.float32(in_size) / np.float32(out_size)
   dst = np.arange(out_size, dtype=np.float32)
   if mode == 'tf':
@@ -357,8 +356,9 @@ def preprocess(images, mode: str = 'tf'):
   127.5 - 1.
   """
   if mode not in PREPROCESSING_MODES:
-    raise ValueError(f'preprocessing mode {mode!r} is unknown; use one of '
-                     f'{PREPROCESSING_MODES}.')
+    raise errors.ConfigError(
+        f'preprocessing mode {mode!r} is unknown; use one of '
+        f'{PREPROCESSING_MODES}.')
   if images.ndim != 4 or images.shape[-1] not in (1, 3):
     raise ValueError(f'images must be [B,H,W,C] with C in (1, 3), got '
                      f'{images.shape}.')
@@ -402,7 +402,7 @@ def create_model(params, fc_bias: bool = False,
 
 def load_params(path: str) -> tuple[dict, dict]:
   """Params tree and metadata of a canonical `.npz` (`inception_weights`)."""
-  flat, meta = inception_weights.load_weights(path)
+  flat, meta = weight_files.load_weights(path)
   params = flax.traverse_util.unflatten_dict(
       {tuple(k.split('/')): v for k, v in flat.items()})
   expected = jax.eval_shape(lambda: create_model(params).init(
@@ -412,8 +412,9 @@ def load_params(path: str) -> tuple[dict, dict]:
   if set(want) != set(got) or any(want[k].shape != got[k] for k in want):
     missing = sorted(set(want) - set(got))[:3]
     extra = sorted(set(got) - set(want))[:3]
-    raise ValueError(f'{path}: parameters do not match InceptionV3 (missing '
-                     f'{missing}, unexpected {extra}, or shapes differ).')
+    raise errors.ConfigError(
+        f'{path}: parameters do not match InceptionV3 (missing '
+        f'{missing}, unexpected {extra}, or shapes differ).')
   return params, meta
 
 
@@ -430,8 +431,9 @@ def get_features_fn(model: InceptionV3, mode: str = 'tf',
       activations); accelerators want None (the whole batch at once).
   """
   if mode not in PREPROCESSING_MODES:
-    raise ValueError(f'preprocessing mode {mode!r} is unknown; use one of '
-                     f'{PREPROCESSING_MODES}.')
+    raise errors.ConfigError(
+        f'preprocessing mode {mode!r} is unknown; use one of '
+        f'{PREPROCESSING_MODES}.')
 
   def features(params, images):
     return model.apply({'params': params}, preprocess(images, mode))
@@ -462,17 +464,16 @@ def create_extractor(params, mode: str = 'tf', batch_size: int = 50,
   the padding dropped), so each input shape compiles once. 'logits' [N,1008]
   are returned when `params` hold the fc head. `micro_batch` (see
   `get_features_fn`): -1 picks 1 on CPU and None elsewhere.
-  `winograd_min_pixels` (see `conv2d`): -1 picks `CPU_WINOGRAD_MIN_PIXELS` on
-  CPU and 0 elsewhere.
+  `winograd_min_pixels` (see `conv2d`): -1 lets `backend` pick by the
+  device's platform.
   """
   if batch_size < 1:
     raise ValueError(f'batch_size must be >= 1, got {batch_size}.')
   device = device or jax.local_devices()[0]
-  on_cpu = device.platform == 'cpu'
   if micro_batch == -1:
-    micro_batch = 1 if on_cpu else None
+    micro_batch = backend.inception_micro_batch(device.platform)
   if winograd_min_pixels == -1:
-    winograd_min_pixels = CPU_WINOGRAD_MIN_PIXELS if on_cpu else 0
+    winograd_min_pixels = backend.winograd_min_pixels(device.platform)
   model = create_model(params, fc_bias, winograd_min_pixels)
   fn = jax.jit(get_features_fn(model, mode, micro_batch))
   params = jax.device_put(params, device)

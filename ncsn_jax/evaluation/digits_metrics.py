@@ -16,7 +16,7 @@ from sklearn import exceptions
 from sklearn import neural_network
 import threadpoolctl
 
-from ncsn_jax import metrics
+from ncsn_jax.evaluation import metrics
 
 HIDDEN_UNITS = 128
 

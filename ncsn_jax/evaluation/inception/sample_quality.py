@@ -27,11 +27,12 @@ from absl import logging
 import jax
 import numpy as np
 
-from ncsn_jax import image_utils
-from ncsn_jax import inception
-from ncsn_jax import inception_weights
-from ncsn_jax import input_pipeline
-from ncsn_jax import metrics
+from ncsn_jax import errors
+from ncsn_jax import files
+from ncsn_jax.data import input_pipeline
+from ncsn_jax.evaluation import metrics
+from ncsn_jax.evaluation.inception import network
+from ncsn_jax.evaluation.inception import weight_files
 
 PREPROCESSING = {
     'tf': 'TF1 legacy bilinear resize to 299 (half_pixel_centers=False) on '
@@ -50,15 +51,15 @@ PAPER_NUM_SAMPLES = 50_000  # The papers' IS/FID sample count.
 NO_HEAD_NOTE = (
     'Inception Score not computed: the Inception weights in use ({source}) '
     'have no 1008-way fc head. Supply pytorch-fid\'s '
-    f'{inception_weights.PYTORCH_FID_NAME} (config.eval.inception_weights='
+    f'{weight_files.PYTORCH_FID_NAME} (config.eval.inception_weights='
     'PATH, or =download when online).')
 
 
 def create_extractor(config) -> tuple[Callable, dict]:
   """Extractor (uint8 [N,H,W,C] -> features) and weights meta of a config."""
-  path = inception_weights.resolve_weights(config.eval.inception_weights)
-  params, meta = inception.load_params(path)
-  extract = inception.create_extractor(
+  path = weight_files.resolve_weights(config.eval.inception_weights)
+  params, meta = network.load_params(path)
+  extract = network.create_extractor(
       params, config.eval.inception_preprocessing,
       config.eval.inception_batch_size)
   return extract, dict(meta, path=path)
@@ -72,7 +73,7 @@ def default_stats_path(config, split: str) -> str:
   data = config.data
   name = data.dataset + (f'_{data.category}' if data.category else '')
   return os.path.join(
-      inception_weights.default_cache_dir(), 'stats',
+      weight_files.default_cache_dir(), 'stats',
       f'{name}_{data.image_size}px_{split}_'
       f'{config.eval.inception_preprocessing}.npz')
 
@@ -92,9 +93,10 @@ def split_features(config, split: str, extract: Callable,
     if max_examples is not None:
       images = images[:max_examples - sum(f.shape[0] for f in feats)]
     if images.shape[0]:
-      feats.append(extract(inception.quantize(images))['pool_3'])
+      feats.append(extract(network.quantize(images))['pool_3'])
   if not feats:
-    raise ValueError(f'split {split!r} of {config.data.dataset} is empty.')
+    raise errors.ConfigError(
+        f'split {split!r} of {config.data.dataset} is empty.')
   return np.concatenate(feats)
 
 
@@ -102,7 +104,7 @@ def save_reference(path: str, pool_3: np.ndarray, meta: dict) -> dict:
   """Writes pool_3 [N,2048] float32, mu [D], sigma [D,D] float64 and meta."""
   mu, sigma = metrics.finalize_stats(metrics.compute_stats(pool_3))
   meta = dict(meta, num_examples=int(pool_3.shape[0]))
-  with image_utils.atomic_open(path) as f:
+  with files.atomic_open(path) as f:
     np.savez(f, pool_3=np.asarray(pool_3, np.float32), mu=mu, sigma=sigma,
              meta=np.array(json.dumps(meta)))
   return meta
@@ -115,18 +117,19 @@ def load_reference(path: str) -> dict:
   pytorch-fid's (`mu`, `sigma` only).
   """
   with np.load(path, allow_pickle=False) as f:
-    files = set(f.files)
-    pool_3 = f['pool_3'].astype(np.float32) if 'pool_3' in files else None
-    meta = json.loads(str(f['meta'])) if 'meta' in files else {}
-    if {'mu', 'sigma'} <= files:
+    names = set(f.files)
+    pool_3 = f['pool_3'].astype(np.float32) if 'pool_3' in names else None
+    meta = json.loads(str(f['meta'])) if 'meta' in names else {}
+    if {'mu', 'sigma'} <= names:
       mu, sigma = f['mu'].astype(np.float64), f['sigma'].astype(np.float64)
     elif pool_3 is not None:
       mu, sigma = metrics.finalize_stats(metrics.compute_stats(pool_3))
     else:
-      raise ValueError(f'{path}: reference stats need pool_3 or mu and sigma '
-                       f'(found {sorted(files)}).')
-  meta.setdefault('num_examples', int(pool_3.shape[0]) if pool_3 is not None
-                  else None)
+      raise errors.ConfigError(
+          f'{path}: reference stats need pool_3 or mu and sigma '
+          f'(found {sorted(names)}).')
+  meta.setdefault('num_examples',
+                  int(pool_3.shape[0]) if pool_3 is not None else None)
   return {'mu': mu, 'sigma': sigma, 'pool_3': pool_3, 'meta': meta}
 
 
@@ -182,7 +185,7 @@ def _reference(config, extract, weights) -> tuple[dict, str, list[str]]:
                    'with --mode=fid_stats.')
     mode = ref['meta'].get('preprocessing')
     if mode and mode != config.eval.inception_preprocessing:
-      raise ValueError(f'{path} holds {mode!r}-preprocessed stats, but '
+      raise errors.ConfigError(f'{path} holds {mode!r}-preprocessed stats, but '
                        'config.eval.inception_preprocessing='
                        f'{config.eval.inception_preprocessing!r}.')
     split = ref['meta'].get('split', '?')
@@ -236,7 +239,7 @@ def sample_metrics(config, images: np.ndarray,
     notes}}.
   """
   if images.dtype != np.uint8:
-    images = inception.quantize(images, 'round')
+    images = network.quantize(images, 'round')
   extract, weights = extractor or create_extractor(config)
   feats = extract(images)
   ref, ref_desc, ref_notes = reference or _reference(config, extract, weights)
@@ -276,7 +279,7 @@ def sample_metrics(config, images: np.ndarray,
       'reference': ref_desc,
       'preprocessing': f'{config.eval.inception_preprocessing}: '
                        f'{PREPROCESSING[config.eval.inception_preprocessing]}',
-      'quantisation': inception.QUANTISATION['round'],
+      'quantisation': network.QUANTISATION['round'],
       'weights_source': weights['source'],
       'weights_source_sha256': weights['source_sha256'],
       'weights_trunk_sha256': weights['trunk_sha256'],

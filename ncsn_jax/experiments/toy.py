@@ -36,11 +36,13 @@ from matplotlib.backends import backend_agg
 import numpy as np
 import optax
 
-from ncsn_jax import image_utils
-from ncsn_jax import losses
+from ncsn_jax import errors
+from ncsn_jax import files
+from ncsn_jax import image_io
 from ncsn_jax import noise
 from ncsn_jax import random_utils
-from ncsn_jax import sampling
+from ncsn_jax.sampling import langevin
+from ncsn_jax.training import losses
 
 WEIGHTS = (0.2, 0.8)
 MEANS = ((-5.0, -5.0), (5.0, 5.0))
@@ -141,8 +143,9 @@ def plain_loss_fn(config, model):
   """Sliced score matching of the plain model (`toy.plain_loss`)."""
   t, name = config.training, config.toy.plain_loss
   if name not in losses.SSM_LOSSES:
-    raise ValueError(f"config.toy.plain_loss={name!r} is unknown; use 'ssm' "
-                     "or 'ssm_vr'.")
+    raise errors.ConfigError(
+        f"config.toy.plain_loss={name!r} is unknown; use 'ssm' "
+        "or 'ssm_vr'.")
   losses.check_projection(t.projection)
 
   def loss_fn(params, x, keys):
@@ -183,7 +186,7 @@ def score_errors(score_fn, sigma=0.0, size: int = 161, extent: float = 8.0):
 def _save_figure(fig, path: str) -> None:
   buffer = io.BytesIO()
   backend_agg.FigureCanvasAgg(fig).print_png(buffer)
-  image_utils.save_bytes(path, buffer.getvalue())
+  files.save_bytes(path, buffer.getvalue())
 
 
 def plot_scores(path: str, score_fn, extent: float = 8.0) -> None:
@@ -247,8 +250,9 @@ def run_toy(config, workdir: str) -> dict:
     The report.
   """
   if 'toy' not in config:
-    raise ValueError('--mode=toy needs a toy config (config.toy is missing); '
-                     'use --config=configs/toy_gmm.py.')
+    raise errors.ConfigError(
+        '--mode=toy needs a toy config (config.toy is missing); '
+        'use --config=configs/toy_gmm.py.')
   start = time.time()
   t, s, toy = config.training, config.sampling, config.toy
   root = os.path.join(workdir, 'toy')
@@ -277,18 +281,18 @@ def run_toy(config, workdir: str) -> dict:
   cond_score = lambda x, y: cond.apply({'params': cond_params}, x, y)
   x0 = jax.random.uniform(init_key, (s.batch_size, 2), minval=-toy.init_range,
                           maxval=toy.init_range)
-  run_plain = jax.jit(lambda score_fn, x0: sampling.langevin(
+  run_plain = jax.jit(lambda score_fn, x0: langevin.langevin(
       score_fn, x0, langevin_key, toy.langevin_step, toy.langevin_steps),
                       static_argnums=0)
-  run_annealed = jax.jit(lambda score_fn, x0: sampling.annealed_langevin(
+  run_annealed = jax.jit(lambda score_fn, x0: langevin.annealed_langevin(
       score_fn, x0, annealed_key, sigmas, s.n_steps_each, s.step_lr)[0],
                          static_argnums=0)
   exact_plain = lambda x, y: true_score(x)
   exact_cond = lambda x, y: true_score(x, sigmas[y][:, None])
-  langevin = run_plain(plain_score, x0)
+  plain_samples = run_plain(plain_score, x0)
   annealed = run_annealed(cond_score, x0)
   report = {
-      'langevin_weight': upper_mode_fraction(langevin),
+      'langevin_weight': upper_mode_fraction(plain_samples),
       'annealed_weight': upper_mode_fraction(annealed),
       'true_weight': WEIGHTS[1],
       'exact_score_langevin_weight': upper_mode_fraction(
@@ -310,16 +314,16 @@ def run_toy(config, workdir: str) -> dict:
   plot_samples(os.path.join(root, 'samples.png'), [
       ('data', jax.jit(sample_data, static_argnums=1)(data_key,
                                                       s.batch_size)),
-      ('Langevin dynamics', langevin),
+      ('Langevin dynamics', plain_samples),
       ('annealed Langevin dynamics', annealed)])
   steps = np.arange(1, t.n_iters + 1)
-  image_utils.save_loss_curve(
+  image_io.save_loss_curve(
       os.path.join(root, 'loss_curves.png'), steps, np.asarray(plain_hist),
       title='toy training losses', test_steps=steps,
       test_losses=np.asarray(cond_hist),
       labels=(f'plain ({toy.plain_loss})', f'annealed ({t.loss})'))
   report['seconds'] = round(time.time() - start, 2)
   path = os.path.join(root, 'report.json')
-  image_utils.save_text(path, json.dumps(report, indent=2))
+  files.save_text(path, json.dumps(report, indent=2))
   logging.info('Toy report: %s', report)
   return report

@@ -18,13 +18,11 @@ import jax
 import orbax.checkpoint as ocp
 import tensorflow as tf
 
+from ncsn_jax import errors
+
 CHECKPOINT_DIR = 'checkpoints'
 DATA_STATE_DIR = 'data_state'
 _DATA_STATES_KEPT = 2
-
-
-class CheckpointError(RuntimeError):
-  """A checkpoint is missing or cannot be read."""
 
 
 def create_manager(workdir: str, keep: int = 0,
@@ -49,13 +47,13 @@ def resolve_step(manager: ocp.CheckpointManager, step: int = 0) -> int:
   steps = manager.all_steps()
   where = manager.directory
   if not steps:
-    raise CheckpointError(
+    raise errors.CheckpointError(
         f'no checkpoint in {where}; train first (--mode=train) or point '
         '--workdir at a run that has checkpoints.')
   if step == 0:
     return max(steps)
   if step not in steps:
-    raise CheckpointError(
+    raise errors.CheckpointError(
         f'checkpoint step {step} not found in {where} (have '
         f'{sorted(steps)}); set the ckpt_id config field to one of them.')
   return step
@@ -73,7 +71,7 @@ def restore(manager: ocp.CheckpointManager, target: Any, step: int = 0):
     state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
   except Exception as e:  # orbax raises many types for damaged files.
     path = os.path.join(str(manager.directory), str(step))
-    raise CheckpointError(
+    raise errors.CheckpointError(
         f'checkpoint {path} is unreadable or does not match this config '
         f'({type(e).__name__}: {str(e)[:200]}); delete that folder to fall '
         'back to the previous checkpoint, or check the config.') from e

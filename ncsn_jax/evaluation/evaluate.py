@@ -16,19 +16,21 @@ from absl import logging
 import jax
 import numpy as np
 
-from ncsn_jax import checkpointing
-from ncsn_jax import digits_metrics
-from ncsn_jax import image_utils
-from ncsn_jax import inception_metrics
-from ncsn_jax import input_pipeline
-from ncsn_jax import losses
-from ncsn_jax import metrics
+from ncsn_jax import errors
+from ncsn_jax import files
+from ncsn_jax import image_io
 from ncsn_jax import models
 from ncsn_jax import parallel
-from ncsn_jax import sampling
-from ncsn_jax import sampling_modes
-from ncsn_jax import train
 from ncsn_jax import transforms
+from ncsn_jax.data import input_pipeline
+from ncsn_jax.evaluation import digits_metrics
+from ncsn_jax.evaluation import metrics
+from ncsn_jax.evaluation.inception import sample_quality
+from ncsn_jax.sampling import figures
+from ncsn_jax.sampling import langevin
+from ncsn_jax.training import checkpointing
+from ncsn_jax.training import losses
+from ncsn_jax.training import train
 
 
 def load_params(config, workdir: str, step: int = 0, ema: bool = True):
@@ -44,7 +46,7 @@ def load_params(config, workdir: str, step: int = 0, ema: bool = True):
       lambda: train.create_train_state(config, model, tx, jax.random.key(0)))
   directory = os.path.join(workdir, checkpointing.CHECKPOINT_DIR)
   if not os.path.isdir(directory):
-    raise checkpointing.CheckpointError(
+    raise errors.CheckpointError(
         f'no checkpoint folder {directory}; train first (--mode=train) or '
         'point --workdir at a run that has checkpoints.')
   manager = checkpointing.create_manager(workdir, create=False)
@@ -61,11 +63,11 @@ def generate(config, model, params, key, n: int):
   """
   batch = config.sampling.batch_size
   parallel.check_divisible_local(batch, 'config.sampling.batch_size')
-  sample_fn = sampling.get_sampler(config, model)
+  sample_fn = langevin.get_sampler(config, model)
   out = []
   for i in range(-(-n // batch)):
     batch_key = jax.random.fold_in(key, i)
-    x0 = sampling.init_samples(batch_key, config, batch)
+    x0 = langevin.init_samples(batch_key, config, batch)
     x, _ = parallel.p_sample(sample_fn, params, x0, batch_key)
     out.append(np.asarray(transforms.inverse_data_transform(x, config)))
   return np.concatenate(out)[:n]
@@ -80,28 +82,28 @@ def sample(config, workdir: str) -> dict[str, str]:
   data = None
   if s.data_init:
     data = input_pipeline.load_split_arrays(config, 'test', s.batch_size)
-  x0 = sampling.init_samples(key, config, s.batch_size, data=data)
-  x, trajectory = parallel.p_sample(sampling.get_sampler(config, model),
+  x0 = langevin.init_samples(key, config, s.batch_size, data=data)
+  x, trajectory = parallel.p_sample(langevin.get_sampler(config, model),
                                     params, x0, key)
   images = np.asarray(transforms.inverse_data_transform(x, config))
   root = os.path.join(workdir, 'samples')
   scale = max(1, 64 // images.shape[1])
   paths = {'grid': os.path.join(root, f'{s.tag}.png'),
            'npz': os.path.join(root, f'{s.tag}.npz')}
-  image_utils.save_image_grid(paths['grid'], images, scale=scale)
-  image_utils.save_npz_images(paths['npz'], images)
+  image_io.save_image_grid(paths['grid'], images, scale=scale)
+  image_io.save_npz_images(paths['npz'], images)
   if trajectory is not None:
     frames = np.asarray(transforms.inverse_data_transform(trajectory, config))
     n_show = min(8, frames.shape[1])
     process = frames[:, :n_show].swapaxes(0, 1).reshape((-1,) +
                                                          frames.shape[2:])
     paths['process'] = os.path.join(root, f'{s.tag}_process.png')
-    image_utils.save_image_grid(paths['process'], process,
+    image_io.save_image_grid(paths['process'], process,
                                 ncol=frames.shape[0], scale=scale)
     paths['gif'] = os.path.join(root, f'{s.tag}_process.gif')
-    grids = [image_utils.make_grid(f) for f in frames]
-    image_utils.save_gif(paths['gif'], np.stack(grids), scale=scale)
-  paths.update(sampling_modes.write_figures(config, model, params, key,
+    grids = [image_io.make_grid(f) for f in frames]
+    image_io.save_gif(paths['gif'], np.stack(grids), scale=scale)
+  paths.update(figures.write_figures(config, model, params, key,
                                            images, root))
   logging.info('Sampled checkpoint %d: %s', step, paths)
   return paths
@@ -122,7 +124,7 @@ def test_loss(config, model, params, key) -> float:
     total += float(p_eval(params, images, jax.random.fold_in(key, i)))
     count += 1
   if not count:
-    raise ValueError('the test split has fewer examples than '
+    raise errors.ConfigError('the test split has fewer examples than '
                      f'config.eval.batch_size={config.eval.batch_size}.')
   return total / count
 
@@ -136,7 +138,7 @@ def create_sample_scorer(config) -> Callable[[np.ndarray], dict]:
   reused, so a checkpoint sweep makes it once.
   """
   if config.data.dataset != 'digits':
-    return inception_metrics.create_scorer(config)
+    return sample_quality.create_scorer(config)
 
   @functools.cache
   def prepared():
@@ -176,10 +178,10 @@ def evaluate_checkpoint(config, workdir: str, step: int = 0,
   if config.eval.num_samples > 0:
     images = generate(config, model, params, sample_key,
                       config.eval.num_samples)
-    images = image_utils.to_uint8(images).astype(np.float32) / 255.0
+    images = image_io.to_uint8(images).astype(np.float32) / 255.0
     report.update((scorer or create_sample_scorer(config))(images))
   path = os.path.join(workdir, 'eval', f'report_{step}.json')
-  image_utils.save_text(path, json.dumps(report, indent=2))
+  files.save_text(path, json.dumps(report, indent=2))
   logging.info('Eval report of checkpoint %d: %s', step, path)
   return report
 
@@ -216,7 +218,7 @@ def sweep(config, workdir: str) -> str:
   steps = [s for s in sorted(manager.all_steps())
            if e.begin_ckpt <= s <= end and (not e.every or s % e.every == 0)]
   if not steps:
-    raise checkpointing.CheckpointError(
+    raise errors.CheckpointError(
         f'no checkpoint of {workdir} lies in config.eval.begin_ckpt='
         f'{e.begin_ckpt} .. config.eval.end_ckpt={e.end_ckpt} (have '
         f'{sorted(manager.all_steps())}).')
@@ -229,16 +231,16 @@ def sweep(config, workdir: str) -> str:
   csv = [','.join(columns)] + [
       ','.join(str(r.get(c, '')) for c in columns) for r in rows]
   root = os.path.join(workdir, 'eval')
-  image_utils.save_text(os.path.join(root, 'sweep.csv'),
+  files.save_text(os.path.join(root, 'sweep.csv'),
                         '\n'.join(csv) + '\n')
   path = os.path.join(root, 'sweep.json')
   summary = {'best_step': best, 'criterion': criterion}
-  fast = e.num_samples < inception_metrics.PAPER_NUM_SAMPLES
+  fast = e.num_samples < sample_quality.PAPER_NUM_SAMPLES
   if criterion == 'fid' and fast:
     summary['note'] = (
         f'fast FID from {e.num_samples} samples per checkpoint: good for '
         'ranking, not comparable to the papers\' 50000-sample FID.')
-  image_utils.save_text(path, json.dumps(dict(summary, rows=rows), indent=2))
+  files.save_text(path, json.dumps(dict(summary, rows=rows), indent=2))
   logging.info('Best checkpoint by %s: %d', criterion, best)
   return path
 

@@ -28,6 +28,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from ncsn_jax import errors
+
 LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
 LEGACY_PROTOCOL = 1001
 
@@ -82,8 +84,9 @@ class _Storage:
 def _rebuild_tensor(storage, storage_offset, size, stride, *unused):
   """`torch._utils._rebuild_tensor(_v2)`: a strided view, copied."""
   if not isinstance(storage, _Storage):
-    raise ValueError(f'tensor built on {type(storage).__name__}, not on a '
-                     'storage: not a checkpoint this reader understands.')
+    raise errors.ConfigError(
+        f'tensor built on {type(storage).__name__}, not on a '
+        'storage: not a checkpoint this reader understands.')
   if storage.array is None:  # Legacy first pass: data not read yet.
     return None
   flat = storage.array
@@ -91,13 +94,14 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *unused):
   offset = int(storage_offset)
   if len(size) != len(stride) or offset < 0 or min(size + stride,
                                                    default=0) < 0:
-    raise ValueError(f'tensor on storage {storage.key!r} has an invalid '
-                     f'layout (size {size}, stride {stride}, offset {offset}).')
+    raise errors.ConfigError(
+        f'tensor on storage {storage.key!r} has an invalid '
+        f'layout (size {size}, stride {stride}, offset {offset}).')
   if 0 in size:
     return np.zeros(size, flat.dtype)
   last = offset + sum((n - 1) * s for n, s in zip(size, stride))
   if last >= flat.size:
-    raise ValueError(
+    raise errors.ConfigError(
         f'tensor (size {size}, stride {stride}, offset {offset}) reaches '
         f'element {last} of storage {storage.key!r} which has {flat.size}: '
         'the file is truncated or corrupt.')
@@ -137,30 +141,32 @@ class _Unpickler(pickle.Unpickler):
   def find_class(self, module, name):
     obj = _SAFE_GLOBALS.get((module, name))
     if obj is None:
-      raise ValueError(
+      raise errors.ConfigError(
           f'{self._where}: refusing to load global {module}.{name}: it is '
           'not a tensor, storage or container a model checkpoint needs '
           '(nothing from the file was run).')
     if isinstance(obj, str):
       if obj == 'TypedStorage':
-        raise ValueError(f'{self._where}: a bare torch.storage.TypedStorage '
-                         'is not supported.')
+        raise errors.ConfigError(
+            f'{self._where}: a bare torch.storage.TypedStorage '
+            'is not supported.')
       return _StorageType(obj)
     return obj
 
   def persistent_load(self, pid):
     if self._storage_fn is None:
-      raise ValueError(f'{self._where}: unexpected persistent id in a '
-                       'header pickle.')
+      raise errors.ConfigError(f'{self._where}: unexpected persistent id in a '
+                               'header pickle.')
     if not (isinstance(pid, tuple) and pid and pid[0] == 'storage'):
-      raise ValueError(f'{self._where}: unknown persistent id {pid!r:.80}.')
+      raise errors.ConfigError(
+          f'{self._where}: unknown persistent id {pid!r:.80}.')
     return self._storage_fn(pid)
 
 
 def _storage_pid(pid: tuple, where: str):
   """(storage type, key, numel, view) of a persistent id."""
   if len(pid) < 5 or not isinstance(pid[1], _StorageType):
-    raise ValueError(f'{where}: malformed storage id {pid!r:.120}.')
+    raise errors.ConfigError(f'{where}: malformed storage id {pid!r:.120}.')
   _, storage_type, key, _, numel = pid[:5]
   view = pid[5] if len(pid) > 5 else None
   return storage_type, str(key), int(numel), view
@@ -171,14 +177,15 @@ def _load_zip(path: str) -> Any:
     names = archive.namelist()
     pickles = [n for n in names if n.endswith('data.pkl')]
     if len(pickles) != 1:
-      raise ValueError(f'{path}: a zip archive but not a PyTorch checkpoint '
-                       f'(found {len(pickles)} data.pkl records).')
+      raise errors.ConfigError(
+          f'{path}: a zip archive but not a PyTorch checkpoint '
+          f'(found {len(pickles)} data.pkl records).')
     prefix = pickles[0][:-len('data.pkl')]
     order = '<'
     if prefix + 'byteorder' in names:
       text = archive.read(prefix + 'byteorder').decode().strip()
       if text not in ('little', 'big'):
-        raise ValueError(f'{path}: unknown byteorder record {text!r}.')
+        raise errors.ConfigError(f'{path}: unknown byteorder record {text!r}.')
       order = '<' if text == 'little' else '>'
     cache: dict[str, _Storage] = {}
 
@@ -188,14 +195,15 @@ def _load_zip(path: str) -> Any:
         return cache[key]
       record = f'{prefix}data/{key}'
       if record not in names:
-        raise ValueError(f'{path}: storage record {record!r} is missing: '
-                         'the file is truncated or corrupt.')
+        raise errors.ConfigError(
+            f'{path}: storage record {record!r} is missing: '
+            'the file is truncated or corrupt.')
       raw = archive.read(record)
       dtype = storage_type.dtype.newbyteorder(order)
       if storage_type.name == 'UntypedStorage':
         dtype = np.dtype(np.uint8)
       if len(raw) < numel * dtype.itemsize:
-        raise ValueError(
+        raise errors.ConfigError(
             f'{path}: storage {record!r} holds {len(raw)} bytes, '
             f'{numel * dtype.itemsize} expected: the file is truncated.')
       storage = _Storage(key, dtype, numel)
@@ -212,10 +220,12 @@ def _load_legacy(path: str, f) -> Any:
   header = _Unpickler(f, path)
   magic = header.load()
   if magic != LEGACY_MAGIC:
-    raise ValueError(f'{path}: not a PyTorch checkpoint (bad magic number).')
+    raise errors.ConfigError(
+        f'{path}: not a PyTorch checkpoint (bad magic number).')
   protocol = header.load()
   if protocol != LEGACY_PROTOCOL:
-    raise ValueError(f'{path}: unsupported legacy protocol {protocol!r}.')
+    raise errors.ConfigError(
+        f'{path}: unsupported legacy protocol {protocol!r}.')
   sys_info = header.load()
   order = '<'
   if isinstance(sys_info, dict) and not sys_info.get('little_endian', True):
@@ -241,34 +251,38 @@ def _load_legacy(path: str, f) -> Any:
   _Unpickler(f, path, storage_fn).load()
   keys = _Unpickler(f, path).load()
   if not isinstance(keys, list):
-    raise ValueError(f'{path}: malformed storage key list.')
+    raise errors.ConfigError(f'{path}: malformed storage key list.')
   for key in keys:
     storage = storages.get(str(key))
     if storage is None:
-      raise ValueError(f'{path}: storage {key!r} is listed but no tensor '
-                       'uses it.')
+      raise errors.ConfigError(
+          f'{path}: storage {key!r} is listed but no tensor '
+          'uses it.')
     count = f.read(8)
     if len(count) != 8:
-      raise ValueError(f'{path}: truncated before storage {key!r}.')
+      raise errors.ConfigError(f'{path}: truncated before storage {key!r}.')
     (numel,) = struct.unpack(order + 'q', count)
     dtype = storage.dtype.newbyteorder(order)
     if numel < 0 or numel * dtype.itemsize > file_size - f.tell():
-      raise ValueError(f'{path}: storage {key!r} is truncated ({numel} '
+      raise errors.ConfigError(f'{path}: storage {key!r} is truncated ({numel} '
                        'elements announced, fewer in the file).')
     raw = f.read(numel * dtype.itemsize)
     if len(raw) != numel * dtype.itemsize:
-      raise ValueError(f'{path}: storage {key!r} is truncated ({len(raw)} '
-                       f'of {numel * dtype.itemsize} bytes).')
+      raise errors.ConfigError(
+          f'{path}: storage {key!r} is truncated ({len(raw)} '
+          f'of {numel * dtype.itemsize} bytes).')
     storage.array = np.frombuffer(raw, dtype).astype(dtype.newbyteorder('='))
   for view_key, (root, offset, size) in views.items():
     base = storages[root].array
     if base is None or offset + size > base.size:
-      raise ValueError(f'{path}: storage view {view_key!r} is out of range.')
+      raise errors.ConfigError(
+          f'{path}: storage view {view_key!r} is out of range.')
     storages[view_key].array = base[offset:offset + size]
   missing = [k for k, s in storages.items() if s.array is None]
   if missing:
-    raise ValueError(f'{path}: storage data missing for keys {missing[:5]}: '
-                     'the file is truncated or corrupt.')
+    raise errors.ConfigError(
+        f'{path}: storage data missing for keys {missing[:5]}: '
+        'the file is truncated or corrupt.')
 
   # Pass 2 rebuilds the object with the data in hand.
   f.seek(start)
@@ -291,18 +305,20 @@ def load_pth(path: str) -> Any:
       checkpoint, truncated, or pickles a global outside the whitelist.
   """
   if not os.path.isfile(path):
-    raise ValueError(f'checkpoint file {path} does not exist.')
+    raise errors.ConfigError(f'checkpoint file {path} does not exist.')
   try:
     if zipfile.is_zipfile(path):
       return _load_zip(path)
     with open(path, 'rb') as f:
       first = f.read(2)
       if first == b'PK':
-        raise ValueError(f'{path}: a damaged or truncated zip archive, not '
-                         'a readable PyTorch checkpoint.')
+        raise errors.ConfigError(
+            f'{path}: a damaged or truncated zip archive, not '
+            'a readable PyTorch checkpoint.')
       if first[:1] != b'\x80':  # Every torch pickle starts with PROTO.
-        raise ValueError(f'{path}: not a PyTorch checkpoint (neither a zip '
-                         'archive nor a legacy torch pickle).')
+        raise errors.ConfigError(
+            f'{path}: not a PyTorch checkpoint (neither a zip '
+            'archive nor a legacy torch pickle).')
       f.seek(0)
       return _load_legacy(path, f)
   except ValueError:
@@ -310,6 +326,7 @@ def load_pth(path: str) -> Any:
   except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, KeyError,
           IndexError, TypeError, AttributeError, struct.error,
           UnicodeDecodeError, OverflowError, MemoryError) as e:
-    raise ValueError(f'{path}: not a readable PyTorch checkpoint; it is '
-                     f'truncated or corrupt ({type(e).__name__}: '
-                     f'{str(e)[:120]}).') from e
+    raise errors.ConfigError(
+        f'{path}: not a readable PyTorch checkpoint; it is '
+        f'truncated or corrupt ({type(e).__name__}: '
+        f'{str(e)[:120]}).') from e

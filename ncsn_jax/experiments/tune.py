@@ -26,9 +26,10 @@ from scipy import optimize
 from scipy import stats
 
 from ncsn_jax import distances
-from ncsn_jax import image_utils
-from ncsn_jax import input_pipeline
+from ncsn_jax import errors
+from ncsn_jax import files
 from ncsn_jax import transforms
+from ncsn_jax.data import input_pipeline
 
 # The target of technique 2: the probability mass of the shell test.
 GAMMA_TARGET = 0.5
@@ -50,7 +51,7 @@ def solve_gamma(dim: int, target: float = GAMMA_TARGET) -> float:
   so the root is unique (bisection to machine precision).
   """
   if dim < 1:
-    raise ValueError(f'the data dimension D={dim} must be >= 1.')
+    raise errors.ConfigError(f'the data dimension D={dim} must be >= 1.')
   f = lambda g: gamma_criterion(g, dim) - target
   hi = 2.0
   while f(hi) > 0:
@@ -65,7 +66,7 @@ def num_levels(sigma_begin: float, sigma_end: float, gamma: float) -> int:
   ratio (sigma_1 / sigma_L)^(1 / (L - 1)) is then at most gamma.
   """
   if not sigma_begin > sigma_end > 0:
-    raise ValueError(f'need sigma_begin={sigma_begin} > sigma_end='
+    raise errors.ConfigError(f'need sigma_begin={sigma_begin} > sigma_end='
                      f'{sigma_end} > 0.')
   levels = 1.0 + math.log(sigma_begin / sigma_end) / math.log(gamma)
   return int(math.ceil(levels - 1e-9))
@@ -92,7 +93,8 @@ def solve_step_lr(gamma: float, sigma_end: float, steps: int,
   Grid search, as in the paper (the ratio is not monotone for large eps).
   """
   if steps < 1:
-    raise ValueError(f'config.sampling.n_steps_each={steps} must be >= 1.')
+    raise errors.ConfigError(
+        f'config.sampling.n_steps_each={steps} must be >= 1.')
   grid = grid[grid < sigma_end**2]  # Beyond this alpha_L > sigma_L^2.
   ratios = langevin_variance_ratio(grid, gamma, sigma_end, steps)
   best = int(np.argmin(np.abs(ratios - 1.0)))
@@ -189,23 +191,24 @@ def tune(config, workdir: str) -> dict:
   sigma_begin = float(t.sigma_begin)
   if sigma_begin <= 0:
     if t.subset_size < 2 or t.max_images < t.subset_size:
-      raise ValueError(
+      raise errors.ConfigError(
           f'config.tune.subset_size={t.subset_size} must be >= 2 and at most '
           f'config.tune.max_images={t.max_images}.')
     images, total = training_images(config, config.seed)
     if len(images) < 2:
-      raise ValueError(f'the training split of {config.data.dataset} has '
-                       f'{len(images)} images; sigma_1 needs at least 2 '
-                       '(or set config.tune.sigma_begin).')
+      raise errors.ConfigError(
+          f'the training split of {config.data.dataset} has '
+          f'{len(images)} images; sigma_1 needs at least 2 '
+          '(or set config.tune.sigma_begin).')
     sigma_begin = distances.max_pairwise_distance(images, t.block_size)
     source = {'sigma_begin_source': 'max pairwise distance of the data',
               'num_images': int(len(images)), 'split_size': int(total)}
   result = recommend(sigma_begin, dim, config.model.sigma_end,
                      config.sampling.n_steps_each)
   result.update(source)
-  image_utils.save_text(os.path.join(workdir, 'tune.json'),
+  files.save_text(os.path.join(workdir, 'tune.json'),
                         json.dumps(result, indent=2))
-  image_utils.save_text(os.path.join(workdir, 'tune_config.py'),
+  files.save_text(os.path.join(workdir, 'tune_config.py'),
                         config_snippet(result))
   logging.info('Tuned hyperparameters: %s', result)
   return result

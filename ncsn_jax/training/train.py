@@ -22,15 +22,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ncsn_jax import checkpointing
-from ncsn_jax import image_utils
-from ncsn_jax import input_pipeline
-from ncsn_jax import losses
+from ncsn_jax import backend
+from ncsn_jax import errors
+from ncsn_jax import image_io
 from ncsn_jax import models
 from ncsn_jax import parallel
 from ncsn_jax import random_utils
-from ncsn_jax import sampling
 from ncsn_jax import transforms
+from ncsn_jax.data import input_pipeline
+from ncsn_jax.sampling import langevin
+from ncsn_jax.training import checkpointing
+from ncsn_jax.training import losses
 
 
 @flax.struct.dataclass
@@ -56,8 +58,9 @@ def create_optimizer(config) -> optax.GradientTransformation:
   """Adam of `config.optim` (PyTorch semantics: coupled L2 weight decay)."""
   o = config.optim
   if o.optimizer != 'Adam':
-    raise ValueError(f"config.optim.optimizer={o.optimizer!r} is unknown; "
-                     "use 'Adam'.")
+    raise errors.ConfigError(
+        f"config.optim.optimizer={o.optimizer!r} is unknown; "
+        "use 'Adam'.")
   adam = optax.scale_by_amsgrad if o.amsgrad else optax.scale_by_adam
   parts = []
   if o.grad_clip > 0:
@@ -109,7 +112,7 @@ def accumulated_grads(loss_fn, params, x, keys, n_micro: int):
     return grad_fn(params, x, keys)
   n = x.shape[0]
   if n % n_micro:
-    raise ValueError(
+    raise errors.ConfigError(
         f'config.training.grad_accum_steps={n_micro} does not divide the '
         f'per-device batch of {n}.')
   split = lambda a: a.reshape((n_micro, n // n_micro) + a.shape[1:])
@@ -181,15 +184,13 @@ def train_step(state: TrainState, images, train_key, *, config, loss_fn, tx):
 def multi_train_step(state, images, train_key, **kwargs):
   """`k` train steps in one `lax.scan`; images `[k, B_device,H,W,C]`.
 
-  On XLA:CPU the k steps are traced one after the other instead:
-  convolution gradients inside a while loop run several times slower there
-  (3.5x for the digits model's step, even when the loop runs once, and
-  `scan(unroll=True)` keeps that loop), and unrolling only costs compile
-  time. Other backends keep the loop, whose compile time does not grow
-  with k.
+  Where `backend.unroll_train_steps()` (XLA:CPU) the k steps are traced one
+  after the other instead: convolution gradients inside a while loop run
+  several times slower there, even when the loop runs once (and
+  `scan(unroll=True)` keeps that loop); unrolling only costs compile time.
   """
   step = functools.partial(train_step, train_key=train_key, **kwargs)
-  if jax.default_backend() != 'cpu':
+  if not backend.unroll_train_steps():
     return jax.lax.scan(step, state, images)
   metrics = []
   for i in range(images.shape[0]):
@@ -222,14 +223,16 @@ def check_config(config) -> None:
   t = config.training
   parallel.check_divisible(t.batch_size, 'config.training.batch_size')
   if t.batch_size % (jax.process_count() * jax.local_device_count()):
-    raise ValueError(f'config.training.batch_size={t.batch_size} must split '
-                     'evenly over processes and their devices.')
+    raise errors.ConfigError(
+        f'config.training.batch_size={t.batch_size} must split '
+        'evenly over processes and their devices.')
   for field in ('n_iters', 'snapshot_freq', 'log_freq', 'eval_freq',
                 'n_jitted_steps'):
     if t[field] < 1:
-      raise ValueError(f'config.training.{field}={t[field]} must be >= 1.')
+      raise errors.ConfigError(
+          f'config.training.{field}={t[field]} must be >= 1.')
   if t.snapshot_n_samples % jax.local_device_count():
-    raise ValueError(
+    raise errors.ConfigError(
         f'config.training.snapshot_n_samples={t.snapshot_n_samples} is not '
         f'divisible by the {jax.local_device_count()} local devices.')
 
@@ -263,7 +266,7 @@ def write_loss_curve(workdir: str) -> str:
   test = [(r['step'], r['test_loss']) for r in records if 'test_loss' in r]
   out = os.path.join(workdir, 'loss_curve.png')
   if train:
-    image_utils.save_loss_curve(
+    image_io.save_loss_curve(
         out, *zip(*train), title='DSM loss',
         test_steps=[s for s, _ in test] or None,
         test_losses=[v for _, v in test] or None, log_y=True)
@@ -272,18 +275,14 @@ def write_loss_curve(workdir: str) -> str:
 
 def snapshot_samples(config, model, params, key, workdir: str, step: int):
   """Samples a grid with `params` and writes `WORKDIR/samples/step_<k>.png`."""
-  sample_fn = sampling.get_sampler(config, model)
+  sample_fn = langevin.get_sampler(config, model)
   n = config.training.snapshot_n_samples
-  x0 = sampling.init_samples(key, config, n)
+  x0 = langevin.init_samples(key, config, n)
   x, _ = parallel.p_sample(sample_fn, params, x0, key)
   images = np.asarray(transforms.inverse_data_transform(x, config))
   path = os.path.join(workdir, 'samples', f'step_{step}.png')
-  image_utils.save_image_grid(path, images, scale=max(1, 64 // images.shape[1]))
+  image_io.save_image_grid(path, images, scale=max(1, 64 // images.shape[1]))
   return path
-
-
-class NonFiniteLossError(FloatingPointError):
-  """Training produced a NaN or Inf loss or gradient."""
 
 
 class PreemptionWatcher:
@@ -322,7 +321,7 @@ def _check_finite(metrics, step: int, config, skipped: int) -> int:
   """Counts skipped NaN/Inf steps; raises unless skipping is enabled."""
   bad = int(np.sum(np.asarray(metrics['nonfinite'])))
   if bad and not config.training.skip_nonfinite:
-    raise NonFiniteLossError(
+    raise errors.NonFiniteLossError(
         f'non-finite loss or gradient at step {step}; the last checkpoint is '
         'kept. Lower config.optim.lr, set config.optim.grad_clip, or set '
         'config.training.skip_nonfinite=True to skip such steps.')

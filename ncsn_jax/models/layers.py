@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ncsn_jax import pooling
+from ncsn_jax.models import pooling
 
 NormFactory = Optional[Callable[..., nn.Module]]
 

@@ -35,6 +35,8 @@ import sklearn.datasets
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from ncsn_jax import errors
+
 # Channels each data set provides; image_folder converts to any of 1 or 3.
 _NATIVE_CHANNELS = {'digits': 1, 'mnist': 1, 'cifar10': 3, 'celeba': 3,
                     'lsun': 3, 'image_folder': None}
@@ -45,30 +47,33 @@ def _validate(config, split: str):
   """Raises ValueError for an unusable `config.data` or split name."""
   data = config.data
   if data.dataset not in _NATIVE_CHANNELS:
-    raise ValueError(
+    raise errors.ConfigError(
         f'config.data.dataset={data.dataset!r} is unknown; use one of '
         f'{", ".join(_NATIVE_CHANNELS)}.')
   if split not in ('train', 'test'):
-    raise ValueError(f"split={split!r} is unknown; use 'train' or 'test'.")
+    raise errors.ConfigError(
+        f"split={split!r} is unknown; use 'train' or 'test'.")
   if data.image_size <= 0:
-    raise ValueError(
+    raise errors.ConfigError(
         f'config.data.image_size={data.image_size} must be positive.')
   if data.crop_size < 0:
-    raise ValueError(
+    raise errors.ConfigError(
         f'config.data.crop_size={data.crop_size} must be >= 0 (0 = none).')
   if data.channels not in (1, 3):
-    raise ValueError(f'config.data.channels={data.channels} must be 1 or 3.')
+    raise errors.ConfigError(
+        f'config.data.channels={data.channels} must be 1 or 3.')
   native = _NATIVE_CHANNELS[data.dataset]
   if native == 3 and data.channels != 3:
-    raise ValueError(
+    raise errors.ConfigError(
         f'config.data.channels={data.channels}, but {data.dataset} images '
         'have 3 channels; set config.data.channels=3.')
   if data.dataset == 'lsun' and not data.category:
-    raise ValueError("config.data.category is empty; set an LSUN category, "
-                     "e.g. 'church_outdoor'.")
-  if data.dataset in ('digits', 'image_folder') and not (
-      0.0 < data.test_fraction < 1.0):
-    raise ValueError(f'config.data.test_fraction={data.test_fraction} '
+    raise errors.ConfigError(
+        "config.data.category is empty; set an LSUN category, "
+        "e.g. 'church_outdoor'.")
+  if data.dataset in ('digits',
+                      'image_folder') and not (0.0 < data.test_fraction < 1.0):
+    raise errors.ConfigError(f'config.data.test_fraction={data.test_fraction} '
                      'must lie in (0, 1).')
 
 
@@ -235,14 +240,15 @@ def _tfds_images(config, split, process_index, process_count, seeds):
 def _list_image_files(data_dir: str) -> list[str]:
   """Sorted paths of the PNG/JPEG files under `data_dir` (recursive)."""
   if not data_dir or not tf.io.gfile.isdir(data_dir):
-    raise ValueError(f'config.data.data_dir={data_dir!r} is not a folder; '
-                     'point it at the image folder.')
+    raise errors.ConfigError(
+        f'config.data.data_dir={data_dir!r} is not a folder; '
+        'point it at the image folder.')
   paths = []
   for root, _, files in tf.io.gfile.walk(data_dir):
     paths.extend(os.path.join(root, f) for f in files
                  if f.lower().endswith(_IMAGE_EXTENSIONS))
   if not paths:
-    raise ValueError(f'config.data.data_dir={data_dir!r} holds no '
+    raise errors.ConfigError(f'config.data.data_dir={data_dir!r} holds no '
                      f'{"/".join(_IMAGE_EXTENSIONS)} files.')
   return sorted(paths)
 
@@ -259,7 +265,7 @@ def _load_image_file(path: str, size: int, crop_size: int,
       img = Image.open(io.BytesIO(f.read()))
       img = img.convert('L' if channels == 1 else 'RGB')
   except (OSError, SyntaxError, ValueError) as e:
-    raise ValueError(f'cannot decode image file {path}: {e}') from e
+    raise errors.ConfigError(f'cannot decode image file {path}: {e}') from e
   if crop_size:
     top, left = _center_offsets(img.height, img.width, crop_size, crop_size)
     img = img.crop((left, top, left + crop_size, top + crop_size))
@@ -380,13 +386,13 @@ def create_dataset(config, split: str, *, batch_size: int, shuffle: bool,
   """
   _validate(config, split)
   if batch_size <= 0:
-    raise ValueError(f'batch_size={batch_size} must be positive.')
+    raise errors.ConfigError(f'batch_size={batch_size} must be positive.')
   process_index, process_count = jax.process_index(), jax.process_count()
   file_seed, shuffle_seed, aug_seed = _seeds(seed, process_index)
   seeds = (file_seed, shuffle_seed) if shuffle else None
   ds, n = _images(config, split, process_index, process_count, seeds)
   if n is not None and (n == 0 or (n < batch_size and not repeat)):
-    raise ValueError(
+    raise errors.ConfigError(
         f'split {split!r} of {config.data.dataset} has {n} examples on process '
         f'{process_index}, fewer than one batch of {batch_size}.')
   if repeat:

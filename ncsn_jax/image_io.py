@@ -3,22 +3,20 @@
 Images are NHWC, either float in [0, 1] or uint8. Floats are quantised by
 `to_uint8` (torchvision `save_image` rounding), so a PNG written here and the
 uint8 npz used for metrics hold the same pixel values. Single-channel images
-stay single-channel (PNG mode 'L'). Every file is written atomically: to a
-temporary file in the target directory, then `os.replace`d into place, so a
-reader never sees a half-written file.
+stay single-channel (PNG mode 'L'). Every file is written atomically
+(`files.atomic_open`).
 """
 
-import contextlib
 import io
 import math
-import os
 from typing import Optional, Sequence
-import uuid
 
 from matplotlib import figure
 from matplotlib.backends import backend_agg
 import numpy as np
 from PIL import Image
+
+from ncsn_jax import files
 
 _PIL_MODES = {1: 'L', 3: 'RGB', 4: 'RGBA'}
 
@@ -106,41 +104,6 @@ def _to_pil(image: np.ndarray) -> Image.Image:
   return Image.fromarray(image[..., 0] if c == 1 else image, _PIL_MODES[c])
 
 
-@contextlib.contextmanager
-def atomic_open(path: str):
-  """Yields a binary temp file next to `path`; renamed to `path` on success.
-
-  On an exception the temp file is removed and `path` is left as it was.
-  """
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  tmp_path = os.path.join(
-      directory, f'.{os.path.basename(path)}.{uuid.uuid4().hex}.tmp')
-  # os.open with 0o666 honours the umask (mkstemp would leave the file 0600).
-  fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      yield f
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp_path, path)
-  except BaseException:
-    with contextlib.suppress(FileNotFoundError):
-      os.remove(tmp_path)
-    raise
-
-
-def save_bytes(path: str, data: bytes) -> None:
-  """Writes `data` to `path` atomically."""
-  with atomic_open(path) as f:
-    f.write(data)
-
-
-def save_text(path: str, text: str) -> None:
-  """Writes UTF-8 `text` to `path` atomically."""
-  save_bytes(path, text.encode('utf-8'))
-
-
 def save_image_grid(path: str, images, ncol: Optional[int] = None,
                     padding: int = 2, pad_value: float = 0.0,
                     scale: int = 1) -> np.ndarray:
@@ -159,7 +122,7 @@ def save_image_grid(path: str, images, ncol: Optional[int] = None,
   """
   grid = _upscale(make_grid(images, ncol, padding, pad_value), scale)
   image = _to_pil(grid)
-  with atomic_open(path) as f:
+  with files.atomic_open(path) as f:
     image.save(f, format='PNG')
   return grid
 
@@ -172,7 +135,7 @@ def save_npz_images(path: str, images, compressed: bool = False) -> None:
   """
   x = _as_nhwc_uint8(images)
   save_fn = np.savez_compressed if compressed else np.savez
-  with atomic_open(path) as f:
+  with files.atomic_open(path) as f:
     save_fn(f, images=x)
 
 
@@ -230,7 +193,7 @@ def save_loss_curve(path: str, steps: Sequence[float],
   fig.tight_layout()
   buffer = io.BytesIO()
   canvas.print_png(buffer)
-  with atomic_open(path) as f:
+  with files.atomic_open(path) as f:
     f.write(buffer.getvalue())
 
 
@@ -253,6 +216,6 @@ def save_gif(path: str, frames, duration_ms: int = 100, loop: int = 0,
   if x.shape[-1] not in (1, 3):
     raise ValueError(f'GIF frames need 1 or 3 channels, got {x.shape[-1]}.')
   images = [_to_pil(frame) for frame in x]
-  with atomic_open(path) as f:
+  with files.atomic_open(path) as f:
     images[0].save(f, format='GIF', save_all=True, append_images=images[1:],
                    duration=duration_ms, loop=loop)

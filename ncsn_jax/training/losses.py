@@ -14,6 +14,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from ncsn_jax import errors
 from ncsn_jax import noise
 from ncsn_jax import random_utils
 
@@ -78,8 +79,9 @@ PROJECTIONS = ('gaussian', 'rademacher')
 def check_projection(kind: str) -> None:
   """Raises ValueError naming the config field for an unknown projection."""
   if kind not in PROJECTIONS:
-    raise ValueError(f'config.training.projection={kind!r} is unknown; use '
-                     "'gaussian' or 'rademacher'.")
+    raise errors.ConfigError(
+        f'config.training.projection={kind!r} is unknown; use '
+        "'gaussian' or 'rademacher'.")
 
 
 def projections(keys: jax.Array, shape, n_particles: int,
@@ -198,14 +200,15 @@ def get_loss_fn(config, model):
   sigmas = jnp.asarray(noise.get_sigmas(config))
   name = config.training.loss
   if name not in ('dsm',) + SSM_LOSSES:
-    raise ValueError(f"config.training.loss={name!r} is unknown; use 'dsm', "
-                     "'ssm' or 'ssm_vr'.")
+    raise errors.ConfigError(
+        f"config.training.loss={name!r} is unknown; use 'dsm', "
+        "'ssm' or 'ssm_vr'.")
   power = config.training.anneal_power
   if name in SSM_LOSSES:
     t = config.training
     check_projection(t.projection)
     if t.n_particles < 1:
-      raise ValueError(
+      raise errors.ConfigError(
           f'config.training.n_particles={t.n_particles} must be >= 1.')
 
     def ssm_loss_fn(params, x, keys):

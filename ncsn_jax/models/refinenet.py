@@ -24,9 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ncsn_jax import layers
+from ncsn_jax import errors
 from ncsn_jax import noise
-from ncsn_jax import normalization
+from ncsn_jax.models import layers
+from ncsn_jax.models import normalization
 
 # Residual stages: (name, width multiplier of F, resample of the first block,
 # dilation). Refine blocks: (name, width multiplier), coarsest first.
@@ -144,7 +145,7 @@ def check_image_size(config) -> None:
   name, size = config.model.name, config.data.image_size
   factor = downsampling_factor(MODELS[name][1])
   if size < 2 * factor or size % factor:
-    raise ValueError(
+    raise errors.ConfigError(
         f'config.data.image_size={size} does not fit model {name!r}: it '
         f'must be a multiple of {factor} and at least {2 * factor}; '
         f'set config.data.image_size accordingly.')
@@ -161,19 +162,23 @@ def create_model(config) -> nn.Module:
   """
   name = config.model.name
   if name not in MODELS:
-    raise ValueError(
+    raise errors.ConfigError(
         f'config.model.name={name!r} is unknown; use one of '
         f'{", ".join(MODELS)}.')
   check_image_size(config)
   if config.data.channels not in (1, 3):
-    raise ValueError(f'config.data.channels={config.data.channels} must be '
-                     '1 or 3.')
+    raise errors.ConfigError(
+        f'config.data.channels={config.data.channels} must be '
+        '1 or 3.')
   sigmas = noise.get_sigmas(config)
-  dtype = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}.get(
-      config.model.dtype)
+  dtype = {
+      'float32': jnp.float32,
+      'bfloat16': jnp.bfloat16
+  }.get(config.model.dtype)
   if dtype is None:
-    raise ValueError(f'config.model.dtype={config.model.dtype!r} must be '
-                     "'float32' or 'bfloat16'.")
+    raise errors.ConfigError(
+        f'config.model.dtype={config.model.dtype!r} must be '
+        "'float32' or 'bfloat16'.")
   factory = MODELS[name][0]
   return factory(
       ngf=config.model.ngf,

@@ -1,7 +1,7 @@
 """Inpainting, interpolation and nearest-neighbour figures of sample mode.
 
 The samplers follow NCSNv2 (`anneal_Langevin_dynamics_inpainting` and
-`..._interpolation`) with the conventions of `sampling.annealed_langevin`:
+`..._interpolation`) with the conventions of `langevin.annealed_langevin`:
 alpha_c = eps (sigma_c / sigma_L)^2, one update x + alpha_c s + sqrt(2
 alpha_c) noise, levels and steps flattened into one `lax.scan`, and the
 randomness of example (or row) i at step t drawn from fold_in(key_i, t),
@@ -30,13 +30,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from ncsn_jax import distances
-from ncsn_jax import image_utils
-from ncsn_jax import input_pipeline
+from ncsn_jax import errors
+from ncsn_jax import files
+from ncsn_jax import image_io
 from ncsn_jax import noise
 from ncsn_jax import parallel
 from ncsn_jax import random_utils
-from ncsn_jax import sampling
 from ncsn_jax import transforms
+from ncsn_jax.data import input_pipeline
+from ncsn_jax.sampling import langevin
 
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 MASKS = ('right_half', 'left_half', 'top_half', 'bottom_half', 'center',
@@ -103,8 +105,9 @@ def make_mask(kind: str, shape, key=None) -> np.ndarray:
     key = jax.random.key(0) if key is None else key
     known = np.asarray(jax.random.bernoulli(key, 0.5, (h, w)), np.float32)
   else:
-    raise ValueError(f'config.sampling.inpainting_mask={kind!r} is unknown; '
-                     f'use one of {", ".join(MASKS)}.')
+    raise errors.ConfigError(
+        f'config.sampling.inpainting_mask={kind!r} is unknown; '
+        f'use one of {", ".join(MASKS)}.')
   return np.repeat(known[..., None], c, axis=-1)
 
 
@@ -282,7 +285,7 @@ def _rows(config, per_row: int, field: str) -> int:
   """Grid rows of `sampling.batch_size` chains with `per_row` per row."""
   batch = config.sampling.batch_size
   if per_row < 1 or batch % per_row or batch < per_row:
-    raise ValueError(
+    raise errors.ConfigError(
         f'config.sampling.{field}={per_row} must divide '
         f'config.sampling.batch_size={batch}.')
   return batch // per_row
@@ -294,8 +297,8 @@ def _scale(images: np.ndarray) -> int:
 
 def _save_process(path, trajectory, config, ncol):
   frames = np.asarray(transforms.inverse_data_transform(trajectory, config))
-  grids = [image_utils.make_grid(f, ncol=ncol) for f in frames]
-  image_utils.save_gif(path, np.stack(grids), scale=_scale(frames[0]))
+  grids = [image_io.make_grid(f, ncol=ncol) for f in frames]
+  image_io.save_gif(path, np.stack(grids), scale=_scale(frames[0]))
 
 
 def inpaint(config, model, params, key, root: str) -> dict[str, str]:
@@ -309,14 +312,15 @@ def inpaint(config, model, params, key, root: str) -> dict[str, str]:
   parallel.check_divisible_local(s.batch_size, 'config.sampling.batch_size')
   refs = input_pipeline.load_split_arrays(config, 'test', n_refs)
   if len(refs) < n_refs:
-    raise ValueError(f'inpainting needs {n_refs} test images, the test split '
-                     f'has {len(refs)}.')
+    raise errors.ConfigError(
+        f'inpainting needs {n_refs} test images, the test split '
+        f'has {len(refs)}.')
   shape = refs.shape[1:]
   mask_key, init_key, chain_key = jax.random.split(key, 3)
   mask = make_mask(s.inpainting_mask, shape, mask_key)
   reference = jnp.repeat(transforms.data_transform(jnp.asarray(refs), config),
                          s.completions, axis=0)
-  x0 = sampling.init_samples(init_key, config, s.batch_size)
+  x0 = langevin.init_samples(init_key, config, s.batch_size)
   sample_fn = get_inpainting_sampler(config, model, reference, mask)
   x, trajectory = parallel.p_sample(sample_fn, params, x0, chain_key)
   filled = np.asarray(transforms.inverse_data_transform(x, config))
@@ -324,7 +328,7 @@ def inpaint(config, model, params, key, root: str) -> dict[str, str]:
   rows = np.concatenate([(refs * mask)[:, None], filled, refs[:, None]],
                         axis=1)
   paths = {'inpainting': os.path.join(root, f'{s.tag}_inpainting.png')}
-  image_utils.save_image_grid(paths['inpainting'],
+  image_io.save_image_grid(paths['inpainting'],
                               rows.reshape((-1,) + shape),
                               ncol=s.completions + 2, scale=_scale(refs))
   if trajectory is not None:
@@ -348,13 +352,13 @@ def interpolate(config, model, params, key, root: str) -> dict[str, str]:
   data = None
   if s.data_init:
     data = input_pipeline.load_split_arrays(config, 'test', rows)
-  x0 = sampling.init_samples(init_key, config, rows, data=data)
+  x0 = langevin.init_samples(init_key, config, rows, data=data)
   x, trajectory = parallel.p_sample(get_interpolation_sampler(config, model),
                                     params, x0, chain_key)
   images = np.asarray(transforms.inverse_data_transform(x, config))
   paths = {'interpolation': os.path.join(root,
                                          f'{s.tag}_interpolation.png')}
-  image_utils.save_image_grid(paths['interpolation'], images,
+  image_io.save_image_grid(paths['interpolation'], images,
                               ncol=s.n_interpolations, scale=_scale(images))
   if trajectory is not None:
     paths['interpolation_gif'] = os.path.join(root,
@@ -380,12 +384,12 @@ def nearest_neighbor_figure(config, samples: np.ndarray, root: str,
   rows = np.concatenate([queries[:, None], train[idx]], axis=1)
   paths = {'nearest': os.path.join(root, f'{s.tag}_nearest.png'),
            'nearest_json': os.path.join(root, f'{s.tag}_nearest.json')}
-  image_utils.save_image_grid(paths['nearest'],
+  image_io.save_image_grid(paths['nearest'],
                               rows.reshape((-1,) + samples.shape[1:]),
                               ncol=k + 1, scale=_scale(samples))
   report = {'metric': 'L2 distance of [0, 1] pixels',
             'indices': idx.tolist(), 'distances': dist.tolist()}
-  image_utils.save_text(paths['nearest_json'], json.dumps(report))
+  files.save_text(paths['nearest_json'], json.dumps(report))
   return paths
 
 

@@ -1,0 +1,1 @@
+"""Input pipelines: tfds data sets, image folders and the embedded digits."""

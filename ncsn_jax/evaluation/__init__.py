@@ -1,0 +1,1 @@
+"""Evaluation: eval mode and checkpoint sweeps, sample-quality metrics."""

@@ -1,0 +1,1 @@
+"""The FID Inception network, its weights, the feature extractor and scores."""

@@ -1,0 +1,1 @@
+"""Studies around the models: the NCSN toy experiments, NCSNv2 tuning rules."""

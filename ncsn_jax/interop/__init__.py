@@ -1,0 +1,1 @@
+"""PyTorch interop without torch: .pth reading, official checkpoints."""

@@ -1,0 +1,1 @@
+"""Sampling: annealed Langevin dynamics, its variants, sample mode, figures."""

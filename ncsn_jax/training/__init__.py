@@ -1,0 +1,1 @@
+"""Training: state, optimiser, losses, the pure step, host loop, checkpoints."""
