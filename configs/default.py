@@ -16,11 +16,12 @@ def get_default_config():
 
   # ---------------------------------------------------------------- data
   config.data = data = ml_collections.ConfigDict()
-  data.dataset = 'cifar10'  # digits | mnist | cifar10 | celeba | lsun | image_folder
+  data.dataset = 'cifar10'  # digits|mnist|cifar10|celeba|lsun|image_folder
   data.image_size = 32  # Height = width of the model's images.
   data.channels = 3  # 1 (grey) or 3 (RGB).
   data.category = ''  # LSUN category (church_outdoor, bedroom, tower).
   data.data_dir = ''  # tfds data_dir, or the folder of an image_folder set.
+  data.download = False  # Let tfds download a missing data set (network).
   data.crop_size = 0  # Centre crop before resizing (CelebA: 140); 0 = none.
   data.random_flip = True  # Random horizontal flip of training images.
   data.uniform_dequantization = False  # x <- (255 x + u) / 256, u ~ U[0, 1).

@@ -73,7 +73,7 @@ class ReferenceFilesTest(absltest.TestCase):
       im.load_reference(os.path.join(root, 'bad.npz'))
 
   def test_default_stats_path(self):
-    config = tiny.get_config()
+    config = tiny.get_config('cifar10')
     path = im.stats_path(config)
     self.assertTrue(path.endswith(os.path.join(
         'inception', 'stats', 'cifar10_8px_train_tf.npz')), path)
@@ -161,7 +161,7 @@ class SampleMetricsTest(absltest.TestCase):
 class ScorerTest(absltest.TestCase):
 
   def test_network_and_reference_are_made_once(self):
-    config = tiny.get_config()
+    config = tiny.get_config('cifar10')
     config.eval.stats_path = os.path.join(self.create_tempdir().full_path,
                                           'absent.npz')
     made = []
@@ -192,7 +192,7 @@ class ScorerTest(absltest.TestCase):
 class OnTheFlyTest(absltest.TestCase):
 
   def test_test_split_is_used_without_cached_stats(self):
-    config = tiny.get_config()
+    config = tiny.get_config('cifar10')
     config.eval.stats_path = os.path.join(self.create_tempdir().full_path,
                                           'absent.npz')
     with tfds.testing.mock_data(num_examples=16):
@@ -220,7 +220,7 @@ class FidStatsModeTest(absltest.TestCase):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', JAX_PLATFORMS='cpu')
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, 'tests', 'run_with_mock_data.py'),
-         f'--config={os.path.join(ROOT, "configs", "tiny.py")}',
+         f'--config={os.path.join(ROOT, "configs", "tiny.py:cifar10")}',
          f'--workdir={root}', '--mode=fid_stats',
          f'--config.eval.stats_path={out}'],
         env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)

@@ -15,7 +15,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from configs import default
+from ncsn_jax.data import image_folder
 from ncsn_jax.data import input_pipeline
+from ncsn_jax.data import preprocessing
 
 _TFDS_CASES = (
     # dataset, tfds name, test split, image_size, channels, crop, category
@@ -259,7 +261,7 @@ class TfdsTest(parameterized.TestCase):
       for image, array in zip(images, raw):
         path = os.path.join(tmp, 'x.png')
         _write_png(path, array)
-        ref = input_pipeline._load_image_file(path, size, 0, 3) / 255.0
+        ref = image_folder.load_image_file(path, size, 0, 3) / 255.0
         np.testing.assert_allclose(image, ref, atol=1.01 / 255)
 
   def test_uniform_dequantization(self):
@@ -275,29 +277,62 @@ class TfdsTest(parameterized.TestCase):
         self.assertLess(batch.max(), 1.0)
         self.assertGreater(np.abs(batch - raw / 255.0).max(), 1e-3)
 
+  def _as_dataset_calls(self, config, split, num_examples):
+    """(builder full name, split) of every as_dataset call while batching."""
+    calls = []
+    with _mock(num_examples):
+      original = tfds.core.DatasetBuilder.as_dataset
+
+      def spy(builder, **kwargs):
+        calls.append((builder.info.full_name, kwargs['split']))
+        return original(builder, **kwargs)
+
+      with mock.patch.object(tfds.core.DatasetBuilder, 'as_dataset', spy):
+        _batches(config, split, batch_size=4)
+    return calls
+
   @parameterized.parameters(('train', 'train'), ('test', 'test'))
   def test_per_process_split(self, split, tfds_split):
     config = _config('cifar10')
-    with _mock(8), \
-         mock.patch.object(jax, 'process_index', return_value=1), \
-         mock.patch.object(jax, 'process_count', return_value=2), \
-         mock.patch.object(tfds, 'load', wraps=tfds.load) as load:
-      _batches(config, split, batch_size=4)
-    self.assertEqual(
-        load.call_args.kwargs['split'],
+    with mock.patch.object(jax, 'process_index', return_value=1), \
+         mock.patch.object(jax, 'process_count', return_value=2):
+      calls = self._as_dataset_calls(config, split, 8)
+    self.assertEqual(calls, [(
+        'cifar10/3.0.2',
         tfds.split_for_jax_process(tfds_split, process_index=1,
-                                   process_count=2, drop_remainder=True))
-    self.assertEqual(load.call_args.args[0], 'cifar10')
+                                   process_count=2, drop_remainder=True))])
 
   def test_lsun_uses_validation_split(self):
     config = _config('lsun', category='tower')
-    with _mock(4), mock.patch.object(tfds, 'load', wraps=tfds.load) as load:
+    calls = self._as_dataset_calls(config, 'test', 4)
+    self.assertEqual(calls, [(
+        'lsun/tower/3.1.0',
+        tfds.split_for_jax_process('validation', process_index=0,
+                                   process_count=1, drop_remainder=True))])
+
+  @parameterized.parameters(('celeba', 64, 140), ('cifar10', 16, 0),
+                            ('lsun', 8, 0))
+  def test_pipeline_uses_the_public_geometry(self, dataset, size, crop):
+    config = _config(dataset, image_size=size, crop_size=crop,
+                     category='tower' if dataset == 'lsun' else '')
+    name = {'celeba': 'celeb_a', 'lsun': 'lsun/tower'}.get(dataset, dataset)
+    split = 'validation' if dataset == 'lsun' else 'test'
+    with _mock(3):
+      images = input_pipeline.load_split_arrays(config, 'test')
+      raw = [ex['image'] for ex in tfds.as_numpy(
+          tfds.load(name, split=split).take(3))]  # LSUN: mixed sizes.
+    want = [preprocessing.center_crop_and_resize(r, size, crop) for r in raw]
+    np.testing.assert_array_equal(images * 255, np.stack(want))
+
+  def test_download_false_never_downloads(self):
+    config = _config('cifar10')
+    with _mock(4), mock.patch.object(
+        tfds.core.DatasetBuilder, 'download_and_prepare') as download:
       _batches(config, 'test', batch_size=4)
-    self.assertEqual(load.call_args.args[0], 'lsun/tower')
-    self.assertEqual(load.call_args.kwargs['split'],
-                     tfds.split_for_jax_process(
-                         'validation', process_index=0, process_count=1,
-                         drop_remainder=True))
+      download.assert_not_called()
+      config.data.download = True
+      _batches(config, 'test', batch_size=4)
+      download.assert_called_once()
 
 
 class ImageFolderTest(parameterized.TestCase):
@@ -372,13 +407,31 @@ class ImageFolderTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, 'config.data.data_dir'):
       input_pipeline.load_split_arrays(config, 'train')
 
-  def test_corrupt_file_is_named(self):
+  def test_corrupt_file_is_skipped_and_named(self):
     config = self._folder(4)
     with open(os.path.join(self.root, 'broken.png'), 'wb') as f:
       f.write(b'definitely not a png')
-    with self.assertRaisesRegex(Exception, 'broken.png'):
-      for split in ('train', 'test'):  # The bad file is in one of them.
-        input_pipeline.load_split_arrays(config, split)
+    with self.assertLogs(level='WARNING') as logs:
+      n = sum(len(input_pipeline.load_split_arrays(config, split))
+              for split in ('train', 'test'))
+    self.assertEqual(n, 4)
+    self.assertIn('broken.png (not a PNG/JPEG image)',
+                  logs.records[0].getMessage())
+
+  def test_pipeline_uses_the_public_geometry(self):
+    config = self._folder(5)
+    config.data.crop_size = 16
+    paths = image_folder.usable_image_files(config)
+    images = input_pipeline.load_split_arrays(config, 'train')
+    images = np.concatenate(
+        [images, input_pipeline.load_split_arrays(config, 'test')])
+    want = []
+    for path in paths:
+      with Image.open(path) as img:
+        want.append(np.asarray(preprocessing.center_crop_and_resize_pil(
+            img.convert('RGB'), 12, 16)))
+    np.testing.assert_array_equal(_sorted_rows(np.round(images * 255)),
+                                  _sorted_rows(np.stack(want)))
 
 
 class ValidationTest(parameterized.TestCase):

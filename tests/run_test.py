@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WRAPPER = os.path.join(ROOT, 'tests', 'run_with_mock_data.py')
 
 
-def run(workdir, mode, *overrides, config='configs/tiny.py'):
+def run(workdir, mode, *overrides, config='configs/tiny.py:cifar10'):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', JAX_PLATFORMS='cpu')
   cmd = [sys.executable, WRAPPER, f'--config={os.path.join(ROOT, config)}',
          f'--workdir={workdir}', f'--mode={mode}', *overrides]

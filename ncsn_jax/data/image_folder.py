@@ -1,0 +1,187 @@
+"""Image folders: PNG/JPEG files under `config.data.data_dir`, read lazily.
+
+Files are found recursively and sorted; the fixed train/test split is a
+permutation from `config.data.split_seed` (`splits.split_indices`). Every file
+is opened once up front (header only): empty, unreadable and non-image files,
+and images smaller than the centre crop, are skipped with one warning that
+names them. A file whose pixel data turn out to be corrupt when it is decoded
+is skipped then, with a warning naming it. 16-bit grey PNGs are scaled to 8
+bits (`preprocessing.to_8bit`); any other mode is converted to L or RGB (an
+alpha channel is dropped, as torchvision's `ImageFolder` does).
+"""
+
+import io
+import os
+
+from absl import logging
+import numpy as np
+from PIL import Image
+import tensorflow as tf
+
+from ncsn_jax import errors
+from ncsn_jax.data import checks
+from ncsn_jax.data import preprocessing
+from ncsn_jax.data import splits
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
+_MAX_NAMED = 10  # Skipped files named in the warning; the rest are counted.
+
+
+def list_image_files(data_dir: str) -> list[str]:
+  """Sorted paths of the PNG/JPEG files under `data_dir` (recursive)."""
+  if not data_dir or not tf.io.gfile.isdir(data_dir):
+    raise errors.ConfigError(
+        f'config.data.data_dir={data_dir!r} is not a folder; '
+        'point it at the image folder.')
+  paths = []
+  for root, _, files in tf.io.gfile.walk(data_dir):
+    paths.extend(os.path.join(root, f) for f in files
+                 if f.lower().endswith(IMAGE_EXTENSIONS))
+  if not paths:
+    raise errors.ConfigError(
+        f'config.data.data_dir={data_dir!r} holds no '
+        f'{"/".join(IMAGE_EXTENSIONS)} files; put images there or point it '
+        'at the image folder.')
+  return sorted(paths)
+
+
+def _open_binary(path: str):
+  """A seekable binary file: the file itself if local, else its bytes."""
+  if '://' not in path:
+    return open(path, 'rb')
+  with tf.io.gfile.GFile(path, 'rb') as f:  # Remote: one read, in memory.
+    return io.BytesIO(f.read())
+
+
+def why_unusable(path: str, crop_size: int = 0):
+  """Why a file cannot be used (from its header only), or None if it can."""
+  try:
+    with _open_binary(path) as f:
+      if not f.read(1):
+        return 'empty file'
+      f.seek(0)
+      with Image.open(f) as img:
+        width, height = img.size
+  except Image.UnidentifiedImageError:
+    return 'not a PNG/JPEG image'
+  except (OSError, tf.errors.OpError) as e:
+    if isinstance(e, OSError) and e.errno is None:  # PIL: a broken header.
+      return f'not a valid image: {e}'
+    return f'unreadable: {getattr(e, "strerror", None) or e}'
+  except (SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    return f'not a valid image: {e}'
+  if crop_size and min(width, height) < crop_size:
+    return (f'{width}x{height}, smaller than the {crop_size}x{crop_size} '
+            'centre crop of config.data.crop_size')
+  return None
+
+
+def _describe(skipped: list[tuple[str, str]], data_dir: str) -> str:
+  """`a.png (empty file); b.jpg (...)`, paths relative to the folder."""
+  named = [f'{os.path.relpath(p, data_dir)} ({why})'
+           for p, why in skipped[:_MAX_NAMED]]
+  more = len(skipped) - len(named)
+  return '; '.join(named) + (f'; and {more} more' if more > 0 else '')
+
+
+def usable_image_files(config) -> list[str]:
+  """The folder's image files that can be used, warning about the others."""
+  data_dir = config.data.data_dir
+  paths = list_image_files(data_dir)
+  reasons = [why_unusable(p, config.data.crop_size) for p in paths]
+  skipped = [(p, why) for p, why in zip(paths, reasons) if why]
+  usable = [p for p, why in zip(paths, reasons) if not why]
+  if not usable:
+    raise errors.ConfigError(
+        f'config.data.data_dir={data_dir}: none of its {len(paths)} image '
+        f'files can be used: {_describe(skipped, data_dir)}.')
+  if skipped:
+    logging.warning('config.data.data_dir=%s: skipping %d of %d image files: '
+                    '%s.', data_dir, len(skipped), len(paths),
+                    _describe(skipped, data_dir))
+  return usable
+
+
+def load_image_file(path: str, size: int, crop_size: int,
+                    channels: int) -> np.ndarray:
+  """Decodes one file to uint8 `[size, size, channels]` with PIL.
+
+  Geometry of `preprocessing.center_crop_and_resize_pil`. Raises OSError (or
+  SyntaxError / ValueError) when the file cannot be decoded.
+  """
+  with tf.io.gfile.GFile(path, 'rb') as f:
+    data = f.read()
+  with Image.open(io.BytesIO(data)) as img:
+    img = preprocessing.to_8bit(img)
+    img = img.convert('L' if channels == 1 else 'RGB')
+  img = preprocessing.center_crop_and_resize_pil(img, size, crop_size)
+  return np.asarray(img, np.uint8).reshape(size, size, channels)
+
+
+def _decoder(data):
+  """`path -> (uint8 [S, S, C] image, ok)`; a corrupt file gives ok=False."""
+  shape = (data.image_size, data.image_size, data.channels)
+
+  def load(path: bytes):
+    name = path.decode()
+    try:
+      return load_image_file(name, data.image_size, data.crop_size,
+                             data.channels), True
+    except (OSError, SyntaxError, ValueError, tf.errors.OpError) as e:
+      logging.warning('Skipping image file %s: cannot decode it (%s).', name,
+                      e)
+      return np.zeros(shape, np.uint8), False
+
+  def decode(path):
+    image, ok = tf.numpy_function(load, [path], (tf.uint8, tf.bool),
+                                  stateful=False)
+    return tf.ensure_shape(image, shape), tf.ensure_shape(ok, [])
+
+  return decode
+
+
+def folder_images(config, split, process_index, process_count, seeds,
+                  batch_size):
+  """Image-folder shard as a dataset of uint8 `[S, S, C]` images.
+
+  Args:
+    config: the run config.
+    split: 'train' or 'test'.
+    process_index: index of this process's shard.
+    process_count: number of shards.
+    seeds: `(file_seed, shuffle_seed)`: the paths are shuffled with
+      shuffle_seed (a full shuffle every epoch), or None for a fixed order.
+    batch_size: the shard must hold one batch (0: must not be empty).
+
+  Returns:
+    `(ds, n)`: the dataset and its size (files skipped while decoding are
+    not subtracted).
+  """
+  data = config.data
+  paths = np.array(usable_image_files(config))
+  indices = splits.split_indices(len(paths), config, split)
+  indices = splits.process_shard(indices, process_index, process_count)
+  checks.check_split_size(
+      config, split, len(indices), batch_size,
+      f'the image folder {data.data_dir} ({len(paths)} usable images, '
+      f'config.data.test_fraction={data.test_fraction})',
+      'add images' + (' or raise config.data.test_fraction'
+                      if split == 'test' else ''))
+  ds = tf.data.Dataset.from_tensor_slices(paths[indices])
+  if seeds is not None:
+    # Shuffling the paths gives a full-epoch shuffle at no memory cost.
+    ds = ds.shuffle(len(indices), seed=seeds[1],
+                    reshuffle_each_iteration=True)
+  ds = ds.map(_decoder(data), num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.filter(_decoded).map(_image)
+  return ds, len(indices)
+
+
+def _decoded(image, ok):
+  del image
+  return ok
+
+
+def _image(image, ok):
+  del ok
+  return image
