@@ -23,14 +23,18 @@ config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Folder of checkpoints, samples, logs.')
 flags.DEFINE_enum('mode', 'train',
-                  ['train', 'sample', 'eval', 'import', 'toy', 'tune',
-                   'fid_stats'],
+                  ['train', 'sample', 'eval', 'import', 'export', 'toy',
+                   'tune', 'fid_stats'],
                   'What to do (import: convert an official PyTorch '
-                  'checkpoint, see --checkpoint; toy: the NCSN paper\'s '
+                  'checkpoint, see --checkpoint; export: write one; '
+                  'toy: the NCSN paper\'s '
                   '2-D experiments; tune: NCSNv2 sigma_1, L and eps; '
                   'fid_stats: Inception reference stats of the data set).')
 flags.DEFINE_string('checkpoint', None,
-                    'Official NCSN/NCSNv2 .pth file to import (--mode=import).')
+                    'Official NCSN/NCSNv2 .pth file to import (--mode=import) '
+                    'or to write (--mode=export).')
+flags.DEFINE_bool('overwrite', False,
+                  'Let --mode=export replace an existing --checkpoint file.')
 flags.DEFINE_bool('multihost', False,
                   'Join a multi-process run through jax.distributed.')
 flags.DEFINE_string('coordinator_address', '',
@@ -101,6 +105,14 @@ def main(argv):
                                                    FLAGS.checkpoint)
       print(f'Imported {FLAGS.checkpoint} as step {step} into '
             f'{os.path.join(workdir, "checkpoints")}')
+    elif FLAGS.mode == 'export':
+      from ncsn_jax.interop import export
+      if not FLAGS.checkpoint:
+        raise errors.ConfigError(
+            '--mode=export needs --checkpoint=OUT.pth (the file to write).')
+      step = export.export_checkpoint(config, workdir, FLAGS.checkpoint,
+                                      FLAGS.overwrite)
+      print(f'Exported step {step} of {workdir} as {FLAGS.checkpoint}')
     elif FLAGS.mode == 'sample':
       paths = evaluate.sample(config, workdir)
       print('\n'.join(f'{k}: {v}' for k, v in paths.items()))

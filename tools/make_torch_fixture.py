@@ -1,4 +1,4 @@
-"""Writes the PyTorch checkpoint fixture of tests/checkpoint_import_test.py.
+"""Writes the PyTorch fixtures of the tests (checkpoints, parity records).
 
 Dev-only: needs PyTorch and local checkouts of the two official repositories
 (ermongroup/ncsn for NCSN v1, ermongroup/ncsnv2 for NCSNv2); the library and
@@ -23,22 +23,44 @@ kept Adam's `step` as a Python int), carries the Adam moments; in
 v1 model is saved untrained, with a fresh optimizer (empty state).
 
   torchvenv/bin/python tools/make_torch_fixture.py \
-      --ncsn_repo=PATH/TO/ncsn --ncsnv2_repo=PATH/TO/ncsnv2
+      --ncsn_repo=PATH/TO/ncsn --ncsnv2_repo=PATH/TO/ncsnv2 [--parts=...]
 
-Outputs in --out_dir (default tests/testdata/torch_checkpoints):
-  ncsn_zip.pth, ncsn_legacy.pth, ncsnv2_zip.pth, ncsnv2_legacy.pth,
-  reference.npz (inputs NHWC, labels, outputs NHWC, and the sizes used).
+The torch environment also needs torchvision, pyyaml, tqdm and the
+project's requirements (the export check runs ncsn_jax).
+
+Outputs in --out_dir (default tests/testdata/torch_checkpoints), by part:
+  checkpoints: ncsn_zip.pth, ncsn_legacy.pth, ncsnv2_zip.pth,
+    ncsnv2_legacy.pth, reference.npz (inputs NHWC, labels, outputs NHWC,
+    and the sizes used).
+  train: <kind>_train_init.pth, <kind>_train_draws.npz,
+    <kind>_train_states.npz (torch_fixture_train.py).
+  sampling: ncsn_sampler.pth, ncsnv2_sampler.pth, sampler_ncsn.npz,
+    sampler_ncsnv2.npz, inpainting_ncsnv2.npz (torch_fixture_sampling.py).
+  transforms: transforms.npz (torch_fixture_transforms.py).
+  export: export_check.json (torch_fixture_export.py).
+  Every part but checkpoints also updates parity_notes.json: what each
+  array holds and the official conventions (torch_fixture_notes.py).
 """
 
 import argparse
 import copy
-import importlib
 import os
 import sys
 import types
 
 import numpy as np
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))  # The repository root: ncsn_jax, configs.
+
+# pylint: disable=g-import-not-at-top,g-bad-import-order
+import torch_fixture_common as common
+import torch_fixture_export
+import torch_fixture_notes
+import torch_fixture_sampling
+import torch_fixture_train
+import torch_fixture_transforms
 
 NGF = 2  # Tiny width keeps the files small.
 NUM_CLASSES = 4
@@ -48,18 +70,6 @@ BATCH = 4
 TRAIN_STEPS = 3
 LR = 1e-2
 EMA_RATE = 0.9
-
-
-def import_from(repo: str, module: str):
-  """Imports `module` of `repo` (both repos call their package `models`)."""
-  for name in [m for m in sys.modules if m == 'models' or
-               m.startswith('models.')]:
-    del sys.modules[name]
-  sys.path.insert(0, os.path.abspath(repo))
-  try:
-    return importlib.import_module(module)
-  finally:
-    sys.path.pop(0)
 
 
 def make_config(image_size: int):
@@ -73,19 +83,6 @@ def make_config(image_size: int):
                normalization='InstanceNorm++', nonlinearity='elu',
                spec_norm=False, ema=True, ema_rate=EMA_RATE),
       device='cpu')
-
-
-def perturb_norms(model: torch.nn.Module, gen: torch.Generator) -> None:
-  """Moves every norm parameter away from its init so each one matters."""
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      leaf = name.rsplit('.', 1)[-1]
-      if name.endswith('embed.weight'):  # CondIN++: gamma | alpha | beta.
-        p.copy_(torch.randn(p.shape, generator=gen) * 0.5 + 0.5)
-      elif leaf in ('alpha', 'gamma'):
-        p.copy_(1.0 + 0.5 * torch.randn(p.shape, generator=gen))
-      elif leaf == 'beta':
-        p.copy_(0.5 * torch.randn(p.shape, generator=gen))
 
 
 def sigmas() -> torch.Tensor:
@@ -137,25 +134,17 @@ def save_both(states, out_dir: str, stem: str) -> None:
              _use_new_zipfile_serialization=False)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--ncsn_repo', required=True,
-                      help='checkout of ermongroup/ncsn (v1)')
-  parser.add_argument('--ncsnv2_repo', required=True,
-                      help='checkout of ermongroup/ncsnv2')
-  parser.add_argument('--out_dir', default=os.path.join(
-      os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tests',
-      'testdata', 'torch_checkpoints'))
-  args = parser.parse_args()
-  os.makedirs(args.out_dir, exist_ok=True)
+def write_checkpoints(args):
+  """The reference checkpoints of tests/checkpoint_import_test.py."""
   torch.manual_seed(0)
   gen = torch.Generator().manual_seed(2019)
   ref = {}
 
   # NCSN v1: CondRefineNetDilated, [model, optimizer].
-  v1 = import_from(args.ncsn_repo, 'models.cond_refinenet_dilated')
+  v1 = common.import_official(args.ncsn_repo,
+                            'models.cond_refinenet_dilated')
   model = v1.CondRefineNetDilated(make_config(V1_SIZE))
-  perturb_norms(model, gen)
+  common.perturb_norms(model, gen)
   model = torch.nn.DataParallel(model)
   opt = torch.optim.Adam(model.parameters(), lr=LR, eps=1e-8)
   x = torch.rand((BATCH, V1_SIZE, V1_SIZE, 3), generator=gen).numpy()
@@ -164,10 +153,10 @@ def main():
   save_both([model.state_dict(), opt.state_dict()], args.out_dir, 'ncsn')
 
   # NCSNv2: [model, optimizer, epoch, step, ema_shadow].
-  v2 = import_from(args.ncsnv2_repo, 'models.ncsnv2')
-  ema_lib = import_from(args.ncsnv2_repo, 'models.ema')
+  v2 = common.import_official(args.ncsnv2_repo, 'models.ncsnv2')
+  ema_lib = common.import_official(args.ncsnv2_repo, 'models.ema')
   model = v2.NCSNv2(make_config(V2_SIZE))
-  perturb_norms(model, gen)
+  common.perturb_norms(model, gen)
   model = torch.nn.DataParallel(model)
   ema = ema_lib.EMAHelper(mu=EMA_RATE)
   ema.register(model)
@@ -190,6 +179,43 @@ def main():
              v2_image_size=V2_SIZE, v2_step=TRAIN_STEPS,
              torch_version=torch.__version__)
   np.savez_compressed(os.path.join(args.out_dir, 'reference.npz'), **ref)
+
+
+PARTS = ('checkpoints', 'train', 'sampling', 'transforms', 'export')
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--ncsn_repo', required=True,
+                      help='checkout of ermongroup/ncsn (v1)')
+  parser.add_argument('--ncsnv2_repo', required=True,
+                      help='checkout of ermongroup/ncsnv2')
+  parser.add_argument('--out_dir', default=os.path.join(
+      os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tests',
+      'testdata', 'torch_checkpoints'))
+  parser.add_argument('--parts', default=','.join(PARTS),
+                      help=f'comma-separated subset of {",".join(PARTS)}')
+  args = parser.parse_args()
+  parts = args.parts.split(',')
+  unknown = set(parts) - set(PARTS)
+  if unknown:
+    parser.error(f'unknown --parts {sorted(unknown)}')
+  os.makedirs(args.out_dir, exist_ok=True)
+  if 'checkpoints' in parts:
+    write_checkpoints(args)
+  if 'train' in parts:
+    torch_fixture_train.record('ncsnv2', args.ncsnv2_repo, args.out_dir, 2020)
+    torch_fixture_train.record('ncsn', args.ncsn_repo, args.out_dir, 2019)
+  if 'sampling' in parts:
+    torch_fixture_sampling.record(args.ncsn_repo, args.ncsnv2_repo,
+                                  args.out_dir, 11)
+  if 'transforms' in parts:
+    torch_fixture_transforms.record(args.ncsnv2_repo, args.out_dir, 5)
+  if 'export' in parts:
+    torch_fixture_export.record(args.ncsn_repo, args.ncsnv2_repo,
+                                args.out_dir)
+  if set(parts) - {'checkpoints'}:
+    torch_fixture_notes.write(args.out_dir)
   for name in sorted(os.listdir(args.out_dir)):
     print(name, os.path.getsize(os.path.join(args.out_dir, name)))
 
