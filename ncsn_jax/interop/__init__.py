@@ -1,1 +1,2 @@
-"""PyTorch interop without torch: .pth reading, official checkpoints."""
+"""PyTorch interop without torch: one restricted unpickler, readers of
+`.pth` checkpoints and TorchScript archives, official checkpoint import."""

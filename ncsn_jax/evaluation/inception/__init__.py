@@ -1,1 +1,2 @@
-"""The FID Inception network, its weights, the feature extractor and scores."""
+"""The FID Inception network, its preprocessing, weights, feature extractor
+and the sample scores (IS, FID, KID) built on it."""
