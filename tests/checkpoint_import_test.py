@@ -27,7 +27,7 @@ from ncsn_jax import models
 from ncsn_jax.evaluation import evaluate
 from ncsn_jax.interop import legacy_pth
 from ncsn_jax.interop import official_checkpoint
-from ncsn_jax.interop import state_dict
+from ncsn_jax.interop import param_mapping
 from ncsn_jax.interop import torch_pickle
 from tests import torch_files
 
@@ -95,7 +95,7 @@ class KeyMappingTest(absltest.TestCase):
         'module.normalizer.embed.weight': ('normalizer', 'embed'),
     }
     for key, path in cases.items():
-      self.assertEqual(state_dict.torch_key_to_flax_path(key), path,
+      self.assertEqual(param_mapping.torch_key_to_flax_path(key), path,
                        key)
 
 

@@ -14,7 +14,7 @@ bounded by what a checkpoint of the config's model can hold):
 
 Model keys carry the DataParallel prefix `module.`; the NCSNv2 model dict also
 holds the `sigmas` buffer; the EMA shadow has neither. A bare model state
-dict is accepted too. `state_dict` maps the keys onto our parameter tree.
+dict is accepted too. `param_mapping` maps the keys onto our parameter tree.
 
 The written TrainState holds the model weights as `params`, the EMA shadow
 (when the file has one, else the weights) as `ema_params`, the file's step
@@ -39,7 +39,7 @@ import optax
 from ncsn_jax import errors
 from ncsn_jax import models
 from ncsn_jax import noise
-from ncsn_jax.interop import state_dict
+from ncsn_jax.interop import param_mapping
 from ncsn_jax.interop import torch_pickle
 from ncsn_jax.training import checkpointing
 from ncsn_jax.training import train
@@ -111,7 +111,7 @@ def _adam_moments(optimizer, model_sd, target_params):
   ids = [i for g in groups if isinstance(g, dict)
          for i in g.get('params', [])]
   names = [k for k in model_sd
-           if state_dict.strip_prefix(k) != state_dict.SIGMAS]
+           if param_mapping.strip_prefix(k) != param_mapping.SIGMAS]
   if len(ids) != len(names):
     return None, (f'the optimizer lists {len(ids)} parameters, the model '
                   f'{len(names)}')
@@ -126,8 +126,8 @@ def _adam_moments(optimizer, model_sd, target_params):
   if len(steps) != 1:
     return None, f'the parameters have different Adam steps {sorted(steps)}'
   try:
-    mu = state_dict.torch_to_flax_params(mu_sd, target_params)
-    nu = state_dict.torch_to_flax_params(nu_sd, target_params)
+    mu = param_mapping.torch_to_flax_params(mu_sd, target_params)
+    nu = param_mapping.torch_to_flax_params(nu_sd, target_params)
   except ValueError as e:
     raise errors.ConfigError(f'optimizer state: {e}') from e
   return (steps.pop(), mu, nu), ''
@@ -180,12 +180,12 @@ def read_checkpoint(config, path: str) -> Any:
 
 def _convert_params(parts, target, sigmas):
   """(params, ema_params) of `split_official`'s parts."""
-  params = state_dict.torch_to_flax_params(parts['model'], target, sigmas)
+  params = param_mapping.torch_to_flax_params(parts['model'], target, sigmas)
   if parts['ema'] is None:
     return params, params
   try:
-    return params, state_dict.torch_to_flax_params(parts['ema'], target,
-                                                   sigmas)
+    return params, param_mapping.torch_to_flax_params(parts['ema'], target,
+                                                      sigmas)
   except ValueError as e:
     raise errors.ConfigError(f'EMA shadow: {e}') from e
 
