@@ -1,2 +1,1 @@
-"""PyTorch interop without torch: one restricted unpickler, readers of
-`.pth` checkpoints and TorchScript archives, official checkpoint import."""
+"""PyTorch interop without torch: a restricted unpickler, readers, import."""

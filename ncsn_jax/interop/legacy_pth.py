@@ -1,12 +1,13 @@
-"""The legacy layout of `torch.save` (torch <= 1.5, and later versions with
-`_use_new_zipfile_serialization=False`), read with NumPy only.
+"""The legacy stream layout of `torch.save`, read with NumPy only.
 
-One stream holds five things in a row -- pickled magic number, pickled
-protocol version, pickled sys-info dict, the main pickle, the pickled list of
-storage keys -- then, per key in that order, an int64 element count followed
-by the storage's raw bytes. The pickles may take at most
-`torch_objects.MAX_PICKLE_BYTES`, each storage must hold the element count
-its tensors declare, and views of storages (old torch) must lie inside them.
+torch <= 1.5 wrote it by default, later versions with
+`_use_new_zipfile_serialization=False`. One stream holds five things in a
+row -- pickled magic number, pickled protocol version, pickled sys-info
+dict, the main pickle, the pickled list of storage keys -- then, per key in
+that order, an int64 element count followed by the storage's raw bytes. The
+pickles may take at most `torch_objects.MAX_PICKLE_BYTES`, each storage must
+hold the element count its tensors declare, and views of storages (old
+torch) must lie inside them.
 """
 
 import os

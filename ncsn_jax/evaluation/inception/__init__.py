@@ -1,2 +1,1 @@
-"""The FID Inception network, its preprocessing, weights, feature extractor
-and the sample scores (IS, FID, KID) built on it."""
+"""The FID Inception: network, preprocessing, weights, extractor, scores."""
