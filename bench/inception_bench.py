@@ -26,7 +26,7 @@ sys.path.insert(0, ROOT)
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-from ncsn_jax.evaluation.inception import network
+from ncsn_jax.evaluation.inception import extractor
 from ncsn_jax.evaluation.inception import weight_files
 
 _TORCH_WORKER = r"""
@@ -79,8 +79,8 @@ class _TorchWorker:
 
 
 def _jax_timer(weights, n, batch, mode, micro_batch, winograd_min_pixels):
-  params, _ = network.load_params(weights)
-  extract = network.create_extractor(
+  params, _ = extractor.load_params(weights)
+  extract = extractor.create_extractor(
       params, mode, batch, micro_batch=micro_batch,
       winograd_min_pixels=winograd_min_pixels)
   images = np.random.default_rng(0).integers(0, 256, (n, 32, 32, 3),

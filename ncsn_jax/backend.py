@@ -11,6 +11,10 @@ get the plain XLA ops until a measurement on that backend says otherwise.
 | `winograd_min_pixels`   | Winograd for large 3x3 maps | XLA's convolution  |
 | `inception_micro_batch` | one image at a time         | whole batch        |
 | `unroll_train_steps`    | k steps traced one by one   | one `lax.scan`     |
+
+Users: `models.pooling` (the RefineNet's CRP pools, when traced) and the
+Inception extractor (`evaluation.inception.extractor`, by its device) for
+the first three, the training step for the last.
 """
 
 from typing import Optional

@@ -1,12 +1,14 @@
-"""Atomic file writes: a reader never sees a half-written file.
+"""Atomic file writes (a reader never sees a half-written file) and hashes.
 
 Every file the project writes (images, reports, weights, reference
 statistics, downloads) goes through `atomic_open`: the bytes go to a
 temporary file in the target directory, are flushed to disk, and the file is
-then `os.replace`d into place.
+then `os.replace`d into place. `sha256_of` identifies weights and their
+sources.
 """
 
 import contextlib
+import hashlib
 import os
 import uuid
 
@@ -44,3 +46,15 @@ def save_bytes(path: str, data: bytes) -> None:
 def save_text(path: str, text: str) -> None:
   """Writes UTF-8 `text` to `path` atomically."""
   save_bytes(path, text.encode('utf-8'))
+
+
+def sha256_of(path_or_bytes) -> str:
+  """Hex sha256 of a file (read in 1 MiB chunks) or of a bytes object."""
+  digest = hashlib.sha256()
+  if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+    digest.update(path_or_bytes)
+  else:
+    with open(path_or_bytes, 'rb') as f:
+      for chunk in iter(lambda: f.read(1 << 20), b''):
+        digest.update(chunk)
+  return digest.hexdigest()

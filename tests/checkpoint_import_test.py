@@ -17,6 +17,7 @@ import zipfile
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -24,8 +25,11 @@ from configs import tiny
 from ncsn_jax import image_io
 from ncsn_jax import models
 from ncsn_jax.evaluation import evaluate
+from ncsn_jax.interop import legacy_pth
 from ncsn_jax.interop import official_checkpoint
+from ncsn_jax.interop import param_mapping
 from ncsn_jax.interop import torch_pickle
+from tests import torch_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, 'tests', 'testdata', 'torch_checkpoints')
@@ -35,6 +39,11 @@ PREFIX = {'ncsn': 'v1', 'ncsnv2': 'v2'}
 
 def fixture(name: str) -> str:
   return os.path.join(DATA, name)
+
+
+def load(path: str):
+  """The fixtures hold well under 1 MiB of tensors."""
+  return torch_pickle.load_pth(path, 1 << 20)
 
 
 def make_config(kind: str):
@@ -86,7 +95,7 @@ class KeyMappingTest(absltest.TestCase):
         'module.normalizer.embed.weight': ('normalizer', 'embed'),
     }
     for key, path in cases.items():
-      self.assertEqual(official_checkpoint.torch_key_to_flax_path(key), path,
+      self.assertEqual(param_mapping.torch_key_to_flax_path(key), path,
                        key)
 
 
@@ -94,15 +103,15 @@ class ReaderTest(absltest.TestCase):
 
   def test_formats_agree_and_keep_the_official_layout(self):
     for kind in ('ncsn', 'ncsnv2'):
-      zipped = torch_pickle.load_pth(fixture(f'{kind}_zip.pth'))
-      legacy = torch_pickle.load_pth(fixture(f'{kind}_legacy.pth'))
+      zipped = load(fixture(f'{kind}_zip.pth'))
+      legacy = load(fixture(f'{kind}_legacy.pth'))
       self.assertLen(zipped, 2 if kind == 'ncsn' else 5)
       self.assertEqual(list(zipped[0]), list(legacy[0]))
       for key, value in zipped[0].items():
         self.assertTrue(key.startswith('module.'), key)
         self.assertEqual(value.dtype, np.float32)
         np.testing.assert_array_equal(value, legacy[0][key])
-    v2 = torch_pickle.load_pth(fixture('ncsnv2_legacy.pth'))
+    v2 = load(fixture('ncsnv2_legacy.pth'))
     self.assertEqual(v2[0]['module.begin_conv.weight'].shape, (2, 3, 3, 3))
     self.assertEqual(v2[2:4], [1, int(REF['v2_step'])])
     self.assertNotIn('sigmas', v2[4])
@@ -115,19 +124,19 @@ class ReaderTest(absltest.TestCase):
     tmp = self.create_tempdir()
     text = tmp.create_file('notes.pth', content='hello').full_path
     with self.assertRaisesRegex(ValueError, 'notes.pth.*not a PyTorch'):
-      torch_pickle.load_pth(text)
+      load(text)
     npz = os.path.join(tmp.full_path, 'arrays.pth')
     with open(npz, 'wb') as f:
       np.savez(f, a=np.zeros(3))
     with self.assertRaisesRegex(ValueError, 'arrays.pth.*not a PyTorch'):
-      torch_pickle.load_pth(npz)
+      load(npz)
     plain = os.path.join(tmp.full_path, 'plain.pth')
     with open(plain, 'wb') as f:
       pickle.dump({'a': 1}, f, protocol=2)
     with self.assertRaisesRegex(ValueError, 'plain.pth.*magic'):
-      torch_pickle.load_pth(plain)
+      load(plain)
     with self.assertRaisesRegex(ValueError, 'does not exist'):
-      torch_pickle.load_pth(os.path.join(tmp.full_path, 'missing.pth'))
+      load(os.path.join(tmp.full_path, 'missing.pth'))
 
   def test_truncated_files(self):
     tmp = self.create_tempdir().full_path
@@ -139,7 +148,7 @@ class ReaderTest(absltest.TestCase):
         with open(path, 'wb') as f:
           f.write(data[:cut])
         with self.assertRaisesRegex(ValueError, f'cut_{kind}_{cut}.pth'):
-          torch_pickle.load_pth(path)
+          load(path)
 
   def test_missing_storage_record(self):
     path = os.path.join(self.create_tempdir().full_path, 'gap.pth')
@@ -149,7 +158,7 @@ class ReaderTest(absltest.TestCase):
         if not item.filename.endswith('/data/5'):
           dst.writestr(item, src.read(item.filename))
     with self.assertRaisesRegex(ValueError, r"gap.pth.*'ncsn_zip/data/5'"):
-      torch_pickle.load_pth(path)
+      load(path)
 
   def test_unknown_global_is_refused_not_run(self):
     tmp = self.create_tempdir().full_path
@@ -172,18 +181,43 @@ class ReaderTest(absltest.TestCase):
       with self.assertRaisesRegex(ValueError,
                                   r'refusing to load global (posix|nt|os)'
                                   r'\.system'):
-        torch_pickle.load_pth(path)
+        load(path)
     # Also behind a valid legacy header.
     header = io.BytesIO()
-    for item in (torch_pickle.LEGACY_MAGIC,
-                 torch_pickle.LEGACY_PROTOCOL, {'little_endian': True}):
+    for item in (legacy_pth.LEGACY_MAGIC,
+                 legacy_pth.LEGACY_PROTOCOL, {'little_endian': True}):
       pickle.dump(item, header, protocol=2)
     behind = os.path.join(tmp, 'evil_behind.pth')
     with open(behind, 'wb') as f:
       f.write(header.getvalue() + payload)
     with self.assertRaisesRegex(ValueError, r'\.system'):
-      torch_pickle.load_pth(behind)
+      load(behind)
     self.assertFalse(os.path.exists(marker))
+
+
+class BoundTest(absltest.TestCase):
+
+  def test_reading_is_bounded_by_the_model(self):
+    config = make_config('ncsnv2')
+    states = load(fixture('ncsnv2_zip.pth'))
+    params = official_checkpoint.convert(config, states)[0].params
+    limit = official_checkpoint.max_checkpoint_bytes(params)
+    count = sum(v.size for v in jax.tree.leaves(params))
+    self.assertEqual(limit, 4 * 8 * count + (1 << 20))
+    # A file declaring one storage just over it is refused unread.
+    numel = limit // 4 + 1
+    body = torch_files.dict_({'module.begin_conv.weight': torch_files.tensor(
+        '0', numel, 0, (numel,), (1,))})
+    path = torch_files.write(
+        os.path.join(self.create_tempdir().full_path, 'big.pth'),
+        torch_files.zip_archive(body, {'0': np.zeros(4, np.float32)}))
+    with self.assertRaisesRegex(ValueError, f'big.pth: its storages come to '
+                                f'{4 * numel:,} bytes, more than the '
+                                f'{limit:,} expected'):
+      official_checkpoint.read_checkpoint(config, path)
+    with self.assertRaisesRegex(ValueError, 'big.pth: its storages'):
+      official_checkpoint.import_checkpoint(
+          config, self.create_tempdir().full_path, path)
 
 
 class ParityTest(ParityMixin, parameterized.TestCase):
@@ -191,7 +225,8 @@ class ParityTest(ParityMixin, parameterized.TestCase):
   @parameterized.product(kind=('ncsn', 'ncsnv2'), fmt=('zip', 'legacy'))
   def test_outputs_match_pytorch(self, kind, fmt):
     config = make_config(kind)
-    states = torch_pickle.load_pth(fixture(f'{kind}_{fmt}.pth'))
+    states = official_checkpoint.read_checkpoint(
+        config, fixture(f'{kind}_{fmt}.pth'))
     state, info = official_checkpoint.convert(config, states)
     self.assertEqual(info['format'], kind)
     p = PREFIX[kind]
@@ -215,7 +250,7 @@ class ConvertTest(absltest.TestCase):
   def setUp(self):
     super().setUp()
     self.config = make_config('ncsnv2')
-    self.states = torch_pickle.load_pth(fixture('ncsnv2_legacy.pth'))
+    self.states = load(fixture('ncsnv2_legacy.pth'))
 
   def test_adam_moments_imported(self):
     state, info = official_checkpoint.convert(self.config, self.states)
@@ -232,7 +267,7 @@ class ConvertTest(absltest.TestCase):
     self.assertEqual(info['adam'], 'imported')
     self.assertEqual(int(state.opt_state[1].count), int(REF['v2_step']))
     # No moments in the file: a fresh optax state.
-    empty = torch_pickle.load_pth(fixture('ncsnv2_zip.pth'))
+    empty = load(fixture('ncsnv2_zip.pth'))
     state, info = official_checkpoint.convert(self.config, empty)
     self.assertIn('empty', info['adam'])
     self.assertEqual(int(state.opt_state[0].count), 0)

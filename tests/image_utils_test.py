@@ -26,6 +26,12 @@ class ToUint8Test(absltest.TestCase):
     np.testing.assert_array_equal(
         image_io.to_uint8(x), [0, 0, 0, 1, 128, 255, 255, 255, 0])
 
+  def test_float32_samples_round_to_nearest(self):
+    # What samples (float32) become for the metrics and the PNGs alike.
+    x = np.array([-0.1, 0.0, 0.6 / 255, 0.4, 0.999, 1.2, np.nan], np.float32)
+    np.testing.assert_array_equal(image_io.to_uint8(x),
+                                  [0, 0, 1, 102, 255, 255, 0])
+
   def test_matches_torchvision_formula_in_float32(self):
     x = np.random.default_rng(0).uniform(-0.1, 1.1, 1000).astype(np.float32)
     want = np.clip(x * np.float32(255) + np.float32(0.5), 0, 255).astype(

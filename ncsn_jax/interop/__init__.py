@@ -1,1 +1,1 @@
-"""PyTorch interop without torch: .pth reading, official checkpoints."""
+"""PyTorch interop without torch: a restricted unpickler, readers, import."""

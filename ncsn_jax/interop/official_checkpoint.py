@@ -5,7 +5,8 @@
   python run.py --mode=sample --config=configs/cifar10_ncsnv2.py \
       --workdir=runs/c10_official
 
-The official runners save a list (read without torch by `torch_checkpoint`):
+The official runners save a list (read without torch by `torch_pickle`,
+bounded by what a checkpoint of the config's model can hold):
 
   NCSN v1 (AnnealRunner): [model_state_dict, optimizer_state_dict]
   NCSNv2 (NCSNRunner):    [model_state_dict, optimizer_state_dict, epoch,
@@ -13,13 +14,7 @@ The official runners save a list (read without torch by `torch_checkpoint`):
 
 Model keys carry the DataParallel prefix `module.`; the NCSNv2 model dict also
 holds the `sigmas` buffer; the EMA shadow has neither. A bare model state
-dict is accepted too. Our flax parameter names mirror the PyTorch attribute
-names, so the mapping is mechanical: a purely numeric key segment joins the
-previous one with '_' (`res1.0.conv1.weight` -> `res1_0/conv1/kernel`),
-conv weights `weight` (O, I, kh, kw) become `kernel` (kh, kw, I, O), a norm's
-`embed.weight` table (L, 3C) becomes `embed` unchanged, and `alpha`, `gamma`,
-`beta`, `bias` keep name and shape. Every parameter of the config's model must
-be filled with the right shape and every checkpoint key must be used.
+dict is accepted too. `param_mapping` maps the keys onto our parameter tree.
 
 The written TrainState holds the model weights as `params`, the EMA shadow
 (when the file has one, else the weights) as `ema_params`, the file's step
@@ -31,12 +26,12 @@ PyTorch and optax forms keep different maxima); otherwise the optax state is
 fresh, as at the start of training.
 """
 
+import math
 import os
 import re
 from typing import Any, Optional
 
 from absl import logging
-import flax
 import jax
 import numpy as np
 import optax
@@ -44,136 +39,15 @@ import optax
 from ncsn_jax import errors
 from ncsn_jax import models
 from ncsn_jax import noise
+from ncsn_jax.interop import param_mapping
 from ncsn_jax.interop import torch_pickle
 from ncsn_jax.training import checkpointing
 from ncsn_jax.training import train
 
-_PREFIX = 'module.'
-_SIGMAS = 'sigmas'
-_HINT = ('does the config (model.name, ngf, num_classes, data.channels) '
-         'match the checkpoint?')
-
-
-def strip_prefix(key: str) -> str:
-  """`key` without leading DataParallel `module.` prefixes."""
-  while key.startswith(_PREFIX):
-    key = key[len(_PREFIX):]
-  return key
-
-
-def torch_key_to_flax_path(key: str) -> tuple[str, ...]:
-  """Flax parameter path of a PyTorch state-dict key (prefix stripped).
-
-  `res1.0.conv1.weight` -> ('res1_0', 'conv1', 'kernel');
-  `refine2.crp.norms.1.embed.weight` -> ('refine2', 'crp', 'norms_1',
-  'embed').
-  """
-  path: list[str] = []
-  for part in strip_prefix(key).split('.'):
-    if part.isdigit() and path:
-      path[-1] = f'{path[-1]}_{part}'
-    else:
-      path.append(part)
-  if path[-1] == 'weight':
-    if len(path) > 1 and path[-2] == 'embed':
-      path.pop()
-    else:
-      path[-1] = 'kernel'
-  return tuple(path)
-
-
-def _to_flax_value(key: str, value: Any) -> np.ndarray:
-  if not isinstance(value, np.ndarray):
-    raise errors.ConfigError(
-        f'checkpoint entry {key!r} is a {type(value).__name__}, '
-        'not a tensor.')
-  if not (np.issubdtype(value.dtype, np.floating) or
-          value.dtype.name == 'bfloat16'):
-    raise errors.ConfigError(
-        f'checkpoint entry {key!r} has dtype {value.dtype}, not '
-        'a float type.')
-  value = np.asarray(value, np.float32)
-  if value.ndim == 4:  # Conv weight OIHW -> HWIO; cross-correlation in both.
-    value = value.transpose(2, 3, 1, 0)
-  return np.ascontiguousarray(value)
-
-
-def torch_to_flax_params(state_dict, target_params,
-                         sigmas: Optional[np.ndarray] = None):
-  """Converts a PyTorch model state dict into our parameter tree.
-
-  Args:
-    state_dict: mapping of PyTorch keys (with or without `module.`) to
-      arrays, e.g. from `torch_pickle.load_pth`.
-    target_params: the parameter tree (arrays or `jax.ShapeDtypeStruct`s) of
-      the config's model; fixes the structure and shapes.
-    sigmas: the config's noise levels; when given, a `sigmas` buffer in the
-      state dict must equal them (float32 tolerance). The buffer is dropped.
-
-  Returns:
-    A tree like `target_params` of float32 NumPy arrays.
-
-  Raises:
-    ValueError: naming the key, for a wrong sigmas buffer, a shape mismatch,
-      a parameter the file lacks or a key the model does not use.
-  """
-  if not hasattr(state_dict, 'items'):
-    raise errors.ConfigError(f'a model state dict must be a mapping, got '
-                     f'{type(state_dict).__name__}.')
-  target = flax.traverse_util.flatten_dict(
-      flax.core.unfreeze(target_params))
-  converted: dict[tuple[str, ...], np.ndarray] = {}
-  sources: dict[tuple[str, ...], str] = {}
-  unused = []
-  for key, value in state_dict.items():
-    if not isinstance(key, str):
-      raise errors.ConfigError(f'state dict key {key!r} is not a string.')
-    if strip_prefix(key) == _SIGMAS:
-      if sigmas is not None:
-        check_sigmas(value, sigmas, key)
-      continue
-    path = torch_key_to_flax_path(key)
-    if path in sources:
-      raise errors.ConfigError(
-          f'checkpoint keys {sources[path]!r} and {key!r} both '
-          f'map to parameter {"/".join(path)}.')
-    if path not in target:
-      unused.append(key)
-      continue
-    torch_shape = getattr(value, 'shape', None)
-    value = _to_flax_value(key, value)
-    want = tuple(target[path].shape)
-    if value.shape != want:
-      raise errors.ConfigError(
-          f'checkpoint entry {key!r} has shape {tuple(torch_shape)} '
-          f'({value.shape} in our layout) but parameter {"/".join(path)} of '
-          f'the model has {want}; {_HINT}')
-    converted[path], sources[path] = value, key
-  if unused:
-    raise errors.ConfigError(
-        f'checkpoint entry {unused[0]!r} matches no parameter of the model '
-        f'({len(unused)} unused entries in all); {_HINT}')
-  missing = [p for p in target if p not in converted]
-  if missing:
-    raise errors.ConfigError(
-        f'the checkpoint has no entry for parameter {"/".join(missing[0])} '
-        f'({len(missing)} missing in all); {_HINT}')
-  return flax.traverse_util.unflatten_dict(converted)
-
-
-def check_sigmas(value, sigmas: np.ndarray, key: str = _SIGMAS) -> None:
-  """Raises ValueError unless the checkpoint's sigma buffer equals `sigmas`."""
-  value = np.asarray(value, np.float64).reshape(-1)
-  sigmas = np.asarray(sigmas, np.float64)
-  if value.shape != sigmas.shape or not np.allclose(value, sigmas, rtol=1e-6,
-                                                    atol=0.0):
-    got = (f'{value.size} levels {value[0]:.6g} .. {value[-1]:.6g}'
-           if value.size else 'no levels')
-    raise errors.ConfigError(
-        f'checkpoint buffer {key!r} ({got}) differs from the config '
-        f'(model.num_classes={sigmas.size}, sigma_begin={sigmas[0]:.6g}, '
-        f'sigma_end={sigmas[-1]:.6g}, sigma_dist): wrong config for this '
-        'checkpoint.')
+# A checkpoint holds at most four copies of the parameters (weights, EMA
+# shadow, Adam's two moments), at most 8 bytes each, plus small buffers.
+_COPIES = 4
+_SLACK_BYTES = 1 << 20
 
 
 def split_official(states) -> dict[str, Any]:
@@ -236,7 +110,8 @@ def _adam_moments(optimizer, model_sd, target_params):
     return None, 'the file was trained with AMSGrad'
   ids = [i for g in groups if isinstance(g, dict)
          for i in g.get('params', [])]
-  names = [k for k in model_sd if strip_prefix(k) != _SIGMAS]
+  names = [k for k in model_sd
+           if param_mapping.strip_prefix(k) != param_mapping.SIGMAS]
   if len(ids) != len(names):
     return None, (f'the optimizer lists {len(ids)} parameters, the model '
                   f'{len(names)}')
@@ -251,8 +126,8 @@ def _adam_moments(optimizer, model_sd, target_params):
   if len(steps) != 1:
     return None, f'the parameters have different Adam steps {sorted(steps)}'
   try:
-    mu = torch_to_flax_params(mu_sd, target_params)
-    nu = torch_to_flax_params(nu_sd, target_params)
+    mu = param_mapping.torch_to_flax_params(mu_sd, target_params)
+    nu = param_mapping.torch_to_flax_params(nu_sd, target_params)
   except ValueError as e:
     raise errors.ConfigError(f'optimizer state: {e}') from e
   return (steps.pop(), mu, nu), ''
@@ -283,12 +158,44 @@ def _step_from_name(path: str) -> Optional[int]:
   return int(match.group(1)) if match else None
 
 
+def _abstract_state(config):
+  """(optimizer, TrainState of `jax.ShapeDtypeStruct`s) of the config."""
+  model = models.create_model(config)
+  tx = train.create_optimizer(config)
+  return tx, jax.eval_shape(
+      lambda: train.create_train_state(config, model, tx, jax.random.key(0)))
+
+
+def max_checkpoint_bytes(params) -> int:
+  """The most bytes an official checkpoint of a parameter tree can hold."""
+  count = sum(math.prod(p.shape) for p in jax.tree.leaves(params))
+  return _COPIES * 8 * count + _SLACK_BYTES
+
+
+def read_checkpoint(config, path: str) -> Any:
+  """`torch_pickle.load_pth` of `path`, bounded by the config's model."""
+  _, abstract = _abstract_state(config)
+  return torch_pickle.load_pth(path, max_checkpoint_bytes(abstract.params))
+
+
+def _convert_params(parts, target, sigmas):
+  """(params, ema_params) of `split_official`'s parts."""
+  params = param_mapping.torch_to_flax_params(parts['model'], target, sigmas)
+  if parts['ema'] is None:
+    return params, params
+  try:
+    return params, param_mapping.torch_to_flax_params(parts['ema'], target,
+                                                      sigmas)
+  except ValueError as e:
+    raise errors.ConfigError(f'EMA shadow: {e}') from e
+
+
 def convert(config, states, step: Optional[int] = None, path: str = ''):
   """Builds our TrainState from a loaded official checkpoint object.
 
   Args:
     config: the experiment config whose model the checkpoint holds.
-    states: the object `torch_pickle.load_pth` returned.
+    states: the object `read_checkpoint` returned.
     step: the step to record; default the file's (v2), else the number in a
       `checkpoint_<N>.pth` name of `path`, else 0.
     path: the file the object came from (messages, step from the name).
@@ -297,30 +204,19 @@ def convert(config, states, step: Optional[int] = None, path: str = ''):
     (train.TrainState of host arrays, info dict: format, step, ema (bool),
     adam ('imported' or why fresh)).
   """
-  model = models.create_model(config)
-  tx = train.create_optimizer(config)
-  abstract = jax.eval_shape(
-      lambda: train.create_train_state(config, model, tx, jax.random.key(0)))
+  tx, abstract = _abstract_state(config)
   parts = split_official(states)
-  sigmas = noise.get_sigmas(config)
-  params = torch_to_flax_params(parts['model'], abstract.params, sigmas)
-  if parts['ema'] is not None:
-    try:
-      ema_params = torch_to_flax_params(parts['ema'], abstract.params, sigmas)
-    except ValueError as e:
-      raise errors.ConfigError(f'EMA shadow: {e}') from e
-  else:
-    ema_params = params
-  if step is None:
-    step = parts['step']
-  if step is None:
-    step = _step_from_name(path) or 0
+  params, ema_params = _convert_params(parts, abstract.params,
+                                       noise.get_sigmas(config))
+  for candidate in (step, parts['step'], _step_from_name(path), 0):
+    if candidate is not None:
+      step = candidate
+      break
   if step < 0:
     raise errors.ConfigError(f'step {step} must be >= 0.')
   opt_state = tx.init(params)
-  moments, why = _adam_moments(parts['optimizer'], parts['model'],
-                               abstract.params)
-  adam = why
+  moments, adam = _adam_moments(parts['optimizer'], parts['model'],
+                                abstract.params)
   if moments is not None:
     new = _set_adam_state(opt_state, *moments)
     if new is None:
@@ -344,8 +240,7 @@ def import_checkpoint(config, workdir: str, path: str,
   Returns:
     The step of the written checkpoint.
   """
-  states = torch_pickle.load_pth(path)
-  state, info = convert(config, states, step, path)
+  state, info = convert(config, read_checkpoint(config, path), step, path)
   manager = checkpointing.create_manager(workdir)
   if info['step'] in manager.all_steps():
     raise errors.ConfigError(

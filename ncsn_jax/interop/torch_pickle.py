@@ -1,332 +1,224 @@
-"""Reads PyTorch `.pth` files with NumPy only: no torch, no arbitrary code.
+"""Reads PyTorch files with NumPy only: `.pth` checkpoints and TorchScript.
 
 `torch.save` writes a pickle whose tensors point, through pickle persistent
 ids, at raw storages kept outside the pickle. Two layouts exist:
 
-* zip (torch >= 1.6): a zip archive `<name>/data.pkl` (the pickle),
-  `<name>/data/<key>` (one raw storage per key) and `<name>/byteorder`
-  ('little' or 'big'; absent = little) among other small records.
-* legacy (torch <= 1.5 default, `_use_new_zipfile_serialization=False`):
-  five things in a row in one stream -- pickled magic number, pickled
-  protocol version, pickled sys-info dict, the main pickle, the pickled list
-  of storage keys -- then, per key in that order, an int64 element count
-  followed by the storage's raw bytes.
+* zip (torch >= 1.6, and every TorchScript archive): `<name>/data.pkl` (the
+  pickle), `<name>/data/<key>` (one raw storage per key) and
+  `<name>/byteorder` ('little' or 'big'; absent = little) among other small
+  records; TorchScript archives also hold `constants.pkl` and code.
+* legacy (torch <= 1.5 default), one stream: see `legacy_pth`.
 
-The unpickler resolves globals from a strict whitelist (OrderedDict, the
-tensor-rebuild functions, the storage types); any other global raises
-ValueError naming it, so a crafted file cannot run code. Tensors come back as
-NumPy arrays (a copy, native byte order) with their size, stride and offset.
+The pickles go through `unpickler.Unpickler` (a whitelist; nothing from the
+file runs), their tensors are copied out by `torch_objects.materialise`.
+Memory is bounded: the storages a file declares and the tensors it
+materialises may not exceed the caller's `max_bytes` (what the target
+network can hold), a zip member is decompressed in 1 MiB chunks and never
+past the size its tensors declare, and a tensor may not view its storage
+more than once. Whatever is wrong with a file, the error is one
+`errors.ConfigError` line naming it.
 """
 
-import collections
+import contextlib
 import io
 import os
 import pickle
 import struct
 import zipfile
-from typing import Any, Callable, Optional
+import zlib
+from typing import Any
 
 import numpy as np
 
 from ncsn_jax import errors
+from ncsn_jax.interop import legacy_pth
+from ncsn_jax.interop import torch_objects
+from ncsn_jax.interop import unpickler
 
-LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
-LEGACY_PROTOCOL = 1001
+_CHUNK = 1 << 20
+
+# Whatever a crafted or damaged file makes the parsers raise.
+_PARSE_ERRORS = (pickle.UnpicklingError, EOFError, zipfile.BadZipFile,
+                 zlib.error, LookupError, TypeError, AttributeError,
+                 ValueError, struct.error, ArithmeticError, MemoryError,
+                 RecursionError, NotImplementedError, OSError)
 
 
-def _bfloat16():
+@contextlib.contextmanager
+def _refusals(where: str):
+  """Turns any parse failure into one ConfigError line naming `where`."""
   try:
-    import ml_dtypes  # pylint: disable=g-import-not-at-top  (ships with jax)
-  except ImportError as e:
-    raise ValueError('bfloat16 tensors need the ml_dtypes package.') from e
-  return np.dtype(ml_dtypes.bfloat16)
-
-
-# torch storage class -> NumPy dtype (a callable for lazily found dtypes).
-_STORAGE_DTYPES: dict[str, Any] = {
-    'DoubleStorage': np.float64,
-    'FloatStorage': np.float32,
-    'HalfStorage': np.float16,
-    'BFloat16Storage': _bfloat16,
-    'LongStorage': np.int64,
-    'IntStorage': np.int32,
-    'ShortStorage': np.int16,
-    'CharStorage': np.int8,
-    'ByteStorage': np.uint8,
-    'BoolStorage': np.bool_,
-    'ComplexFloatStorage': np.complex64,
-    'ComplexDoubleStorage': np.complex128,
-    'UntypedStorage': np.uint8,
-}
-
-
-class _StorageType:
-  """Stand-in for a torch storage class: only knows its dtype."""
-
-  def __init__(self, name: str):
-    self.name = name
-    dtype = _STORAGE_DTYPES[name]
-    self.dtype = np.dtype(dtype() if callable(dtype) and not isinstance(
-        dtype, type) else dtype)
-
-  def __repr__(self):
-    return f'torch.{self.name}'
-
-
-class _Storage:
-  """A storage: the flat array once read, plus where it came from."""
-
-  def __init__(self, key: str, dtype: np.dtype, numel: Optional[int]):
-    self.key, self.dtype, self.numel = key, dtype, numel
-    self.array: Optional[np.ndarray] = None
-
-
-def _rebuild_tensor(storage, storage_offset, size, stride, *unused):
-  """`torch._utils._rebuild_tensor(_v2)`: a strided view, copied."""
-  if not isinstance(storage, _Storage):
+    yield
+  except errors.ConfigError:
+    raise
+  except _PARSE_ERRORS as e:
     raise errors.ConfigError(
-        f'tensor built on {type(storage).__name__}, not on a '
-        'storage: not a checkpoint this reader understands.')
-  if storage.array is None:  # Legacy first pass: data not read yet.
-    return None
-  flat = storage.array
-  size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
-  offset = int(storage_offset)
-  if len(size) != len(stride) or offset < 0 or min(size + stride,
-                                                   default=0) < 0:
+        f'{where}: not a readable PyTorch file; it is truncated, corrupt or '
+        f'not written by torch ({type(e).__name__}: '
+        f'{torch_objects.printable(e, 120)}).') from e
+
+
+def _read_member(archive: zipfile.ZipFile, name: str, nbytes: int,
+                 where: str) -> bytearray:
+  """Exactly the `nbytes` of member `name`, decompressed chunk by chunk."""
+  info = archive.getinfo(name)
+  if info.file_size != nbytes:
+    state = 'truncated' if info.file_size < nbytes else 'not torch\'s'
     raise errors.ConfigError(
-        f'tensor on storage {storage.key!r} has an invalid '
-        f'layout (size {size}, stride {stride}, offset {offset}).')
-  if 0 in size:
-    return np.zeros(size, flat.dtype)
-  last = offset + sum((n - 1) * s for n, s in zip(size, stride))
-  if last >= flat.size:
+        f'{where}: record {name!r} holds {info.file_size:,} bytes where its '
+        f'tensors declare {nbytes:,}; the file is {state}.')
+  buf = bytearray(nbytes)
+  pos = 0
+  with archive.open(info) as f:
+    while pos < nbytes:
+      chunk = f.read(min(_CHUNK, nbytes - pos))
+      if not chunk:
+        raise errors.ConfigError(f'{where}: record {name!r} ends after '
+                                 f'{pos:,} of {nbytes:,} bytes.')
+      buf[pos:pos + len(chunk)] = chunk
+      pos += len(chunk)
+  return buf
+
+
+def _read_small(archive: zipfile.ZipFile, name: str, where: str) -> bytes:
+  """A pickle or text record, refused past `torch_objects.MAX_PICKLE_BYTES`."""
+  info = archive.getinfo(name)
+  if info.file_size > torch_objects.MAX_PICKLE_BYTES:
+    raise errors.ConfigError(f'{where}: record {name!r} declares '
+                             f'{info.file_size:,} bytes, more than any '
+                             'PyTorch file\'s pickles.')
+  return bytes(_read_member(archive, name, info.file_size, where))
+
+
+def _zip_byteorder(archive: zipfile.ZipFile, prefix: str, where: str) -> str:
+  if prefix + 'byteorder' not in archive.namelist():
+    return '<'
+  text = _read_small(archive, prefix + 'byteorder', where).decode().strip()
+  if text not in ('little', 'big'):
     raise errors.ConfigError(
-        f'tensor (size {size}, stride {stride}, offset {offset}) reaches '
-        f'element {last} of storage {storage.key!r} which has {flat.size}: '
-        'the file is truncated or corrupt.')
-  view = np.lib.stride_tricks.as_strided(
-      flat[offset:], shape=size,
-      strides=tuple(s * flat.itemsize for s in stride), writeable=False)
-  return np.array(view, copy=True, order='C')
+        f'{where}: unknown byteorder record '
+        f'{torch_objects.printable(text)!r}.')
+  return '<' if text == 'little' else '>'
 
 
-def _rebuild_parameter(data, requires_grad, backward_hooks, *unused):
-  del requires_grad, backward_hooks
-  return data
+def _load_zip(archive: zipfile.ZipFile, record: str, where: str,
+              max_bytes: int, torchscript: bool = False) -> Any:
+  """The object pickled in `record` of a zip-layout file, tensors copied."""
+  prefix = record[:-len('data.pkl')]
+  order = _zip_byteorder(archive, prefix, where)
+  budget = torch_objects.Budget(where, max_bytes)
+  storages: dict[str, torch_objects.Storage] = {}
+  names = set(archive.namelist())
 
-
-# (module, name) -> object handed to the unpickler.
-_SAFE_GLOBALS: dict[tuple[str, str], Any] = {
-    ('collections', 'OrderedDict'): collections.OrderedDict,
-    ('torch._utils', '_rebuild_tensor'): _rebuild_tensor,
-    ('torch._utils', '_rebuild_tensor_v2'): _rebuild_tensor,
-    ('torch._utils', '_rebuild_parameter'): _rebuild_parameter,
-}
-for _name in _STORAGE_DTYPES:
-  _SAFE_GLOBALS[('torch', _name)] = _name
-_SAFE_GLOBALS[('torch.storage', 'UntypedStorage')] = 'UntypedStorage'
-_SAFE_GLOBALS[('torch.storage', 'TypedStorage')] = 'TypedStorage'
-
-
-class _Unpickler(pickle.Unpickler):
-  """Whitelisting unpickler; `storage_fn(pid)` answers persistent ids."""
-
-  def __init__(self, file, where: str,
-               storage_fn: Optional[Callable[[tuple], _Storage]] = None):
-    super().__init__(file)
-    self._where = where
-    self._storage_fn = storage_fn
-
-  def find_class(self, module, name):
-    obj = _SAFE_GLOBALS.get((module, name))
-    if obj is None:
+  def storage_fn(storage_type, key, numel, unused_view):
+    if key in storages:
+      return storages[key]
+    name = f'{prefix}data/{key}'
+    if name not in names:
       raise errors.ConfigError(
-          f'{self._where}: refusing to load global {module}.{name}: it is '
-          'not a tensor, storage or container a model checkpoint needs '
-          '(nothing from the file was run).')
-    if isinstance(obj, str):
-      if obj == 'TypedStorage':
-        raise errors.ConfigError(
-            f'{self._where}: a bare torch.storage.TypedStorage '
-            'is not supported.')
-      return _StorageType(obj)
-    return obj
+          f'{where}: storage record {torch_objects.printable(name)!r} is '
+          'missing; the file is truncated or corrupt.')
+    dtype = storage_type.dtype.newbyteorder(order)
+    budget.declare(numel * dtype.itemsize)
+    raw = _read_member(archive, name, numel * dtype.itemsize, where)
+    array = np.frombuffer(raw, dtype)
+    if not dtype.isnative:
+      array = array.byteswap().view(dtype.newbyteorder('='))
+    storage = torch_objects.Storage(key, array.dtype, numel, where)
+    storage.array = array
+    storages[key] = storage
+    return storage
 
-  def persistent_load(self, pid):
-    if self._storage_fn is None:
-      raise errors.ConfigError(f'{self._where}: unexpected persistent id in a '
-                               'header pickle.')
-    if not (isinstance(pid, tuple) and pid and pid[0] == 'storage'):
-      raise errors.ConfigError(
-          f'{self._where}: unknown persistent id {pid!r:.80}.')
-    return self._storage_fn(pid)
+  data = _read_small(archive, record, where)
+  obj = unpickler.Unpickler(io.BytesIO(data), where, storage_fn,
+                            torchscript).load()
+  return torch_objects.materialise(obj, budget)
 
 
-def _storage_pid(pid: tuple, where: str):
-  """(storage type, key, numel, view) of a persistent id."""
-  if len(pid) < 5 or not isinstance(pid[1], _StorageType):
-    raise errors.ConfigError(f'{where}: malformed storage id {pid!r:.120}.')
-  _, storage_type, key, _, numel = pid[:5]
-  view = pid[5] if len(pid) > 5 else None
-  return storage_type, str(key), int(numel), view
-
-
-def _load_zip(path: str) -> Any:
-  with zipfile.ZipFile(path) as archive:
-    names = archive.namelist()
-    pickles = [n for n in names if n.endswith('data.pkl')]
-    if len(pickles) != 1:
-      raise errors.ConfigError(
-          f'{path}: a zip archive but not a PyTorch checkpoint '
-          f'(found {len(pickles)} data.pkl records).')
-    prefix = pickles[0][:-len('data.pkl')]
-    order = '<'
-    if prefix + 'byteorder' in names:
-      text = archive.read(prefix + 'byteorder').decode().strip()
-      if text not in ('little', 'big'):
-        raise errors.ConfigError(f'{path}: unknown byteorder record {text!r}.')
-      order = '<' if text == 'little' else '>'
-    cache: dict[str, _Storage] = {}
-
-    def storage_fn(pid):
-      storage_type, key, numel, _ = _storage_pid(pid, path)
-      if key in cache:
-        return cache[key]
-      record = f'{prefix}data/{key}'
-      if record not in names:
-        raise errors.ConfigError(
-            f'{path}: storage record {record!r} is missing: '
-            'the file is truncated or corrupt.')
-      raw = archive.read(record)
-      dtype = storage_type.dtype.newbyteorder(order)
-      if storage_type.name == 'UntypedStorage':
-        dtype = np.dtype(np.uint8)
-      if len(raw) < numel * dtype.itemsize:
-        raise errors.ConfigError(
-            f'{path}: storage {record!r} holds {len(raw)} bytes, '
-            f'{numel * dtype.itemsize} expected: the file is truncated.')
-      storage = _Storage(key, dtype, numel)
-      storage.array = np.frombuffer(raw, dtype, count=numel).astype(
-          dtype.newbyteorder('='))
-      cache[key] = storage
-      return storage
-
-    return _Unpickler(io.BytesIO(archive.read(pickles[0])), path,
-                      storage_fn).load()
-
-
-def _load_legacy(path: str, f) -> Any:
-  header = _Unpickler(f, path)
-  magic = header.load()
-  if magic != LEGACY_MAGIC:
-    raise errors.ConfigError(
-        f'{path}: not a PyTorch checkpoint (bad magic number).')
-  protocol = header.load()
-  if protocol != LEGACY_PROTOCOL:
-    raise errors.ConfigError(
-        f'{path}: unsupported legacy protocol {protocol!r}.')
-  sys_info = header.load()
-  order = '<'
-  if isinstance(sys_info, dict) and not sys_info.get('little_endian', True):
-    order = '>'
-  start = f.tell()
-  file_size = os.fstat(f.fileno()).st_size
-
-  # Pass 1 learns each storage's dtype; the data follow the pickle.
-  storages: dict[str, _Storage] = {}
-  views: dict[str, tuple[str, int, int]] = {}
-
-  def storage_fn(pid):
-    storage_type, key, numel, view = _storage_pid(pid, path)
-    if key not in storages:
-      storages[key] = _Storage(key, storage_type.dtype, numel)
-    if view is not None:
-      view_key, offset, view_size = view
-      views[str(view_key)] = (key, int(offset), int(view_size))
-      return storages.setdefault(str(view_key), _Storage(
-          str(view_key), storage_type.dtype, int(view_size)))
-    return storages[key]
-
-  _Unpickler(f, path, storage_fn).load()
-  keys = _Unpickler(f, path).load()
-  if not isinstance(keys, list):
-    raise errors.ConfigError(f'{path}: malformed storage key list.')
-  for key in keys:
-    storage = storages.get(str(key))
-    if storage is None:
-      raise errors.ConfigError(
-          f'{path}: storage {key!r} is listed but no tensor '
-          'uses it.')
-    count = f.read(8)
-    if len(count) != 8:
-      raise errors.ConfigError(f'{path}: truncated before storage {key!r}.')
-    (numel,) = struct.unpack(order + 'q', count)
-    dtype = storage.dtype.newbyteorder(order)
-    if numel < 0 or numel * dtype.itemsize > file_size - f.tell():
-      raise errors.ConfigError(f'{path}: storage {key!r} is truncated ({numel} '
-                       'elements announced, fewer in the file).')
-    raw = f.read(numel * dtype.itemsize)
-    if len(raw) != numel * dtype.itemsize:
-      raise errors.ConfigError(
-          f'{path}: storage {key!r} is truncated ({len(raw)} '
-          f'of {numel * dtype.itemsize} bytes).')
-    storage.array = np.frombuffer(raw, dtype).astype(dtype.newbyteorder('='))
-  for view_key, (root, offset, size) in views.items():
-    base = storages[root].array
-    if base is None or offset + size > base.size:
-      raise errors.ConfigError(
-          f'{path}: storage view {view_key!r} is out of range.')
-    storages[view_key].array = base[offset:offset + size]
-  missing = [k for k, s in storages.items() if s.array is None]
-  if missing:
-    raise errors.ConfigError(
-        f'{path}: storage data missing for keys {missing[:5]}: '
-        'the file is truncated or corrupt.')
-
-  # Pass 2 rebuilds the object with the data in hand.
-  f.seek(start)
-  return _Unpickler(f, path, lambda pid: storages[
-      str(pid[5][0] if len(pid) > 5 and pid[5] else pid[2])]).load()
-
-
-def load_pth(path: str) -> Any:
+def load_pth(path: str, max_bytes: int) -> Any:
   """Loads a `torch.save` file: dicts / lists / numbers with array leaves.
 
   Args:
     path: a `.pth` file in the zip or the legacy serialisation.
+    max_bytes: the most bytes its storages, and its tensors, may hold.
 
   Returns:
     The saved object; every tensor is an `np.ndarray` (a copy, native byte
     order, bfloat16 via ml_dtypes).
 
   Raises:
-    ValueError: naming the file, when it is missing, not a PyTorch
-      checkpoint, truncated, or pickles a global outside the whitelist.
+    errors.ConfigError: one line naming the file, when it is missing, not a
+      PyTorch checkpoint, truncated, corrupt, larger than `max_bytes`, or
+      pickles anything outside the whitelist.
   """
   if not os.path.isfile(path):
     raise errors.ConfigError(f'checkpoint file {path} does not exist.')
-  try:
+  with _refusals(path):
     if zipfile.is_zipfile(path):
-      return _load_zip(path)
+      with zipfile.ZipFile(path) as archive:
+        pickles = [n for n in archive.namelist() if n.endswith('data.pkl')]
+        if len(pickles) != 1:
+          raise errors.ConfigError(
+              f'{path}: a zip archive but not a PyTorch checkpoint (found '
+              f'{len(pickles)} data.pkl records).')
+        return _load_zip(archive, pickles[0], path, max_bytes)
     with open(path, 'rb') as f:
       first = f.read(2)
       if first == b'PK':
-        raise errors.ConfigError(
-            f'{path}: a damaged or truncated zip archive, not '
-            'a readable PyTorch checkpoint.')
+        raise errors.ConfigError(f'{path}: a damaged or truncated zip '
+                                 'archive, not a readable PyTorch checkpoint.')
       if first[:1] != b'\x80':  # Every torch pickle starts with PROTO.
         raise errors.ConfigError(
-            f'{path}: not a PyTorch checkpoint (neither a zip '
-            'archive nor a legacy torch pickle).')
+            f'{path}: not a PyTorch checkpoint (neither a zip archive nor a '
+            'legacy torch pickle).')
       f.seek(0)
-      return _load_legacy(path, f)
-  except ValueError:
-    raise
-  except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, KeyError,
-          IndexError, TypeError, AttributeError, struct.error,
-          UnicodeDecodeError, OverflowError, MemoryError) as e:
-    raise errors.ConfigError(
-        f'{path}: not a readable PyTorch checkpoint; it is '
-        f'truncated or corrupt ({type(e).__name__}: '
-        f'{str(e)[:120]}).') from e
+      return legacy_pth.load(f, path, max_bytes)
+
+
+def _collect_tensors(obj, prefix: str, out: dict[str, np.ndarray]) -> None:
+  """Walks TorchScript modules depth first: dotted attribute path -> array."""
+  for name, value in obj.state.items():
+    if isinstance(value, np.ndarray):
+      out[prefix + name] = value
+    elif isinstance(value, torch_objects.ScriptObject):
+      _collect_tensors(value, f'{prefix}{name}.', out)
+
+
+def load_torchscript(source, max_bytes: int,
+                     where: str = '') -> dict[str, np.ndarray]:
+  """Tensors of a TorchScript archive, keyed like its `state_dict()`.
+
+  Args:
+    source: path of the `.pt` file, or its bytes.
+    max_bytes: the most bytes its storages, and its tensors, may hold.
+    where: the name of the source in messages (default: the path).
+
+  Returns:
+    `{'net.layers.conv.weight': array, ...}` (copies).
+
+  Raises:
+    errors.ConfigError: as `load_pth`, and for a zip that is not a
+      TorchScript archive.
+  """
+  if not where:
+    where = ('the TorchScript archive' if isinstance(source, (bytes, bytearray))
+             else os.fspath(source))
+  with _refusals(where):
+    with zipfile.ZipFile(io.BytesIO(source) if isinstance(
+        source, (bytes, bytearray)) else source) as archive:
+      names = archive.namelist()
+      pickles = [n for n in names
+                 if n.endswith('/data.pkl') and n.count('/') == 1]
+      if len(pickles) != 1 or not any(
+          n.endswith('/constants.pkl') for n in names):
+        raise errors.ConfigError(
+            f'{where}: not a TorchScript archive (data.pkl and '
+            'constants.pkl expected at its root).')
+      root = _load_zip(archive, pickles[0], where, max_bytes, True)
+    if not isinstance(root, torch_objects.ScriptObject):
+      raise errors.ConfigError(
+          f'{where}: the root object of the TorchScript archive is not a '
+          'module.')
+    out: dict[str, np.ndarray] = {}
+    _collect_tensors(root, '', out)
+  return out

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ncsn_jax import bilinear
 from ncsn_jax.models import pooling
 
 NormFactory = Optional[Callable[..., nn.Module]]
@@ -92,35 +93,18 @@ class ConvMeanPool(nn.Module):
     return mean_pool2x2(x)
 
 
-@functools.lru_cache(maxsize=None)
-def align_corners_matrix(in_size: int, out_size: int) -> np.ndarray:
-  """`[out, in]` linear-interpolation matrix with align_corners=True.
+def resize_bilinear_align_corners(x: jax.Array, size: Sequence[int]):
+  """Bilinear resize of `[B,H,W,C]` to `size` = (H', W'), align_corners=True.
 
   Output pixel i samples the input at i * (in - 1) / (out - 1), the rule of
   PyTorch's bilinear upsampling with align_corners=True (not the half-pixel
   rule of `jax.image.resize`).
   """
-  matrix = np.zeros((out_size, in_size), np.float64)
-  if out_size == 1 or in_size == 1:
-    matrix[:, 0] = 1.0
-    return matrix.astype(np.float32)
-  src = np.arange(out_size) * (in_size - 1) / (out_size - 1)
-  lo = np.clip(np.floor(src).astype(int), 0, in_size - 1)
-  hi = np.minimum(lo + 1, in_size - 1)
-  frac = src - lo
-  rows = np.arange(out_size)
-  np.add.at(matrix, (rows, lo), 1.0 - frac)
-  np.add.at(matrix, (rows, hi), frac)
-  return matrix.astype(np.float32)
-
-
-def resize_bilinear_align_corners(x: jax.Array, size: Sequence[int]):
-  """Bilinear resize of `[B,H,W,C]` to `size` = (H', W'), align_corners=True."""
   h, w = x.shape[1:3]
   if (h, w) == tuple(size):
     return x
-  rows = jnp.asarray(align_corners_matrix(h, size[0]), x.dtype)
-  cols = jnp.asarray(align_corners_matrix(w, size[1]), x.dtype)
+  rows, cols = (jnp.asarray(bilinear.matrix(n, m, 'align_corners').astype(
+      np.float32), x.dtype) for n, m in ((h, size[0]), (w, size[1])))
   x = jnp.einsum('oh,bhwc->bowc', rows, x)
   return jnp.einsum('pw,bowc->bopc', cols, x)
 

@@ -1,13 +1,12 @@
-"""Instance normalisations of the NCSN family, NHWC.
+"""InstanceNorm++ (NCSNv2) and its noise-conditional form (NCSN v1), NHWC.
 
-All layers normalise each example and channel over the spatial axes with the
+Both normalise each example and channel over the spatial axes with the
 biased variance and eps = 1e-5 inside the square root, as PyTorch's
-`InstanceNorm2d`. The "++" variants add back the channel means, normalised
-across channels with the unbiased variance (PyTorch `torch.var` default), so
-that colour shifts are not lost. Every layer takes `(x, y)`: the conditional
-ones read parameters from a table indexed by the noise label `y` `[B]`, the
-unconditional ones ignore `y`. Statistics are computed in float32 whatever the
-input dtype.
+`InstanceNorm2d`, then add back the channel means, normalised across
+channels with the unbiased variance (PyTorch `torch.var` default), so that
+colour shifts are not lost. Both take `(x, y)`: the conditional one reads
+its parameters from a table indexed by the noise label `y` `[B]`, the other
+ignores `y`. Statistics are computed in float32 whatever the input dtype.
 """
 
 from typing import Optional
@@ -43,19 +42,6 @@ def normalised_means(means: jax.Array) -> jax.Array:
   m = jnp.mean(means, axis=-1, keepdims=True)
   v = jnp.var(means, axis=-1, keepdims=True, ddof=1)
   return (means - m) * jax.lax.rsqrt(v + EPS)
-
-
-class InstanceNorm(nn.Module):
-  """Instance norm with a learned per-channel scale and bias (ones / zeros)."""
-
-  @nn.compact
-  def __call__(self, x: jax.Array, y: Optional[jax.Array] = None) -> jax.Array:
-    del y
-    c = x.shape[-1]
-    scale = self.param('scale', nn.initializers.ones, (c,))
-    bias = self.param('bias', nn.initializers.zeros, (c,))
-    normed, _ = instance_norm(x)
-    return (normed * scale + bias).astype(x.dtype)
 
 
 class InstanceNormPlusPlus(nn.Module):
@@ -105,27 +91,4 @@ class CondInstanceNormPlusPlus(nn.Module):
     out = gamma[:, None, None, :] * h
     if self.use_bias:
       out = out + params[:, None, None, 2 * c:]
-    return out.astype(x.dtype)
-
-
-class CondInstanceNorm(nn.Module):
-  """Conditional instance norm: gamma_y IN(x) + beta_y, table `[L, 2C]`.
-
-  The reference draws gamma from U[0, 1) (despite its comment); so do we.
-  """
-
-  num_classes: int
-
-  @nn.compact
-  def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
-    c = x.shape[-1]
-
-    def init(key, shape, dtype=jnp.float32):
-      table = jax.random.uniform(key, shape, dtype)
-      return table.at[:, c:].set(0.0)
-
-    embed = self.param('embed', init, (self.num_classes, 2 * c))
-    params = embed[y]
-    normed, _ = instance_norm(x)
-    out = params[:, None, None, :c] * normed + params[:, None, None, c:]
     return out.astype(x.dtype)

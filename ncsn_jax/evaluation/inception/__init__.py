@@ -1,1 +1,1 @@
-"""The FID Inception network, its weights, the feature extractor and scores."""
+"""The FID Inception: network, preprocessing, weights, extractor, scores."""

@@ -1,14 +1,14 @@
 """Inception Score, FID and KID of samples against data-set reference stats.
 
-Glue between the JAX Inception (`inception`), its weights
-(`inception_weights`) and the float64 host math (`metrics`):
+Glue between the JAX Inception (`extractor`), its weights (`weight_files`)
+and the float64 host math (`evaluation.metrics`):
 
 * `reference_stats` / `--mode=fid_stats`: pool_3 features of a whole split
   (uint8 images, no dequantisation, no dropped last batch), saved with their
   mean and covariance and metadata (data set, split, N, preprocessing,
-  weights hash) as an `.npz` (EVALUATION.md §4.6). Where: `config.eval.
-  stats_path`, or by default `<inception cache>/stats/<dataset>_<size>px_
-  <split>_<preprocessing>.npz` (`default_stats_path`).
+  weights hash) as an `.npz`. Where: `config.eval.stats_path`, or by
+  default `<inception cache>/stats/<dataset>_<size>px_<split>_
+  <preprocessing>.npz` (`default_stats_path`).
 * `sample_metrics`: IS (improved-gan: 10 splits, no fc bias), FID and KID
   (tf-gan blocks) of uint8 samples, with a JSON-ready description of how
   each number was made. Without cached stats the test split's features are
@@ -29,9 +29,10 @@ import numpy as np
 
 from ncsn_jax import errors
 from ncsn_jax import files
+from ncsn_jax import image_io
 from ncsn_jax.data import input_pipeline
 from ncsn_jax.evaluation import metrics
-from ncsn_jax.evaluation.inception import network
+from ncsn_jax.evaluation.inception import extractor as inception_extractor
 from ncsn_jax.evaluation.inception import weight_files
 
 PREPROCESSING = {
@@ -46,6 +47,9 @@ KID_SCHEME = ('tf-gan blocks: cubic kernel, unbiased MMD^2, contiguous '
               'blocks of <= 1024, float64; std = sqrt(var_ddof1 / blocks)')
 FID_METHOD = ('float64; tr sqrt(S1 S2) from symmetric eigendecompositions '
               '(= scipy sqrtm to ~1e-12 for PSD covariances)')
+QUANTISATION = ('uint8 = floor(clip(x, 0, 1) * 255 + 0.5), '
+                'image_io.to_uint8 (torchvision save_image rounding, as the '
+                'NCSN and NCSNv2 code saves samples)')
 PAPER_NUM_SAMPLES = 50_000  # The papers' IS/FID sample count.
 
 NO_HEAD_NOTE = (
@@ -58,8 +62,8 @@ NO_HEAD_NOTE = (
 def create_extractor(config) -> tuple[Callable, dict]:
   """Extractor (uint8 [N,H,W,C] -> features) and weights meta of a config."""
   path = weight_files.resolve_weights(config.eval.inception_weights)
-  params, meta = network.load_params(path)
-  extract = network.create_extractor(
+  params, meta = inception_extractor.load_params(path)
+  extract = inception_extractor.create_extractor(
       params, config.eval.inception_preprocessing,
       config.eval.inception_batch_size)
   return extract, dict(meta, path=path)
@@ -93,7 +97,7 @@ def split_features(config, split: str, extract: Callable,
     if max_examples is not None:
       images = images[:max_examples - sum(f.shape[0] for f in feats)]
     if images.shape[0]:
-      feats.append(extract(network.quantize(images))['pool_3'])
+      feats.append(extract(image_io.to_uint8(images))['pool_3'])
   if not feats:
     raise errors.ConfigError(
         f'split {split!r} of {config.data.dataset} is empty.')
@@ -102,7 +106,7 @@ def split_features(config, split: str, extract: Callable,
 
 def save_reference(path: str, pool_3: np.ndarray, meta: dict) -> dict:
   """Writes pool_3 [N,2048] float32, mu [D], sigma [D,D] float64 and meta."""
-  mu, sigma = metrics.finalize_stats(metrics.compute_stats(pool_3))
+  mu, sigma = metrics.mean_and_covariance(pool_3)
   meta = dict(meta, num_examples=int(pool_3.shape[0]))
   with files.atomic_open(path) as f:
     np.savez(f, pool_3=np.asarray(pool_3, np.float32), mu=mu, sigma=sigma,
@@ -123,7 +127,7 @@ def load_reference(path: str) -> dict:
     if {'mu', 'sigma'} <= names:
       mu, sigma = f['mu'].astype(np.float64), f['sigma'].astype(np.float64)
     elif pool_3 is not None:
-      mu, sigma = metrics.finalize_stats(metrics.compute_stats(pool_3))
+      mu, sigma = metrics.mean_and_covariance(pool_3)
     else:
       raise errors.ConfigError(
           f'{path}: reference stats need pool_3 or mu and sigma '
@@ -191,7 +195,7 @@ def _reference(config, extract, weights) -> tuple[dict, str, list[str]]:
     split = ref['meta'].get('split', '?')
     return ref, f'{path} (split {split})', notes
   pool_3 = split_features(config, 'test', extract)
-  mu, sigma = metrics.finalize_stats(metrics.compute_stats(pool_3))
+  mu, sigma = metrics.mean_and_covariance(pool_3)
   notes.append(f'no reference stats at {path}: the test split\'s '
                f'{pool_3.shape[0]} images were used, computed on the fly '
                '(run --mode=fid_stats for the papers\' full-train-split '
@@ -218,36 +222,12 @@ def create_scorer(config) -> Callable[[np.ndarray], dict]:
   return lambda images: sample_metrics(config, images, *prepared())
 
 
-def sample_metrics(config, images: np.ndarray,
-                   extractor: Optional[tuple[Callable, dict]] = None,
-                   reference: Optional[tuple[dict, str, list[str]]] = None
-                   ) -> dict:
-  """IS, FID and KID of samples, with how each was computed.
-
-  Args:
-    config: the run config (`config.eval` inception fields, `config.data`).
-    images: uint8 [N,H,W,C] samples (C = 1 or 3), or floats in [0, 1]
-      (rounded to uint8).
-    extractor: (extract, weights meta) to use instead of the config's.
-    reference: `_reference`'s (stats, description, notes) for this
-      extractor, to reuse instead of loading or computing them.
-
-  Returns:
-    {'fid', 'kid', 'kid_std', 'inception_score', 'inception_score_std'
-    (numbers, or '*_note' strings saying why one is missing), 'inception':
-    {N, reference, preprocessing, quantisation, weights hashes, schemes,
-    notes}}.
-  """
-  if images.dtype != np.uint8:
-    images = network.quantize(images, 'round')
-  extract, weights = extractor or create_extractor(config)
-  feats = extract(images)
-  ref, ref_desc, ref_notes = reference or _reference(config, extract, weights)
-  notes = list(ref_notes)  # This report's own list: the cache stays clean.
+def _scores(feats: dict, ref: dict, ref_desc: str, source: str) -> dict:
+  """FID, KID and IS of features against reference stats, or notes why not."""
   out: dict = {}
-  n = images.shape[0]
+  n = feats['pool_3'].shape[0]
   if n >= 2:
-    mu, sigma = metrics.finalize_stats(metrics.compute_stats(feats['pool_3']))
+    mu, sigma = metrics.mean_and_covariance(feats['pool_3'])
     out['fid'] = metrics.frechet_distance(mu, sigma, ref['mu'], ref['sigma'],
                                           method='eigh')
   else:
@@ -263,31 +243,59 @@ def sample_metrics(config, images: np.ndarray,
     except ValueError as e:
       out['kid_note'] = f'KID not computed: {e}'
   if 'logits' not in feats:
-    out['inception_score_note'] = NO_HEAD_NOTE.format(
-        source=weights['source'])
+    out['inception_score_note'] = NO_HEAD_NOTE.format(source=source)
   elif n < 10:
     out['inception_score_note'] = (f'IS needs >= 10 samples (10 splits), '
                                    f'got {n}.')
   else:
-    score, std = metrics.inception_score_improved_gan(feats['logits'],
-                                                      from_logits=True)
+    score, std = metrics.inception_score(feats['logits'], from_logits=True)
     out['inception_score'], out['inception_score_std'] = score, std
+  return out
+
+
+def sample_metrics(config, images: np.ndarray,
+                   extractor: Optional[tuple[Callable, dict]] = None,
+                   reference: Optional[tuple[dict, str, list[str]]] = None
+                   ) -> dict:
+  """IS, FID and KID of samples, with how each was computed.
+
+  Args:
+    config: the run config (`config.eval` inception fields, `config.data`).
+    images: uint8 [N,H,W,C] samples (C = 1 or 3), or floats in [0, 1]
+      (rounded by `image_io.to_uint8`).
+    extractor: (extract, weights meta) to use instead of the config's.
+    reference: `_reference`'s (stats, description, notes) for this
+      extractor, to reuse instead of loading or computing them.
+
+  Returns:
+    {'fid', 'kid', 'kid_std', 'inception_score', 'inception_score_std'
+    (numbers, or '*_note' strings saying why one is missing), 'inception':
+    {N, reference, preprocessing, quantisation, weights hashes, schemes,
+    notes}}.
+  """
+  images = image_io.to_uint8(images)
+  extract, weights = extractor or create_extractor(config)
+  feats = extract(images)
+  ref, ref_desc, ref_notes = reference or _reference(config, extract, weights)
+  out = _scores(feats, ref, ref_desc, weights['source'])
+  n = images.shape[0]
+  notes = list(ref_notes)  # This report's own list: the cache stays clean.
+  if n < PAPER_NUM_SAMPLES:
+    notes.append(f'{n} samples: FID and IS are biased (FID upward) at this '
+                 f'N; use them to rank checkpoints, not to compare with the '
+                 f'papers\' {PAPER_NUM_SAMPLES}-sample numbers.')
+  mode = config.eval.inception_preprocessing
   out['inception'] = {
       'num_samples': int(n),
       'comparable_to_papers': bool(n >= PAPER_NUM_SAMPLES),
       'num_reference': ref['meta'].get('num_examples'),
       'reference': ref_desc,
-      'preprocessing': f'{config.eval.inception_preprocessing}: '
-                       f'{PREPROCESSING[config.eval.inception_preprocessing]}',
-      'quantisation': network.QUANTISATION['round'],
+      'preprocessing': f'{mode}: {PREPROCESSING[mode]}',
+      'quantisation': QUANTISATION,
       'weights_source': weights['source'],
       'weights_source_sha256': weights['source_sha256'],
       'weights_trunk_sha256': weights['trunk_sha256'],
       'fid_method': FID_METHOD, 'kid_scheme': KID_SCHEME,
       'is_scheme': IS_SCHEME, 'notes': notes,
   }
-  if n < PAPER_NUM_SAMPLES:
-    notes.append(f'{n} samples: FID and IS are biased (FID upward) at this '
-                 f'N; use them to rank checkpoints, not to compare with the '
-                 f'papers\' {PAPER_NUM_SAMPLES}-sample numbers.')
   return out
