@@ -33,6 +33,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, 'tests', 'testdata', 'torch_checkpoints')
 REF = dict(np.load(os.path.join(DATA, 'reference.npz')))
 
+def _load(path):
+  """Reads a .pth with the project's restricted reader (16 MiB bound)."""
+  return torch_pickle.load_pth(path, 1 << 24)
+
+
 
 def fixture_config(kind: str):
   """configs/tiny.py with the model of the reference fixture files."""
@@ -96,7 +101,7 @@ class WriterTest(absltest.TestCase):
         np.arange(4, dtype=np.uint8),
     ]
     path = write(os.path.join(self.create_tempdir().full_path, 'o.pth'), obj)
-    back = torch_pickle.load_pth(path)
+    back = _load(path)
     self.assertLen(back, len(obj))
     for got, want in zip(back, obj):
       if isinstance(want, np.ndarray):
@@ -155,7 +160,7 @@ class NamesTest(parameterized.TestCase):
 
   @parameterized.parameters('ncsn', 'ncsnv2')
   def test_official_key_order(self, kind):
-    states = torch_pickle.load_pth(os.path.join(DATA, f'{kind}_legacy.pth'))
+    states = _load(os.path.join(DATA, f'{kind}_legacy.pth'))
     config = fixture_config(kind)
     state, _ = official_checkpoint.convert(config, states)
     out = export.official_states(config, state)
@@ -193,7 +198,7 @@ class RoundTripTest(parameterized.TestCase):
     state = trained_state(config)
     out = export.official_states(config, state)
     path = write(os.path.join(self.create_tempdir().full_path, 'x.pth'), out)
-    loaded = torch_pickle.load_pth(path)
+    loaded = _load(path)
     self.assertLen(loaded, 2 if kind == 'ncsn' else 5)
     back, info = official_checkpoint.convert(config, loaded)
     self.assertEqual(info['format'], kind)
@@ -216,7 +221,7 @@ class RoundTripTest(parameterized.TestCase):
     config.optim.weight_decay = 1e-4
     out = export.official_states(config, trained_state(config, steps=3))
     path = write(os.path.join(self.create_tempdir().full_path, 'x.pth'), out)
-    model, optimizer, epoch, step, ema = torch_pickle.load_pth(path)
+    model, optimizer, epoch, step, ema = _load(path)
     self.assertEqual((epoch, step), (0, 3))
     self.assertTrue(all(k.startswith('module.') for k in model))
     self.assertEqual(model['module.res2.0.conv2.conv.weight'].shape,
@@ -261,8 +266,8 @@ class ExportCheckpointTest(absltest.TestCase):
   def test_reproduces_the_official_file(self):
     self.assertEqual(export.export_checkpoint(self.config, self.workdir,
                                               self.out), 3)
-    got = torch_pickle.load_pth(self.out)
-    want = torch_pickle.load_pth(os.path.join(DATA, 'ncsnv2_legacy.pth'))
+    got = _load(self.out)
+    want = _load(os.path.join(DATA, 'ncsnv2_legacy.pth'))
     for i in (0, 4):
       self.assertEqual(list(got[i]), list(want[i]))
       for key, value in want[i].items():
@@ -300,7 +305,7 @@ class ExportCheckpointTest(absltest.TestCase):
     self.assertEqual(os.listdir(os.path.dirname(self.out)), ['out.pth'])
     export.export_checkpoint(self.config, self.workdir, self.out,
                              overwrite=True)
-    self.assertLen(torch_pickle.load_pth(self.out), 5)
+    self.assertLen(_load(self.out), 5)
 
   def test_missing_checkpoint(self):
     empty = self.create_tempdir().full_path
@@ -340,8 +345,8 @@ class RunExportTest(absltest.TestCase):
     result = run(f'--checkpoint={out}')
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
     self.assertIn(f'Exported step 5 of {workdir} as {out}', result.stdout)
-    got = torch_pickle.load_pth(out)
-    want = torch_pickle.load_pth(os.path.join(DATA, 'ncsn_zip.pth'))
+    got = _load(out)
+    want = _load(os.path.join(DATA, 'ncsn_zip.pth'))
     self.assertLen(got, 2)
     self.assertEqual(list(got[0]), list(want[0]))
     for key, value in want[0].items():

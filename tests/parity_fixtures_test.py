@@ -19,6 +19,7 @@ import numpy as np
 from configs import tiny
 from ncsn_jax import models
 from ncsn_jax.interop import official_checkpoint
+from ncsn_jax.interop import param_mapping
 from ncsn_jax.interop import torch_pickle
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'testdata',
@@ -42,7 +43,7 @@ def config_for(kind: str, ref: dict):
 
 def imported(kind: str, name: str, ref: dict):
   config = config_for(kind, ref)
-  states = torch_pickle.load_pth(os.path.join(DATA, name))
+  states = torch_pickle.load_pth(os.path.join(DATA, name), 1 << 24)
   state, info = official_checkpoint.convert(config, states)
   model = models.create_model(config)
 
@@ -80,7 +81,7 @@ class TrainFixtureTest(parameterized.TestCase):
     names = ['params', 'exp_avg', 'exp_avg_sq'] + (['ema'] if kind ==
                                                     'ncsnv2' else [])
     for name in names:
-      tree = official_checkpoint.torch_to_flax_params(
+      tree = param_mapping.torch_to_flax_params(
           unflatten(states[name][-1], states), state.params)
       self.assertEqual(tree['begin_conv']['kernel'].shape,
                        (3, 3, 3, config.model.ngf))

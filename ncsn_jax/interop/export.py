@@ -15,7 +15,7 @@ in the list layout the official runners save and load (see
 The model state dict has the DataParallel `module.` prefix, the registered
 `sigmas` buffer (NCSNv2 only, as in the official models) and the raw
 weights, with the official key names (the inverse of
-`official_checkpoint.torch_key_to_flax_path`), the official parameter order
+`param_mapping.torch_key_to_flax_path`), the official parameter order
 and OIHW conv weights. The EMA shadow has neither prefix nor buffer. The
 optimizer state dict is torch's Adam layout: per parameter index (the
 position in `model.parameters()`) `step`, `exp_avg`, `exp_avg_sq`, and one
@@ -40,6 +40,7 @@ from ncsn_jax import files
 from ncsn_jax import models
 from ncsn_jax import noise
 from ncsn_jax.interop import official_checkpoint
+from ncsn_jax.interop import param_mapping
 from ncsn_jax.interop import torch_writer
 from ncsn_jax.training import checkpointing
 from ncsn_jax.training import train
@@ -86,7 +87,7 @@ def flax_path_to_torch_key(path: tuple[str, ...]) -> str:
   parts += {'kernel': ['weight'], 'embed': ['embed', 'weight']}.get(
       leaf, [leaf])
   key = '.'.join(parts)
-  if official_checkpoint.torch_key_to_flax_path(key) != tuple(path):
+  if param_mapping.torch_key_to_flax_path(key) != tuple(path):
     raise ValueError(f'parameter {"/".join(path)} has no official name.')
   return key
 
