@@ -39,7 +39,6 @@ from ncsn_jax import errors
 from ncsn_jax import files
 from ncsn_jax import models
 from ncsn_jax import noise
-from ncsn_jax.interop import official_checkpoint
 from ncsn_jax.interop import param_mapping
 from ncsn_jax.interop import torch_writer
 from ncsn_jax.training import checkpointing
