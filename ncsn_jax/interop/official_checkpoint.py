@@ -46,7 +46,7 @@ from ncsn_jax import models
 from ncsn_jax import noise
 from ncsn_jax.interop import torch_pickle
 from ncsn_jax.training import checkpointing
-from ncsn_jax.training import train
+from ncsn_jax.training import train_state
 
 _PREFIX = 'module.'
 _SIGMAS = 'sigmas'
@@ -294,13 +294,13 @@ def convert(config, states, step: Optional[int] = None, path: str = ''):
     path: the file the object came from (messages, step from the name).
 
   Returns:
-    (train.TrainState of host arrays, info dict: format, step, ema (bool),
-    adam ('imported' or why fresh)).
+    (train_state.TrainState of host arrays, info dict: format, step, ema
+    (bool), adam ('imported' or why fresh)).
   """
   model = models.create_model(config)
-  tx = train.create_optimizer(config)
-  abstract = jax.eval_shape(
-      lambda: train.create_train_state(config, model, tx, jax.random.key(0)))
+  tx = train_state.create_optimizer(config)
+  abstract = jax.eval_shape(lambda: train_state.create_train_state(
+      config, model, tx, jax.random.key(0)))
   parts = split_official(states)
   sigmas = noise.get_sigmas(config)
   params = torch_to_flax_params(parts['model'], abstract.params, sigmas)
@@ -327,8 +327,9 @@ def convert(config, states, step: Optional[int] = None, path: str = ''):
       adam = 'the config does not use plain Adam (optim.amsgrad)'
     else:
       opt_state, adam = new, 'imported'
-  state = train.TrainState(step=np.asarray(step, np.int32), params=params,
-                           opt_state=opt_state, ema_params=ema_params)
+  state = train_state.TrainState(
+      step=np.asarray(step, np.int32), params=params, opt_state=opt_state,
+      ema_params=ema_params)
   info = dict(format=parts['format'], step=int(step),
               ema=parts['ema'] is not None, adam=adam, epoch=parts['epoch'])
   return state, info
