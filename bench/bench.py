@@ -91,7 +91,7 @@ def bench_sampler(config, batch: int, repeats: int) -> dict:
   params = train_state.init_params(config, model, jax.random.key(0))
   keys = random_utils.per_example_keys(jax.random.key(1), batch)
   x0 = langevin.init_samples(keys, config)
-  apply = jax.jit(lambda p, x, y: model.apply({'params': p}, x, y))
+  apply = jax.jit(lambda p, x, y: models.make_score_fn(model, p)(x, y))
   labels = jnp.zeros((batch,), jnp.int32)
   compiled = apply.lower(params, x0, labels).compile()
   forward_s = _timed(lambda: compiled(params, x0, labels), repeats=repeats)

@@ -79,7 +79,7 @@ def bench(o):
   step_s = (time.time() - t0) / (n * k)
   # Sampler: one network evaluation of a sampling batch (forward only).
   b = config.sampling.batch_size
-  score = jax.jit(lambda p, x, y: model.apply({'params': p}, x, y))
+  score = jax.jit(lambda p, x, y: models.make_score_fn(model, p)(x, y))
   x = jnp.asarray(np.random.rand(b, s, s, 1).astype(np.float32))
   y = jnp.zeros((b,), jnp.int32)
   params = parallel.unreplicate(state).params

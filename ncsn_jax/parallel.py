@@ -89,8 +89,13 @@ def replicate(tree, devices=None):
 
 
 def unreplicate(tree):
-  """The first device's copy of a replicated tree."""
-  return jax.tree.map(lambda x: x[0], tree)
+  """This process's first device's copy of a replicated tree, as NumPy.
+
+  Read from the local buffer itself: indexing a pmap output would run a
+  device program, which with several processes may wait for the others.
+  """
+  return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data)[0],
+                      tree)
 
 
 def pmap_sampler(sample_fn):
@@ -107,7 +112,10 @@ def pmap_sampler(sample_fn):
   def sample_shard(params, batched):
     return sample_fn(params, *batched)
 
-  mapped = jax.pmap(sample_shard, axis_name=AXIS, in_axes=(None, 0))
+  # Local devices only: chains need no collective, so one process (e.g. the
+  # main one writing a snapshot grid) can sample alone.
+  mapped = jax.pmap(sample_shard, axis_name=AXIS, in_axes=(None, 0),
+                    devices=jax.local_devices())
 
   def p_sample(params, *batched):
     x, trajectory = mapped(params, shard(batched))

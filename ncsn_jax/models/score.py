@@ -11,7 +11,8 @@ from typing import Any, Callable, Optional
 import flax.linen as nn
 import jax
 
-ScoreFn = Callable[..., jax.Array]
+# score_fn(x [B,...], labels [B] or None) -> scores [B,...].
+ScoreFn = Callable[[jax.Array, Optional[jax.Array]], jax.Array]
 
 
 def make_score_fn(model: nn.Module, params: Any) -> ScoreFn:
