@@ -99,7 +99,8 @@ class Programs:
 
 def build_programs(config, model: Any = None) -> Programs:
   """The eval-mode programs of `config` (its model unless `model`)."""
-  model = model or models.create_model(config)
+  if model is None:
+    model = models.create_model(config)
   loss_fn = losses.get_loss_fn(config, model)
   return Programs(
       p_eval=parallel.pmap_eval_step(functools.partial(
