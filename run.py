@@ -86,13 +86,14 @@ def main(argv):
 
   from ncsn_jax.evaluation import evaluate
   from ncsn_jax.interop import official_checkpoint
-  from ncsn_jax.training import train
+  from ncsn_jax.sampling import sample_mode
+  from ncsn_jax.training import loop
 
   config, workdir = FLAGS.config, FLAGS.workdir
   try:
     check_workdir(workdir)
     if FLAGS.mode == 'train':
-      train.train_and_evaluate(config, workdir)
+      loop.train_and_evaluate(config, workdir)
       print(f'Checkpoints: {os.path.join(workdir, "checkpoints")}\n'
             f'Sample grids: {os.path.join(workdir, "samples")}\n'
             f'Loss curve: {os.path.join(workdir, "loss_curve.png")}')
@@ -114,7 +115,7 @@ def main(argv):
                                       FLAGS.overwrite)
       print(f'Exported step {step} of {workdir} as {FLAGS.checkpoint}')
     elif FLAGS.mode == 'sample':
-      paths = evaluate.sample(config, workdir)
+      paths = sample_mode.sample(config, workdir)
       print('\n'.join(f'{k}: {v}' for k, v in paths.items()))
     elif FLAGS.mode == 'toy':
       from ncsn_jax.experiments import toy

@@ -28,10 +28,11 @@ import jax.numpy as jnp
 
 from configs import cifar10_ncsnv2
 from ncsn_jax import models
-from ncsn_jax import parallel
+from ncsn_jax import random_utils
 from ncsn_jax.sampling import langevin
 from ncsn_jax.training import losses
-from ncsn_jax.training import train
+from ncsn_jax.training import step as step_lib
+from ncsn_jax.training import train_state
 
 
 def _flops(compiled) -> float:
@@ -63,19 +64,18 @@ def bench_train(config, batch: int, repeats: int) -> dict:
   """Images/s, compile time, memory and FLOPs of one train step."""
   config.training.batch_size = batch
   model = models.create_model(config)
-  tx = train.create_optimizer(config)
-  step = functools.partial(train.train_step, config=config,
+  tx = train_state.create_optimizer(config)
+  step = functools.partial(step_lib.train_step, config=config,
                            loss_fn=losses.get_loss_fn(config, model), tx=tx)
-  state = train.create_train_state(config, model, tx, jax.random.key(0))
+  state = train_state.create_train_state(config, model, tx, jax.random.key(0))
   images = jax.random.uniform(jax.random.key(1), (batch, 32, 32, 3))
-  # One device, the step's own pmean over a 1-device axis.
-  fn = jax.pmap(step, axis_name=parallel.AXIS, in_axes=(None, 0, None),
-                out_axes=(None, None), devices=jax.devices()[:1])
+  keys = random_utils.per_example_keys(jax.random.key(2), batch)
+  # One device, the pure step without pmap (no donation: the same state is
+  # fed to every timed call; bench/memory.py measures donation).
   start = time.perf_counter()
-  compiled = fn.lower(state, images[None], jax.random.key(2)).compile()
+  compiled = jax.jit(step).lower(state, images, keys).compile()
   compile_s = time.perf_counter() - start
-  seconds = _timed(lambda: compiled(state, images[None], jax.random.key(2)),
-                   repeats=repeats)
+  seconds = _timed(lambda: compiled(state, images, keys), repeats=repeats)
   flops = _flops(compiled)
   return {'train_images_per_s': batch / seconds,
           'train_step_s': seconds,
@@ -88,9 +88,10 @@ def bench_train(config, batch: int, repeats: int) -> dict:
 def bench_sampler(config, batch: int, repeats: int) -> dict:
   """Score evaluations/s and sampler compile times (full vs 1 step)."""
   model = models.create_model(config)
-  params = train.init_params(config, model, jax.random.key(0))
-  x0 = langevin.init_samples(jax.random.key(1), config, batch)
-  apply = jax.jit(lambda p, x, y: model.apply({'params': p}, x, y))
+  params = train_state.init_params(config, model, jax.random.key(0))
+  keys = random_utils.per_example_keys(jax.random.key(1), batch)
+  x0 = langevin.init_samples(keys, config)
+  apply = jax.jit(lambda p, x, y: models.make_score_fn(model, p)(x, y))
   labels = jnp.zeros((batch,), jnp.int32)
   compiled = apply.lower(params, x0, labels).compile()
   forward_s = _timed(lambda: compiled(params, x0, labels), repeats=repeats)
@@ -101,7 +102,7 @@ def bench_sampler(config, batch: int, repeats: int) -> dict:
     c.model.num_classes, c.sampling.n_steps_each = levels, steps
     fn = jax.jit(langevin.get_sampler(c, models.create_model(c)))
     start = time.perf_counter()
-    fn.lower(params, x0, jax.random.key(2)).compile()
+    fn.lower(params, x0, keys).compile()
     return time.perf_counter() - start
 
   full = compile_time(232, 5)

@@ -19,7 +19,11 @@ import numpy as np
 
 from configs import digits
 from ncsn_jax import image_io
+from ncsn_jax import parallel
 from ncsn_jax.evaluation import evaluate
+from ncsn_jax.sampling import generate
+from ncsn_jax.sampling import langevin
+from ncsn_jax.training import checkpointing
 
 _FIELDS = {
     'ngf': ('model', 'ngf', int), 'L': ('model', 'num_classes', int),
@@ -46,11 +50,12 @@ def make_config(arg: str):
 def main(workdir, args):
   for arg in args:
     config = make_config(arg)
-    model, params, step = evaluate.load_params(config, workdir)
+    model, params, step = checkpointing.load_params(config, workdir)
+    p_sample = parallel.pmap_sampler(langevin.get_sampler(config, model))
     key = jax.random.fold_in(jax.random.key(config.seed + 2), step)
     _, sample_key = jax.random.split(key)
     t0 = time.time()
-    images = evaluate.generate(config, model, params, sample_key,
+    images = generate.generate(config, p_sample, params, sample_key,
                                config.eval.num_samples)
     seconds = time.time() - t0
     images = image_io.to_uint8(images).astype(np.float32) / 255.0

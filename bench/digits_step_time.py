@@ -4,7 +4,7 @@
 
 Each argument is a comma-separated list of overrides (ngf, batch, size, L,
 sbatch = sampling batch, k = n_jitted_steps, scan = 1 to time the k steps
-inside a `lax.scan`, which `train.multi_train_step` avoids on XLA:CPU because
+inside a `lax.scan`, which `step.multi_train_step` avoids on XLA:CPU because
 convolution gradients inside a while loop are several times slower there);
 the script prints compile time, seconds per train step and seconds per
 Langevin step (one network evaluation of a sampling batch) for each.
@@ -21,14 +21,16 @@ import numpy as np
 from configs import digits
 from ncsn_jax import models
 from ncsn_jax import parallel
+from ncsn_jax.training import loop
 from ncsn_jax.training import losses
-from ncsn_jax.training import train
+from ncsn_jax.training import step as step_lib
+from ncsn_jax.training import train_state
 
 
-def scanned_train_step(state, images, train_key, **kwargs):
+def scanned_train_step(state, images, keys, **kwargs):
   """The k steps in a `lax.scan` on every backend (for comparison)."""
-  step = functools.partial(train.train_step, train_key=train_key, **kwargs)
-  return jax.lax.scan(step, state, images)
+  step = functools.partial(step_lib.train_step, **kwargs)
+  return jax.lax.scan(lambda s, batch: step(s, *batch), state, (images, keys))
 
 
 def parse(arg):
@@ -48,42 +50,43 @@ def bench(o):
   config.sampling.batch_size = o.get('sbatch', config.sampling.batch_size)
   k = o.get('k', 1)
   model = models.create_model(config)
-  tx = train.create_optimizer(config)
+  tx = train_state.create_optimizer(config)
   loss_fn = losses.get_loss_fn(config, model)
-  state = train.create_train_state(config, model, tx, jax.random.key(0))
+  state = train_state.create_train_state(config, model, tx, jax.random.key(0))
   n_params = models.count_params(state.params)
-  multi = scanned_train_step if o.get('scan') else train.multi_train_step
+  multi = scanned_train_step if o.get('scan') else step_lib.multi_train_step
   p_train = parallel.pmap_train_step(functools.partial(
-      multi, config=config, loss_fn=loss_fn, tx=tx))
-  s = config.data.image_size
-  images = np.random.rand(1, k, config.training.batch_size, s, s, 1).astype(
-      np.float32)
-  key = jax.random.key(1)
-  # Two warm-up calls: the first compiles for the freshly created (host,
-  # uncommitted) state, the second recompiles for the pmap-output state.
+      multi, config=config, loss_fn=loss_fn, tx=tx, axis_name=parallel.AXIS))
+  s, b = config.data.image_size, config.training.batch_size
+  images = np.random.rand(k, b, s, s, 1).astype(np.float32)
+  keys = loop.train_keys(jax.random.key(1), 0, k, b)
+  state = parallel.replicate(state)
+  # Two warm-up calls: the first compiles; the second shows whether the
+  # step's own output state needs another program (it should not).
   t0 = time.time()
-  state, m = p_train(state, images, key)
+  state, m = p_train(state, images, keys)
   jax.block_until_ready(m)
   compile_s = time.time() - t0
   t0 = time.time()
-  state, m = p_train(state, images, key)
+  state, m = p_train(state, images, keys)
   jax.block_until_ready(m)
   recompile_s = time.time() - t0
   n = max(3, 12 // k)
   t0 = time.time()
   for _ in range(n):
-    state, m = p_train(state, images, key)
+    state, m = p_train(state, images, keys)
   jax.block_until_ready(m)
   step_s = (time.time() - t0) / (n * k)
   # Sampler: one network evaluation of a sampling batch (forward only).
   b = config.sampling.batch_size
-  score = jax.jit(lambda p, x, y: model.apply({'params': p}, x, y))
+  score = jax.jit(lambda p, x, y: models.make_score_fn(model, p)(x, y))
   x = jnp.asarray(np.random.rand(b, s, s, 1).astype(np.float32))
   y = jnp.zeros((b,), jnp.int32)
-  score(state.params, x, y).block_until_ready()
+  params = parallel.unreplicate(state).params
+  score(params, x, y).block_until_ready()
   t0 = time.time()
   for _ in range(5):
-    out = score(state.params, x, y)
+    out = score(params, x, y)
   out.block_until_ready()
   eval_s = (time.time() - t0) / 5
   print(f'{o}: params={n_params} compile={compile_s:.1f}s '

@@ -1,17 +1,20 @@
 """Data parallelism over all local devices; the only user of `jax.pmap`.
 
 Step and sampler functions stay device-agnostic: they see one device's slice
-and communicate only through `lax.pmean(..., AXIS)` and
-`lax.axis_index(AXIS)` (to offset per-example random keys), so results match
-a single-device run of the same global batch.
+of the batch and its per-example keys, and communicate only through
+`lax.pmean(..., AXIS)` when given `axis_name=AXIS`. This module is the only
+one that knows where a device's or a process's examples sit in the global
+batch (`process_keys`), so results match a single-device run of the same
+global batch. Each `pmap_*` builder is called once per process and its
+result reused: every call of a new pmapped closure compiles again.
 """
 
-import functools
-
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ncsn_jax import errors
+from ncsn_jax import random_utils
 
 AXIS = 'batch'
 
@@ -26,79 +29,6 @@ def check_divisible(batch_size: int, field: str) -> int:
   return batch_size // n
 
 
-def shard(tree):
-  """Splits the leading axis `[B,...]` into `[local_devices, B/devices,...]`."""
-  d = jax.local_device_count()
-
-  def split(x):
-    if x.shape[0] % d:
-      raise ValueError(f'batch of {x.shape[0]} is not divisible by the {d} '
-                       'local devices.')
-    return x.reshape((d, x.shape[0] // d) + x.shape[1:])
-
-  return jax.tree.map(split, tree)
-
-
-def unshard(tree):
-  """Inverse of `shard`: `[D, B/D,...]` -> `[B,...]`."""
-  return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), tree)
-
-
-def device_offset(per_device: int):
-  """Global index of this device's first example (inside pmap)."""
-  return jax.lax.axis_index(AXIS) * per_device
-
-
-@functools.lru_cache(maxsize=None)
-def _pmapped_sampler(sample_fn, per_device: int):
-  def run(params, x0, key):
-    return sample_fn(params, x0, key, device_offset(per_device))
-
-  return jax.pmap(run, axis_name=AXIS, in_axes=(None, 0, None))
-
-
-def p_sample(sample_fn, params, x0, key):
-  """Runs `sample_fn(params, x0, key, offset)` split over local devices.
-
-  Args:
-    sample_fn: from `langevin.get_sampler` (must be hashable: reuse it).
-    params: model parameters (replicated).
-    x0: initial states `[B,...]`, B divisible by the local device count.
-    key: root sampling key.
-
-  Returns:
-    (final states `[B,...]`, trajectory `[n, B,...]` or None) as NumPy.
-  """
-  per_device = x0.shape[0] // jax.local_device_count()
-  x, trajectory = _pmapped_sampler(sample_fn, per_device)(
-      params, shard(x0), key)
-  x = np.asarray(unshard(x))
-  if trajectory is not None:
-    trajectory = np.asarray(trajectory)  # [D, n, B/D, ...]
-    trajectory = np.swapaxes(trajectory, 0, 1)
-    trajectory = trajectory.reshape(trajectory.shape[:1] + (-1,) +
-                                    trajectory.shape[3:])
-  return x, trajectory
-
-
-def pmap_train_step(step_fn, devices=None):
-  """pmaps `step_fn(state, images, key) -> (state, metrics)`.
-
-  The state and key are replicated (`in_axes=None`), images are sharded
-  `[D, ...]`, and state and metrics come back replicated: the step function
-  keeps them identical on every device through `lax.pmean`. `devices`
-  defaults to all devices.
-  """
-  return jax.pmap(step_fn, axis_name=AXIS, in_axes=(None, 0, None),
-                  out_axes=(None, None), devices=devices)
-
-
-def pmap_eval_step(eval_fn):
-  """pmaps `eval_fn(params, images, key) -> pmean'ed metrics`."""
-  return jax.pmap(eval_fn, axis_name=AXIS, in_axes=(None, 0, None),
-                  out_axes=None)
-
-
 def check_divisible_local(batch_size: int, field: str) -> int:
   """Per-device batch over local devices; raises naming `field`."""
   d = jax.local_device_count()
@@ -107,6 +37,133 @@ def check_divisible_local(batch_size: int, field: str) -> int:
         f'{field}={batch_size} is not divisible by the {d} '
         f'local devices; set it to a multiple of {d}.')
   return batch_size // d
+
+
+def process_keys(key: jax.Array, n: int) -> jax.Array:
+  """Per-example keys `[n]` of this process's `n` examples of a global batch.
+
+  Process p holds the global examples p n .. p n + n - 1 (and its device j
+  the next n / devices of them), as `shard` splits them.
+  """
+  return random_utils.keys_at(key, jax.process_index() * n + jnp.arange(n))
+
+
+def shard(tree, axis: int = 0, devices: int = 0):
+  """Splits `axis` of every leaf, `[..., B, ...]` -> `[D, ..., B/D, ...]`.
+
+  D is `devices`, or the local device count when 0.
+  """
+  d = devices or jax.local_device_count()
+
+  def split(x):
+    n = x.shape[axis]
+    if n % d:
+      raise ValueError(f'batch of {n} is not divisible by the {d} devices.')
+    x = x.reshape(x.shape[:axis] + (d, n // d) + x.shape[axis + 1:])
+    if not axis:
+      return x
+    return (np.moveaxis if isinstance(x, np.ndarray) else jnp.moveaxis)(
+        x, axis, 0)
+
+  return jax.tree.map(split, tree)
+
+
+def unshard(tree, axis: int = 0):
+  """Inverse of `shard`: `[D, ..., B/D, ...]` -> `[..., B, ...]` (NumPy)."""
+
+  def join(x):
+    x = np.moveaxis(np.asarray(x), 0, axis)
+    return x.reshape(x.shape[:axis] + (-1,) + x.shape[axis + 2:])
+
+  return jax.tree.map(join, tree)
+
+
+def replicate(tree, devices=None):
+  """A copy of `tree` on every device, `[D, ...]` (the train state's form)."""
+  devices = devices or jax.local_devices()
+  mesh = jax.sharding.Mesh(np.asarray(devices), (AXIS,))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
+  return jax.tree.map(
+      lambda x: jax.device_put(np.stack([np.asarray(x)] * len(devices)),
+                               sharding), tree)
+
+
+def unreplicate(tree):
+  """This process's first device's copy of a replicated tree, as NumPy.
+
+  Read from the local buffer itself: indexing a pmap output would run a
+  device program, which with several processes may wait for the others.
+  """
+  return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data)[0],
+                      tree)
+
+
+def pmap_sampler(sample_fn):
+  """pmaps `sample_fn(params, *batched) -> (x, trajectory or None)`.
+
+  Returns:
+    `p_sample(params, *batched)`: params (host or single-device arrays) are
+    broadcast to every device; each batched argument (`x0`, `keys`, ...,
+    leading axis B, divisible by the local device count) is split over the
+    local devices. Gives (final states `[N,...]`, trajectory `[n, N,...]` or
+    None) as NumPy, in the order of a single-device run.
+  """
+
+  def sample_shard(params, batched):
+    return sample_fn(params, *batched)
+
+  # Local devices only: chains need no collective, so one process (e.g. the
+  # main one writing a snapshot grid) can sample alone.
+  mapped = jax.pmap(sample_shard, axis_name=AXIS, in_axes=(None, 0),
+                    devices=jax.local_devices())
+
+  def p_sample(params, *batched):
+    x, trajectory = mapped(params, shard(batched))
+    if trajectory is not None:
+      trajectory = unshard(trajectory, axis=1)  # [D, n, N/D,...]
+    return unshard(x), trajectory
+
+  return p_sample
+
+
+def pmap_train_step(step_fn, devices=None):
+  """pmaps `step_fn(state, images [k,b,...], keys [k,b]) -> (state, metrics)`.
+
+  The state is device-replicated (`replicate`) and donated: its buffers are
+  reused for the new state, so one copy of params, optimiser state and EMA
+  is alive. `step_fn` keeps the copies identical through `lax.pmean` over
+  `AXIS`.
+
+  Args:
+    step_fn: e.g. `step.multi_train_step` with `axis_name=AXIS`.
+    devices: the devices to use (default: all, the local ones feeding).
+
+  Returns:
+    `p_train(state, images [k,B,...], keys [k,B]) -> (state, metrics)`:
+    this process's B examples are split over its devices; the metrics come
+    back from the first device.
+  """
+  mapped = jax.pmap(step_fn, axis_name=AXIS, in_axes=(0, 0, 0),
+                    out_axes=(0, None), devices=devices, donate_argnums=(0,))
+  d = len(devices) if devices else jax.local_device_count()
+
+  def p_train(state, images, keys):
+    return mapped(state, shard(images, 1, d), shard(keys, 1, d))
+
+  return p_train
+
+
+def pmap_eval_step(eval_fn):
+  """pmaps `eval_fn(params, images [b,...], keys [b]) -> pmean'ed metrics`.
+
+  Returns:
+    `p_eval(params, images [B,...], keys [B])` with params broadcast and
+    this process's batch split over its devices.
+  """
+  mapped = jax.pmap(eval_fn, axis_name=AXIS, in_axes=(None, 0, 0),
+                    out_axes=None)
+  return lambda params, images, keys: mapped(params, shard(images),
+                                             shard(keys))
 
 
 def initialize_distributed(coordinator_address: str = '',

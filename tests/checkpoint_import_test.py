@@ -24,11 +24,11 @@ import numpy as np
 from configs import tiny
 from ncsn_jax import image_io
 from ncsn_jax import models
-from ncsn_jax.evaluation import evaluate
 from ncsn_jax.interop import legacy_pth
 from ncsn_jax.interop import official_checkpoint
 from ncsn_jax.interop import param_mapping
 from ncsn_jax.interop import torch_pickle
+from ncsn_jax.training import checkpointing
 from tests import torch_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -317,11 +317,11 @@ class ImportTest(ParityMixin, absltest.TestCase):
     step = official_checkpoint.import_checkpoint(
         config, workdir, fixture('ncsnv2_legacy.pth'))
     self.assertEqual(step, int(REF['v2_step']))
-    _, params, restored = evaluate.load_params(config, workdir)
+    _, params, restored = checkpointing.load_params(config, workdir)
     self.assertEqual(restored, step)
     self.assert_matches_reference(forward(config, params, 'ncsnv2'),
                                   REF['v2_ema_out'])
-    _, raw, _ = evaluate.load_params(config, workdir, ema=False)
+    _, raw, _ = checkpointing.load_params(config, workdir, ema=False)
     self.assert_matches_reference(forward(config, raw, 'ncsnv2'),
                                   REF['v2_out'])
     with self.assertRaisesRegex(ValueError, 'already has a checkpoint'):
@@ -336,7 +336,7 @@ class ImportTest(ParityMixin, absltest.TestCase):
     workdir = os.path.join(tmp, 'run')
     self.assertEqual(
         official_checkpoint.import_checkpoint(config, workdir, named), 7000)
-    _, params, step = evaluate.load_params(config, workdir)
+    _, params, step = checkpointing.load_params(config, workdir)
     self.assertEqual(step, 7000)
     self.assert_matches_reference(forward(config, params, 'ncsn'),
                                   REF['v1_out'])

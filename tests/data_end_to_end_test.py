@@ -33,7 +33,7 @@ from ncsn_jax import errors
 from ncsn_jax import models
 from ncsn_jax.data import input_pipeline
 from ncsn_jax.training import checkpointing
-from ncsn_jax.training import train
+from ncsn_jax.training import train_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TRAIN_FILES = [f'data_batch_{i}.bin' for i in range(1, 6)]
@@ -177,8 +177,9 @@ class TfdsCifar10Test(parameterized.TestCase):
     if mode == 'eval':  # eval reads data only after it finds a checkpoint.
       config = tiny.get_config('cifar10')
       model = models.create_model(config)
-      state = train.create_train_state(
-          config, model, train.create_optimizer(config), jax.random.key(0))
+      state = train_state.create_train_state(
+          config, model, train_state.create_optimizer(config),
+          jax.random.key(0))
       checkpointing.save(checkpointing.create_manager(workdir), 1, state)
     result = run(workdir, mode, f'--config.data.data_dir={empty}')
     self.assertEqual(result.returncode, 2, result.stderr[-3000:])

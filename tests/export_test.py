@@ -27,7 +27,7 @@ from ncsn_jax.interop import export
 from ncsn_jax.interop import official_checkpoint
 from ncsn_jax.interop import torch_pickle
 from ncsn_jax.interop import torch_writer
-from ncsn_jax.training import train
+from ncsn_jax.training import train_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, 'tests', 'testdata', 'torch_checkpoints')
@@ -56,8 +56,8 @@ def fixture_config(kind: str):
 def trained_state(config, steps: int = 2):
   """A TrainState with Adam moments and an EMA that differs from params."""
   model = models.create_model(config)
-  tx = train.create_optimizer(config)
-  state = train.create_train_state(config, model, tx, jax.random.key(0))
+  tx = train_state.create_optimizer(config)
+  state = train_state.create_train_state(config, model, tx, jax.random.key(0))
   params, opt_state = state.params, state.opt_state
   leaves, tree = jax.tree.flatten(params)
   for i in range(steps):
@@ -67,7 +67,7 @@ def trained_state(config, steps: int = 2):
     updates, opt_state = tx.update(grads, opt_state, params)
     params = jax.tree.map(lambda p, u: p + u, params, updates)
   ema = jax.tree.map(lambda p: p * 0.5 + 0.25, params)
-  return jax.device_get(train.TrainState(
+  return jax.device_get(train_state.TrainState(
       step=np.asarray(steps, np.int32), params=params, opt_state=opt_state,
       ema_params=ema))
 
@@ -175,7 +175,7 @@ class NamesTest(parameterized.TestCase):
       config = tiny.get_config()
       config.model.name, config.model.ngf = name, 2
       config.data.image_size = 32
-      params = jax.eval_shape(lambda c=config: train.init_params(
+      params = jax.eval_shape(lambda c=config: train_state.init_params(
           c, models.create_model(c), jax.random.key(0)))
       flat = flax.traverse_util.flatten_dict(params)
       keys = [export.flax_path_to_torch_key(p) for p in flat]
@@ -242,8 +242,8 @@ class RoundTripTest(parameterized.TestCase):
   def test_fresh_and_amsgrad_states_export_no_moments(self):
     config = fixture_config('ncsnv2')
     model = models.create_model(config)
-    tx = train.create_optimizer(config)
-    fresh = jax.device_get(train.create_train_state(config, model, tx,
+    tx = train_state.create_optimizer(config)
+    fresh = jax.device_get(train_state.create_train_state(config, model, tx,
                                                     jax.random.key(0)))
     self.assertEqual(export.official_states(config, fresh)[1]['state'], {})
     config.optim.amsgrad = True

@@ -64,6 +64,43 @@ class DsmLossTest(absltest.TestCase):
     np.testing.assert_allclose(aux['losses'], expected, rtol=1e-4)
     np.testing.assert_allclose(loss, expected.mean(), rtol=1e-4)
 
+  def test_perturb_hook_feeds_given_draws_to_both_losses(self):
+    # A recorded (labels, z) through `perturb_fn` is what the losses use:
+    # with the exact-target score s = -z / sigma the DSM loss is zero.
+    config = tiny.get_config()
+    sigmas = jnp.asarray(noise.get_sigmas(config))
+    x = jax.random.uniform(jax.random.key(0), (4, 2, 2, 3))
+    labels = jnp.array([3, 0, 2, 1], jnp.int32)
+    z = jax.random.normal(jax.random.key(1), x.shape)
+    seen = []
+
+    def recorded(keys, x_in, sigmas_in):
+      seen.append((keys.shape, x_in.shape, sigmas_in.shape))
+      return labels, z
+
+    def exact(x_tilde, y):
+      s = sigmas[y][:, None, None, None]
+      return -(x_tilde - x) / s**2
+
+    keys = random_utils.per_example_keys(jax.random.key(2), 4)
+    loss, aux = losses.annealed_dsm_loss(exact, x, keys, sigmas,
+                                         perturb_fn=recorded)
+    self.assertAlmostEqual(float(loss), 0.0, places=6)
+    np.testing.assert_array_equal(aux['labels'], labels)
+    self.assertEqual(seen, [((4,), x.shape, sigmas.shape)])
+    # The same hook reaches the loss of a config (DSM and SSM).
+    model = score_models.PixelModel(config.model.num_classes)
+    params = model.init(jax.random.key(3), x, labels)['params']
+    for name in ('dsm', 'ssm_vr'):
+      config.training.loss = name
+      _, aux = losses.get_loss_fn(config, model, perturb_fn=recorded)(
+          params, x, keys)
+      np.testing.assert_array_equal(aux['labels'], labels)
+    default = losses.get_loss_fn(config, model)(params, x, keys)[0]
+    explicit = losses.get_loss_fn(config, model, losses.perturb)(params, x,
+                                                                 keys)[0]
+    self.assertEqual(float(default), float(explicit))
+
   def test_unknown_loss_names_field(self):
     config = tiny.get_config()
     config.training.loss = 'nce'

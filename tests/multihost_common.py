@@ -8,8 +8,10 @@ import numpy as np
 from configs import tiny
 from ncsn_jax import models
 from ncsn_jax import parallel
+from ncsn_jax.training import loop
 from ncsn_jax.training import losses
-from ncsn_jax.training import train
+from ncsn_jax.training import step as step_lib
+from ncsn_jax.training import train_state
 
 N_STEPS = 3
 
@@ -35,13 +37,13 @@ def global_batches(c) -> np.ndarray:
 def run_steps(c, images: np.ndarray):
   """N_STEPS train steps on this process's `[N_STEPS, B_process, ...]`."""
   model = models.create_model(c)
-  tx = train.create_optimizer(c)
-  state = train.create_train_state(c, model, tx, jax.random.key(0))
-  step = parallel.pmap_train_step(functools.partial(
-      train.multi_train_step, config=c,
-      loss_fn=losses.get_loss_fn(c, model), tx=tx))
-  d = jax.local_device_count()
+  tx = train_state.create_optimizer(c)
+  state = train_state.create_train_state(c, model, tx, jax.random.key(0))
+  p_train = parallel.pmap_train_step(functools.partial(
+      step_lib.multi_train_step, config=c,
+      loss_fn=losses.get_loss_fn(c, model), tx=tx, axis_name=parallel.AXIS))
+  state = parallel.replicate(state)
   for i in range(N_STEPS):
-    batch = images[i].reshape((d, 1, -1) + images.shape[2:])
-    state, _ = step(state, batch, jax.random.key(1))
-  return jax.device_get(state)
+    keys = loop.train_keys(jax.random.key(1), i, 1, images.shape[1])
+    state, _ = p_train(state, images[i:i + 1], keys)
+  return jax.device_get(parallel.unreplicate(state))

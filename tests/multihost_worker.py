@@ -19,7 +19,7 @@ def main(process_id: int, port: str, workdir: str, mode: str):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from tests import multihost_common  # pylint: disable=g-import-not-at-top
-  from ncsn_jax.training import train  # pylint: disable=g-import-not-at-top
+  from ncsn_jax.training import loop  # pylint: disable=g-import-not-at-top
   config = multihost_common.config()
   if mode == 'step':
     images = multihost_common.global_batches(config)
@@ -27,7 +27,7 @@ def main(process_id: int, port: str, workdir: str, mode: str):
     local = images[:, process_id * per_process:(process_id + 1) * per_process]
     state = multihost_common.run_steps(config, local)
   else:
-    state = train.train_and_evaluate(config, workdir)
+    state = loop.train_and_evaluate(config, workdir)
   leaves = jax.tree.leaves(jax.device_get(state.params))
   np.savez(os.path.join(workdir, f'{mode}_params_{process_id}.npz'), *leaves)
 

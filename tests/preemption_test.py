@@ -12,7 +12,7 @@ from absl.testing import absltest
 
 from configs import tiny
 from ncsn_jax.training import checkpointing
-from ncsn_jax.training import train
+from ncsn_jax.training import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,7 +56,7 @@ class PreemptionTest(absltest.TestCase):
     config.data.dataset, config.data.channels = 'digits', 1
     config.training.snapshot_sampling = False
     config.training.n_iters = stopped + 2
-    state = train.train_and_evaluate(config, workdir)
+    state = loop.train_and_evaluate(config, workdir)
     self.assertEqual(int(state.step), stopped + 2)
     with open(metrics) as f:
       logged = [json.loads(l)['step'] for l in f]
@@ -68,7 +68,7 @@ class PreemptionTest(absltest.TestCase):
     config.data.dataset, config.data.channels = 'digits', 1
     config.training.snapshot_sampling = False
     config.training.n_iters = 2
-    state = train.train_and_evaluate(config, workdir)
+    state = loop.train_and_evaluate(config, workdir)
     root = os.path.join(workdir, 'checkpoints')
     # What a save killed half-way leaves behind: orbax's temporary folder.
     shutil.copytree(os.path.join(root, '2'),

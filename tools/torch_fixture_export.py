@@ -29,7 +29,7 @@ from configs import tiny  # pylint: disable=g-bad-import-order
 from ncsn_jax import models
 from ncsn_jax.interop import export
 from ncsn_jax.training import checkpointing
-from ncsn_jax.training import train
+from ncsn_jax.training import train_state
 
 NGF, LEVELS, SIZE, BATCH = 2, 4, 32, 4
 OFFICIAL_CLASS = {'ncsnv2': 'NCSNv2', 'ncsnv2_deeper': 'NCSNv2Deeper',
@@ -63,8 +63,8 @@ def official_config(config):
 def jax_state(config):
   """A TrainState after 3 Adam updates with random grads, EMA offset."""
   model = models.create_model(config)
-  tx = train.create_optimizer(config)
-  state = train.create_train_state(config, model, tx, jax.random.key(1))
+  tx = train_state.create_optimizer(config)
+  state = train_state.create_train_state(config, model, tx, jax.random.key(1))
   params, opt_state = state.params, state.opt_state
   leaves, tree = jax.tree.flatten(params)
   for i in range(3):
@@ -74,8 +74,10 @@ def jax_state(config):
     updates, opt_state = tx.update(grads, opt_state, params)
     params = jax.tree.map(lambda p, u: p + u, params, updates)
   ema = jax.tree.map(lambda p: 0.9 * p + 0.05, params)
-  return model, train.TrainState(step=np.asarray(3, np.int32), params=params,
-                                 opt_state=opt_state, ema_params=ema)
+  return model, train_state.TrainState(step=np.asarray(3, np.int32),
+                                       params=params,
+                                       opt_state=opt_state,
+                                       ema_params=ema)
 
 
 def _max_diff(official_model, jax_model, params, x, y):

@@ -42,7 +42,7 @@ from ncsn_jax import noise
 from ncsn_jax.interop import param_mapping
 from ncsn_jax.interop import torch_writer
 from ncsn_jax.training import checkpointing
-from ncsn_jax.training import train
+from ncsn_jax.training import train_state
 
 # Sibling order of the official modules' attributes (registration order,
 # which is the order of `state_dict()` and `parameters()`).
@@ -168,9 +168,9 @@ def official_states(config, state) -> list[Any]:
 def restore_state(config, workdir: str):
   """(TrainState of host arrays, step) of checkpoint sampling.ckpt_id."""
   model = models.create_model(config)
-  tx = train.create_optimizer(config)
-  target = jax.eval_shape(
-      lambda: train.create_train_state(config, model, tx, jax.random.key(0)))
+  tx = train_state.create_optimizer(config)
+  target = jax.eval_shape(lambda: train_state.create_train_state(
+      config, model, tx, jax.random.key(0)))
   directory = os.path.join(workdir, checkpointing.CHECKPOINT_DIR)
   if not os.path.isdir(directory):
     raise errors.CheckpointError(

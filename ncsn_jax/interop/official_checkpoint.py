@@ -42,7 +42,7 @@ from ncsn_jax import noise
 from ncsn_jax.interop import param_mapping
 from ncsn_jax.interop import torch_pickle
 from ncsn_jax.training import checkpointing
-from ncsn_jax.training import train
+from ncsn_jax.training import train_state
 
 # A checkpoint holds at most four copies of the parameters (weights, EMA
 # shadow, Adam's two moments), at most 8 bytes each, plus small buffers.
@@ -161,9 +161,9 @@ def _step_from_name(path: str) -> Optional[int]:
 def _abstract_state(config):
   """(optimizer, TrainState of `jax.ShapeDtypeStruct`s) of the config."""
   model = models.create_model(config)
-  tx = train.create_optimizer(config)
-  return tx, jax.eval_shape(
-      lambda: train.create_train_state(config, model, tx, jax.random.key(0)))
+  tx = train_state.create_optimizer(config)
+  return tx, jax.eval_shape(lambda: train_state.create_train_state(
+      config, model, tx, jax.random.key(0)))
 
 
 def max_checkpoint_bytes(params) -> int:
@@ -201,8 +201,8 @@ def convert(config, states, step: Optional[int] = None, path: str = ''):
     path: the file the object came from (messages, step from the name).
 
   Returns:
-    (train.TrainState of host arrays, info dict: format, step, ema (bool),
-    adam ('imported' or why fresh)).
+    (train_state.TrainState of host arrays, info dict: format, step, ema
+    (bool), adam ('imported' or why fresh)).
   """
   tx, abstract = _abstract_state(config)
   parts = split_official(states)
@@ -223,8 +223,9 @@ def convert(config, states, step: Optional[int] = None, path: str = ''):
       adam = 'the config does not use plain Adam (optim.amsgrad)'
     else:
       opt_state, adam = new, 'imported'
-  state = train.TrainState(step=np.asarray(step, np.int32), params=params,
-                           opt_state=opt_state, ema_params=ema_params)
+  state = train_state.TrainState(
+      step=np.asarray(step, np.int32), params=params, opt_state=opt_state,
+      ema_params=ema_params)
   info = dict(format=parts['format'], step=int(step),
               ema=parts['ema'] is not None, adam=adam, epoch=parts['epoch'])
   return state, info

@@ -7,3 +7,4 @@ the networks, `layers`, `normalization` and `pooling` their parts.
 from ncsn_jax.models.refinenet import check_image_size
 from ncsn_jax.models.refinenet import count_params
 from ncsn_jax.models.refinenet import create_model
+from ncsn_jax.models.score import make_score_fn

@@ -1,4 +1,4 @@
-"""Annealed Langevin dynamics as one `lax.scan`.
+"""Annealed Langevin dynamics as one `lax.scan`: the one Langevin update.
 
 Levels and steps are flattened into L*T scan iterations: the noise levels are
 a traced array, so the compiled program (and its compile time) does not grow
@@ -6,9 +6,15 @@ with L or T. Conventions follow NCSNv2: at level c the step size is
 alpha_c = eps (sigma_c / sigma_L)^2 and one step is
 x <- x + alpha_c s(x, c) + sqrt(2 alpha_c) z. (The NCSN paper writes the same
 update as x + eps'/2 s + sqrt(eps') z, i.e. eps' = 2 eps.) Nothing is clipped
-inside the chain. Langevin noise of example i at step t is drawn from
-fold_in(key_i, t), key_i = fold_in(key, global index of i), so results do not
-depend on how a batch is split over devices.
+inside the chain.
+
+Randomness is data: the sampler gets per-example keys `[B]` (key_i =
+fold_in(root, global index of i), see `random_utils`), and by default the
+Langevin noise of example i at step t is drawn from fold_in(key_i, t), so
+results do not depend on how a batch is split over devices. Inpainting and
+interpolation (`inpainting.py`, `interpolation.py`) are hooks on
+`annealed_langevin`: a per-step noise function and a projection applied
+before each update.
 """
 
 from typing import Callable, Optional
@@ -19,68 +25,91 @@ import jax.numpy as jnp
 from ncsn_jax import noise
 from ncsn_jax import random_utils
 from ncsn_jax import transforms
+from ncsn_jax.models import score
 
-ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
-
-
-def _langevin_step(score_fn, keys, sigmas, n_steps_each, step_lr):
-  """One Langevin update as a scan body `(x, t) -> (x, None)`."""
-
-  def step(x, t):
-    level = t // n_steps_each
-    alpha = step_lr * (sigmas[level] / sigmas[-1])**2
-    labels = jnp.full((x.shape[0],), level, jnp.int32)
-    grad = score_fn(x, labels)
-    step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, t)
-    z = random_utils.per_example_normal(step_keys, x.shape[1:], x.dtype)
-    return x + alpha * grad + jnp.sqrt(2.0 * alpha) * z, None
-
-  return step
+# noise_fn(keys [B], t, x [N,...]) -> z [N,...], the Langevin noise of step t.
+NoiseFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+# project_fn(keys [B], t, sigma_c, x [N,...]) -> x, applied before step t.
+ProjectFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
 
 
-def annealed_langevin(score_fn: ScoreFn,
+def default_noise(keys: jax.Array, t: jax.Array, x: jax.Array) -> jax.Array:
+  """N(0, I) per example from fold_in(key_i, t), shaped like `x`."""
+  return random_utils.per_example_normal(random_utils.step_keys(keys, t),
+                                         x.shape[1:], x.dtype)
+
+
+def _run_scan(step, x0, total: int, record_every: int):
+  """Runs `step(x, t) -> (x, None)` for t < total; optionally thinned states.
+
+  Returns:
+    (final state, every `record_every`-th state `[total // k, ...]` or None).
+  """
+  steps = jnp.arange(total, dtype=jnp.int32)
+  if record_every <= 0:
+    return jax.lax.scan(step, x0, steps)[0], None
+  n_rec = total // record_every
+
+  def chunk(x, ts):
+    x, _ = jax.lax.scan(step, x, ts)
+    return x, x
+
+  x, trajectory = jax.lax.scan(
+      chunk, x0, steps[:n_rec * record_every].reshape(n_rec, record_every))
+  x, _ = jax.lax.scan(step, x, steps[n_rec * record_every:])
+  return x, trajectory
+
+
+def annealed_langevin(score_fn: score.ScoreFn,
                       x0: jax.Array,
-                      key: jax.Array,
+                      keys: jax.Array,
                       sigmas: jax.Array,
                       n_steps_each: int,
                       step_lr: float,
                       denoise: bool = False,
                       record_every: int = 0,
-                      example_offset=0):
+                      noise_fn: Optional[NoiseFn] = None,
+                      project_fn: Optional[ProjectFn] = None):
   """Runs annealed Langevin dynamics from `x0`.
 
+  Step t (level c = t // T) computes alpha_c = eps (sigma_c / sigma_L)^2,
+  optionally projects x <- project_fn(keys, t, sigma_c, x), then updates
+  x <- x + alpha_c s(x, c) + sqrt(2 alpha_c) noise_fn(keys, t, x).
+
   Args:
-    score_fn: `score_fn(x [B,...], labels [B]) -> [B,...]`.
-    x0: initial states `[B,...]` in the model's input space.
-    key: root key of the chain's noise.
+    score_fn: `score_fn(x [N,...], labels [N]) -> [N,...]`.
+    x0: initial states `[N,...]` in the model's input space.
+    keys: per-example keys `[B]`, sharded with `x0` (B = N unless a hook
+      maps one key to several chains, as interpolation does).
     sigmas: noise levels `[L]`, descending (traced, any length).
     n_steps_each: Langevin steps T per level (static).
     step_lr: eps of the step-size rule.
     denoise: finish with x + sigma_L^2 s(x, L-1) (one extra evaluation).
     record_every: if k > 0, also return every k-th chain state.
-    example_offset: global index of `x0[0]` (per-device offset under pmap).
+    noise_fn: hook `noise_fn(keys, t, x) -> z [N,...]` giving the Langevin
+      noise of step t (int32 scalar); default `default_noise`. A test can
+      feed recorded draws through it.
+    project_fn: hook `project_fn(keys, t, sigma_c, x) -> x` applied before
+      every update (inpainting imposes its known pixels with it).
 
   Returns:
-    (final states `[B,...]`, trajectory `[L*T//k (+1), B,...]` or None).
+    (final states `[N,...]`, trajectory `[L*T//k (+1), N,...]` or None).
     With denoising the trajectory ends with the denoised state.
   """
-  total = sigmas.shape[0] * n_steps_each
-  keys = random_utils.per_example_keys(key, x0.shape[0], example_offset)
-  step = _langevin_step(score_fn, keys, sigmas, n_steps_each, step_lr)
-  steps = jnp.arange(total, dtype=jnp.int32)
-  trajectory = None
-  if record_every > 0:
-    n_rec = total // record_every
-    chunks = steps[:n_rec * record_every].reshape(n_rec, record_every)
+  noise_fn = noise_fn or default_noise
 
-    def chunk(x, ts):
-      x, _ = jax.lax.scan(step, x, ts)
-      return x, x
+  def step(x, t):
+    level = t // n_steps_each
+    sigma = sigmas[level]
+    alpha = step_lr * (sigma / sigmas[-1])**2
+    if project_fn is not None:
+      x = project_fn(keys, t, sigma, x)
+    grad = score_fn(x, jnp.full((x.shape[0],), level, jnp.int32))
+    z = noise_fn(keys, t, x)
+    return x + alpha * grad + jnp.sqrt(2.0 * alpha) * z, None
 
-    x, trajectory = jax.lax.scan(chunk, x0, chunks)
-    x, _ = jax.lax.scan(step, x, steps[n_rec * record_every:])
-  else:
-    x, _ = jax.lax.scan(step, x0, steps)
+  x, trajectory = _run_scan(step, x0, sigmas.shape[0] * n_steps_each,
+                            record_every)
   if denoise:
     last = jnp.full((x.shape[0],), sigmas.shape[0] - 1, jnp.int32)
     x = x + sigmas[-1]**2 * score_fn(x, last)
@@ -89,28 +118,28 @@ def annealed_langevin(score_fn: ScoreFn,
   return x, trajectory
 
 
-def langevin(score_fn: ScoreFn, x0: jax.Array, key: jax.Array, step_size,
-             n_steps: int, example_offset=0) -> jax.Array:
+def langevin(score_fn: score.ScoreFn, x0: jax.Array, keys: jax.Array,
+             step_size, n_steps: int,
+             noise_fn: Optional[NoiseFn] = None) -> jax.Array:
   """Plain Langevin, x <- x + step/2 s(x) + sqrt(step) z (paper convention).
 
   It is annealed Langevin with a single level; `score_fn` gets label 0.
   """
-  x, _ = annealed_langevin(score_fn, x0, key, jnp.ones((1,)), n_steps,
-                           step_size / 2.0, example_offset=example_offset)
+  x, _ = annealed_langevin(score_fn, x0, keys, jnp.ones((1,)), n_steps,
+                           step_size / 2.0, noise_fn=noise_fn)
   return x
 
 
-def init_samples(key: jax.Array, config, batch_size: int,
-                 data: Optional[jax.Array] = None, example_offset=0):
+def init_samples(keys: jax.Array, config,
+                 data: Optional[jax.Array] = None) -> jax.Array:
   """Initial chain states in the model's input space `[B,H,W,C]`.
 
   Uniform U[0, 1) images mapped by the data transform, or, when `data`
   (data-space images `[B,H,W,C]`) is given, data + sigma_1 z (NCSNv2's
-  `data_init`).
+  `data_init`); example i draws from its key `keys[i]` (`[B]`).
   """
   shape = (config.data.image_size, config.data.image_size,
            config.data.channels)
-  keys = random_utils.per_example_keys(key, batch_size, example_offset)
   if data is None:
     return transforms.data_transform(
         random_utils.per_example_uniform(keys, shape), config)
@@ -119,19 +148,19 @@ def init_samples(key: jax.Array, config, batch_size: int,
   return transforms.data_transform(data, config) + sigma_1 * z
 
 
-def get_sampler(config, model):
-  """Builds `sample_fn(params, x0, key, example_offset) -> (x, trajectory)`.
+def get_sampler(config, model, noise_fn: Optional[NoiseFn] = None):
+  """Builds `sample_fn(params, x0 [B,...], keys [B]) -> (x, trajectory)`.
 
   The settings (T, eps, denoising, thinning) come from `config.sampling`;
-  the function is pure and can be jitted or pmapped (see `parallel`).
+  `noise_fn` is passed to `annealed_langevin`. The function is pure: jit it,
+  or pmap it once with `parallel.pmap_sampler` and reuse the result.
   """
   sigmas = jnp.asarray(noise.get_sigmas(config))
   s = config.sampling
 
-  def sample_fn(params, x0, key, example_offset=0):
-    score_fn = lambda x, y: model.apply({'params': params}, x, y)
-    return annealed_langevin(score_fn, x0, key, sigmas, s.n_steps_each,
-                             s.step_lr, s.denoise, s.record_every,
-                             example_offset)
+  def sample_fn(params, x0, keys):
+    return annealed_langevin(score.make_score_fn(model, params), x0, keys,
+                             sigmas, s.n_steps_each, s.step_lr, s.denoise,
+                             s.record_every, noise_fn)
 
   return sample_fn

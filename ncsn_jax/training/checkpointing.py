@@ -6,12 +6,13 @@ and renames it when complete, so a save that dies half-way is never taken as
 a checkpoint. The training-data iterator of each process is saved beside it
 (`WORKDIR/data_state/process_<i>/step_<k>`, written to a temporary folder and
 renamed), so a resumed run sees exactly the batches an uninterrupted run
-would have seen.
+would have seen. `load_params` gives sample and eval modes the (EMA)
+parameters of a checkpoint.
 """
 
 import os
 import shutil
-from typing import Any, Optional
+from typing import Any
 
 from absl import logging
 import jax
@@ -19,6 +20,8 @@ import orbax.checkpoint as ocp
 import tensorflow as tf
 
 from ncsn_jax import errors
+from ncsn_jax import models
+from ncsn_jax.training import train_state
 
 CHECKPOINT_DIR = 'checkpoints'
 DATA_STATE_DIR = 'data_state'
@@ -115,9 +118,23 @@ def restore_data_iterator(workdir: str, step: int, iterator) -> bool:
   return True
 
 
-def latest_step(workdir: str) -> Optional[int]:
-  """The latest checkpoint step in `workdir`, or None."""
+def load_params(config, workdir: str, step: int = 0, ema: bool = True):
+  """Parameters of checkpoint `step` (0 = latest) in `workdir`.
+
+  Returns:
+    (model, params: the EMA parameters when `ema` and config.model.ema, the
+    step restored).
+  """
+  model = models.create_model(config)
+  tx = train_state.create_optimizer(config)
+  target = jax.eval_shape(lambda: train_state.create_train_state(
+      config, model, tx, jax.random.key(0)))
   directory = os.path.join(workdir, CHECKPOINT_DIR)
   if not os.path.isdir(directory):
-    return None
-  return create_manager(workdir, create=False).latest_step()
+    raise errors.CheckpointError(
+        f'no checkpoint folder {directory}; train first (--mode=train) or '
+        'point --workdir at a run that has checkpoints.')
+  manager = create_manager(workdir, create=False)
+  state, step = restore(manager, target, step)
+  params = state.ema_params if ema and config.model.ema else state.params
+  return model, params, step

@@ -1,15 +1,19 @@
 """Score-matching losses as pure functions.
 
 A score function here is `score_fn(x, labels) -> scores` with `x` `[B,...]`
-and integer noise labels `[B]`; `keys` `[B]` are per-example keys (see
-`random_utils.per_example_keys`), so each example's draws depend only on its
-own key.
+and integer noise labels `[B]` (`models.score.ScoreFn`); `keys` `[B]` are
+per-example keys (see `random_utils.per_example_keys`), so each example's
+draws depend only on its own key. The annealed losses draw their noise
+labels and noise through one replaceable function, `perturb_fn(keys, x,
+sigmas) -> (labels [B], z [B,...])` (default `perturb`): a test can feed
+recorded draws through the real loss, and through the train step built on
+it.
 
 Losses: annealed denoising score matching ('dsm'), and sliced score matching
 (plain and variance-reduced, unconditional and annealed; 'ssm', 'ssm_vr').
 """
 
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -17,8 +21,11 @@ import jax.numpy as jnp
 from ncsn_jax import errors
 from ncsn_jax import noise
 from ncsn_jax import random_utils
+from ncsn_jax.models import score
 
-ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
+# perturb_fn(keys [B], x [B,...], sigmas [L]) -> (labels int32 [B], z [B,...]).
+PerturbFn = Callable[[jax.Array, jax.Array, jax.Array],
+                     tuple[jax.Array, jax.Array]]
 
 
 def _sum_except_batch(x: jax.Array) -> jax.Array:
@@ -36,15 +43,17 @@ def perturb(keys: jax.Array, x: jax.Array, sigmas: jax.Array):
   Returns:
     (labels int32 `[B]`, noise z `[B,...]` ~ N(0, I)).
   """
-  label_keys, noise_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
+  label_keys, noise_keys = random_utils.split_each(keys)
   labels = jax.vmap(
       lambda k: jax.random.randint(k, (), 0, sigmas.shape[0]))(label_keys)
   z = random_utils.per_example_normal(noise_keys, x.shape[1:], x.dtype)
   return labels.astype(jnp.int32), z
 
 
-def annealed_dsm_loss(score_fn: ScoreFn, x: jax.Array, keys: jax.Array,
-                      sigmas: jax.Array, anneal_power: float = 2.0):
+def annealed_dsm_loss(score_fn: score.ScoreFn, x: jax.Array,
+                      keys: jax.Array, sigmas: jax.Array,
+                      anneal_power: float = 2.0,
+                      perturb_fn: PerturbFn = perturb):
   """Annealed denoising score matching (NCSN eq. 6 with lambda = sigma^p).
 
   One noise level per example: x~ = x + sigma_y z; the per-example loss is
@@ -56,11 +65,12 @@ def annealed_dsm_loss(score_fn: ScoreFn, x: jax.Array, keys: jax.Array,
     keys: per-example keys `[B]`.
     sigmas: noise levels `[L]`.
     anneal_power: the exponent p of the weighting sigma^p.
+    perturb_fn: draws (labels `[B]`, z `[B,...]`) from (keys, x, sigmas).
 
   Returns:
     (mean loss over the batch, {'losses': `[B]`, 'labels': `[B]`}).
   """
-  labels, z = perturb(keys, x, sigmas)
+  labels, z = perturb_fn(keys, x, sigmas)
   sigma = sigmas[labels].reshape((-1,) + (1,) * (x.ndim - 1))
   x_tilde = x + sigma * z
   target = -(x_tilde - x) / sigma**2
@@ -148,11 +158,12 @@ def sliced_score_matching(score_fn: Callable[[jax.Array], jax.Array],
   return jnp.mean(losses), {'losses': losses, 'loss1': loss1, 'loss2': loss2}
 
 
-def annealed_ssm_loss(score_fn: ScoreFn, x: jax.Array, keys: jax.Array,
-                      sigmas: jax.Array, n_particles: int = 1,
-                      projection: str = 'gaussian',
+def annealed_ssm_loss(score_fn: score.ScoreFn, x: jax.Array,
+                      keys: jax.Array, sigmas: jax.Array,
+                      n_particles: int = 1, projection: str = 'gaussian',
                       variance_reduction: bool = True,
-                      anneal_power: float = 2.0):
+                      anneal_power: float = 2.0,
+                      perturb_fn: PerturbFn = perturb):
   """Noise-conditional sliced score matching (weight sigma_y^p).
 
   As the reference's `anneal_sliced_score_estimation_vr`: x~ = x + sigma_y z
@@ -168,12 +179,14 @@ def annealed_ssm_loss(score_fn: ScoreFn, x: jax.Array, keys: jax.Array,
     projection: 'gaussian' or 'rademacher'.
     variance_reduction: SSM-VR (the reference's choice) or plain SSM.
     anneal_power: the exponent p (the reference uses 2).
+    perturb_fn: draws (labels, z) from the first half of each key's split
+      (the second half draws the projections).
 
   Returns:
     (mean loss over the batch, {'losses': `[B]`, 'labels': `[B]`}).
   """
-  noise_keys, projection_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
-  labels, z = perturb(noise_keys, x, sigmas)
+  noise_keys, projection_keys = random_utils.split_each(keys)
+  labels, z = perturb_fn(noise_keys, x, sigmas)
   sigma = sigmas[labels].reshape((-1,) + (1,) * (x.ndim - 1))
   x_tilde = x + sigma * z
   tiled = jnp.tile(labels, n_particles)  # Particle-major, like x_tilde's.
@@ -184,13 +197,17 @@ def annealed_ssm_loss(score_fn: ScoreFn, x: jax.Array, keys: jax.Array,
   return jnp.mean(losses), {'losses': losses, 'labels': labels}
 
 
-def get_loss_fn(config, model):
+def get_loss_fn(config, model, perturb_fn: Optional[PerturbFn] = None):
   """Builds `loss_fn(params, x, keys) -> (loss, aux)` for a config.
 
   Args:
     config: experiment config (`training.loss`, `training.anneal_power`,
       model noise levels).
     model: the flax score network.
+    perturb_fn: hook `perturb_fn(keys [B], x [B,...], sigmas [L]) ->
+      (labels int32 [B], z [B,...])` drawing each example's noise level and
+      Gaussian noise (default `perturb`); the train step built on this loss
+      then uses it too.
 
   Returns:
     The pure loss function of the config's `training.loss`: 'dsm', or the
@@ -198,28 +215,22 @@ def get_loss_fn(config, model):
     `training.n_particles` projections of kind `training.projection`).
   """
   sigmas = jnp.asarray(noise.get_sigmas(config))
-  name = config.training.loss
+  perturb_fn = perturb_fn or perturb
+  t = config.training
+  name, power = t.loss, t.anneal_power
   if name not in ('dsm',) + SSM_LOSSES:
     raise errors.ConfigError(
         f"config.training.loss={name!r} is unknown; use 'dsm', "
         "'ssm' or 'ssm_vr'.")
-  power = config.training.anneal_power
-  if name in SSM_LOSSES:
-    t = config.training
-    check_projection(t.projection)
-    if t.n_particles < 1:
-      raise errors.ConfigError(
-          f'config.training.n_particles={t.n_particles} must be >= 1.')
-
-    def ssm_loss_fn(params, x, keys):
-      score_fn = lambda x, y: model.apply({'params': params}, x, y)
-      return annealed_ssm_loss(score_fn, x, keys, sigmas, t.n_particles,
-                               t.projection, name == 'ssm_vr', power)
-
-    return ssm_loss_fn
-
-  def loss_fn(params, x, keys):
-    score_fn = lambda x, y: model.apply({'params': params}, x, y)
-    return annealed_dsm_loss(score_fn, x, keys, sigmas, power)
-
-  return loss_fn
+  if name == 'dsm':
+    return lambda params, x, keys: annealed_dsm_loss(
+        score.make_score_fn(model, params), x, keys, sigmas, power,
+        perturb_fn)
+  check_projection(t.projection)
+  if t.n_particles < 1:
+    raise errors.ConfigError(
+        f'config.training.n_particles={t.n_particles} must be >= 1.')
+  particles, projection = t.n_particles, t.projection
+  return lambda params, x, keys: annealed_ssm_loss(
+      score.make_score_fn(model, params), x, keys, sigmas, particles,
+      projection, name == 'ssm_vr', power, perturb_fn)

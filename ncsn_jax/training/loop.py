@@ -1,0 +1,231 @@
+"""The host training loop: data in, pmapped steps, logs, checkpoints, grids.
+
+Everything the loop calls on devices is built once, before the first step
+(`_build`): the donated train step, the test-loss step and the snapshot
+sampler. Step s of training draws example i's randomness from
+fold_in(fold_in(train_key, s), i), so a resumed run continues exactly.
+"""
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ncsn_jax import errors
+from ncsn_jax import models
+from ncsn_jax import parallel
+from ncsn_jax.data import input_pipeline
+from ncsn_jax.sampling import langevin
+from ncsn_jax.training import checkpointing
+from ncsn_jax.training import losses
+from ncsn_jax.training import outputs
+from ncsn_jax.training import preemption
+from ncsn_jax.training import step as step_lib
+from ncsn_jax.training import train_state
+
+
+def check_config(config) -> None:
+  """Raises ConfigError naming the field for settings training cannot take."""
+  t = config.training
+  parallel.check_divisible(t.batch_size, 'config.training.batch_size')
+  if t.batch_size % (jax.process_count() * jax.local_device_count()):
+    raise errors.ConfigError(
+        f'config.training.batch_size={t.batch_size} must split '
+        'evenly over processes and their devices.')
+  for field in ('n_iters', 'snapshot_freq', 'log_freq', 'eval_freq',
+                'n_jitted_steps'):
+    if t[field] < 1:
+      raise errors.ConfigError(
+          f'config.training.{field}={t[field]} must be >= 1.')
+  if t.snapshot_n_samples % jax.local_device_count():
+    raise errors.ConfigError(
+        f'config.training.snapshot_n_samples={t.snapshot_n_samples} is not '
+        f'divisible by the {jax.local_device_count()} local devices.')
+
+
+def train_keys(train_key: jax.Array, first_step: int, k: int, n: int):
+  """Per-example keys `[k, n]` of steps first_step .. first_step + k - 1.
+
+  Row j holds fold_in(fold_in(train_key, first_step + j), i) for this
+  process's n examples i of the global batch (`parallel.process_keys`).
+  """
+  return jnp.stack([
+      parallel.process_keys(jax.random.fold_in(train_key, first_step + j), n)
+      for j in range(k)])
+
+
+def _crossed(step: int, k: int, every: int) -> bool:
+  """Whether the steps (step - k, step] contain a multiple of `every`."""
+  return step // every > (step - k) // every
+
+
+def _next_batches(iterator, k: int) -> np.ndarray:
+  """k host batches stacked into `[k, B_process, H, W, C]`."""
+  return np.stack([np.asarray(next(iterator)['image']) for _ in range(k)])
+
+
+def _check_finite(metrics, step: int, config, skipped: int) -> int:
+  """Counts skipped NaN/Inf steps; raises unless skipping is enabled."""
+  bad = int(np.sum(np.asarray(metrics['nonfinite'])))
+  if bad and not config.training.skip_nonfinite:
+    raise errors.NonFiniteLossError(
+        f'non-finite loss or gradient at step {step}; the last checkpoint is '
+        'kept. Lower config.optim.lr, set config.optim.grad_clip, or set '
+        'config.training.skip_nonfinite=True to skip such steps.')
+  if bad:
+    logging.warning('Skipped %d non-finite step(s) up to step %d.', bad, step)
+  return skipped + bad
+
+
+@dataclasses.dataclass(frozen=True)
+class _Context:
+  """What the loop needs besides the state, built once by `_build`."""
+  config: Any
+  workdir: str
+  model: Any
+  tx: Any
+  keys: dict[str, jax.Array]  # init, train, eval, sample
+  train_iter: Any
+  test_iter: Any
+  p_train: Callable
+  p_eval: Callable
+  p_sample: Callable
+  manager: Any
+  writer: Any
+  is_main: bool
+
+
+def _datasets(config):
+  """Repeating train (augmented) and test iterators of this process."""
+  n = jax.process_count()
+  train = input_pipeline.create_dataset(
+      config, 'train', batch_size=config.training.batch_size // n,
+      shuffle=True, repeat=True, augment=True, seed=config.seed)
+  test = input_pipeline.create_dataset(
+      config, 'test', batch_size=config.eval.batch_size // n, shuffle=True,
+      repeat=True, augment=False, seed=config.seed + 1)
+  return iter(train), iter(test)
+
+
+def _build(config, workdir: str) -> _Context:
+  check_config(config)
+  model = models.create_model(config)
+  tx = train_state.create_optimizer(config)
+  loss_fn = losses.get_loss_fn(config, model)
+  names = ('init', 'train', 'eval', 'sample')
+  keys = dict(zip(names, jax.random.split(jax.random.key(config.seed), 4)))
+  train_iter, test_iter = _datasets(config)
+  is_main = jax.process_index() == 0
+  return _Context(
+      config=config, workdir=workdir, model=model, tx=tx, keys=keys,
+      train_iter=train_iter, test_iter=test_iter,
+      p_train=parallel.pmap_train_step(functools.partial(
+          step_lib.multi_train_step, config=config, loss_fn=loss_fn, tx=tx,
+          axis_name=parallel.AXIS)),
+      p_eval=parallel.pmap_eval_step(functools.partial(
+          step_lib.eval_step, config=config, loss_fn=loss_fn,
+          axis_name=parallel.AXIS)),
+      p_sample=parallel.pmap_sampler(langevin.get_sampler(config, model)),
+      manager=checkpointing.create_manager(
+          workdir, config.training.keep_checkpoints),
+      writer=metric_writers.create_default_writer(
+          workdir, just_logging=not is_main, asynchronous=False),
+      is_main=is_main)
+
+
+def _initial_state(ctx: _Context) -> train_state.TrainState:
+  """A fresh state, or the latest checkpoint's (and its data position)."""
+  state = train_state.create_train_state(ctx.config, ctx.model, ctx.tx,
+                                         ctx.keys['init'])
+  if ctx.manager.latest_step() is None:
+    return state
+  state, start = checkpointing.restore(ctx.manager, state)
+  checkpointing.restore_data_iterator(ctx.workdir, start, ctx.train_iter)
+  logging.info('Resumed from checkpoint step %d.', start)
+  return state
+
+
+def _log(ctx: _Context, state, metrics, step: int, k: int, skipped: int):
+  """Scalars (and a test-batch loss) when step `step` is due for them."""
+  t, record = ctx.config.training, {}
+  if _crossed(step, k, t.log_freq) or step == t.n_iters:
+    record.update(outputs.host_metrics(metrics), skipped_steps=skipped)
+  if _crossed(step, k, t.eval_freq):
+    images = np.asarray(next(ctx.test_iter)['image'])
+    keys = parallel.process_keys(
+        jax.random.fold_in(ctx.keys['eval'], step), len(images))
+    record['test_loss'] = float(ctx.p_eval(
+        parallel.unreplicate(state).ema_params, images, keys))
+  if record:
+    ctx.writer.write_scalars(step, record)
+    if ctx.is_main:
+      outputs.append_jsonl(ctx.workdir, {'step': step, **record})
+
+
+def _snapshot(ctx: _Context, state, step: int):
+  """Checkpoint, data position, and (main process) grid and loss curve."""
+  host = jax.device_get(parallel.unreplicate(state))
+  checkpointing.save(ctx.manager, step, host)
+  checkpointing.save_data_iterator(ctx.workdir, step, ctx.train_iter)
+  if ctx.is_main:
+    if ctx.config.training.snapshot_sampling:
+      path = outputs.snapshot_samples(
+          ctx.config, ctx.p_sample, host.ema_params,
+          jax.random.fold_in(ctx.keys['sample'], step), ctx.workdir, step)
+      logging.info('Step %d: checkpoint saved, samples in %s', step, path)
+    outputs.write_loss_curve(ctx.workdir)
+
+
+def _hooks(ctx: _Context):
+  t = ctx.config.training
+  hooks = [periodic_actions.ReportProgress(
+      num_train_steps=t.n_iters, writer=ctx.writer, every_steps=t.log_freq)]
+  if t.profile_at_step > 0 and ctx.is_main:
+    hooks.append(periodic_actions.Profile(
+        logdir=ctx.workdir, first_profile=t.profile_at_step,
+        num_profile_steps=5))
+  return hooks
+
+
+def train_and_evaluate(config, workdir: str) -> train_state.TrainState:
+  """Trains (or resumes training of) the config's model in `workdir`.
+
+  Writes orbax checkpoints to `WORKDIR/checkpoints/`, sample grids to
+  `WORKDIR/samples/step_<k>.png`, TensorBoard scalars, `metrics.jsonl` and
+  `loss_curve.png`. SIGTERM / SIGINT checkpoint and return early; a NaN or
+  Inf loss raises `NonFiniteLossError` (unless skipping is configured).
+
+  Returns:
+    The final train state (host arrays).
+  """
+  ctx = _build(config, workdir)
+  state = _initial_state(ctx)
+  step, skipped, t = int(state.step), 0, config.training
+  state = parallel.replicate(state)  # Donated to, and replaced by, p_train.
+  hooks = _hooks(ctx)
+  with preemption.PreemptionWatcher() as watcher:
+    while step < t.n_iters:
+      k = min(t.n_jitted_steps, t.n_iters - step)
+      images = _next_batches(ctx.train_iter, k)
+      keys = train_keys(ctx.keys['train'], step, k, images.shape[1])
+      state, metrics = ctx.p_train(state, images, keys)
+      step += k
+      skipped = _check_finite(metrics, step, config, skipped)
+      for hook in hooks:
+        hook(step)
+      _log(ctx, state, metrics, step, k, skipped)
+      stop = watcher.should_stop(ctx.manager, step)
+      if stop or _crossed(step, k, t.snapshot_freq) or step == t.n_iters:
+        _snapshot(ctx, state, step)
+      if stop:
+        logging.warning('Stopped at step %d on request; rerun to resume.',
+                        step)
+        break
+  ctx.writer.flush()
+  return jax.device_get(parallel.unreplicate(state))

@@ -1,0 +1,80 @@
+"""Tests of eval mode: reports, sweeps, and programs built once."""
+
+import json
+import os
+
+from absl.testing import absltest
+import jax
+import numpy as np
+
+from configs import tiny
+from ncsn_jax import models
+from ncsn_jax.evaluation import evaluate
+from ncsn_jax.training import checkpointing
+from ncsn_jax.training import train_state
+from tests import compiles
+
+
+def digits_config():
+  config = tiny.get_config()
+  config.data.dataset = 'digits'
+  config.data.channels = 1
+  config.eval.batch_size = 40
+  config.eval.num_samples = 6  # Two sampler batches of 4, the last padded.
+  return config
+
+
+def save_checkpoints(config, workdir, steps):
+  model = models.create_model(config)
+  tx = train_state.create_optimizer(config)
+  manager = checkpointing.create_manager(workdir)
+  for step in steps:
+    state = train_state.create_train_state(config, model, tx,
+                                           jax.random.key(step))
+    checkpointing.save(manager, step, state.replace(step=np.int32(step)))
+
+
+class EvaluateTest(absltest.TestCase):
+
+  def test_sweep_compiles_what_one_checkpoint_compiles(self):
+    config = digits_config()
+    workdir = self.create_tempdir().full_path
+    save_checkpoints(config, workdir, (1, 2, 3))
+    with compiles.counting() as one:
+      path = evaluate.evaluate(config, workdir)
+    with open(path) as f:
+      report = json.load(f)
+    self.assertEqual(report['step'], 3)
+    self.assertGreater(report['test_dsm_loss'], 0)
+    self.assertIn('frechet_distance', report['digits_classifier'])
+    config.eval.begin_ckpt = 1
+    with compiles.counting() as three:
+      path = evaluate.evaluate(config, workdir)
+    with open(path) as f:
+      sweep = json.load(f)
+    self.assertEqual([r['step'] for r in sweep['rows']], [1, 2, 3])
+    self.assertEqual(sweep['criterion'], 'digits_classifier.frechet_distance')
+    # The sweep repeats checkpoint 3's report exactly (same keys, same
+    # programs), and compiles exactly what one checkpoint compiles.
+    self.assertEqual(sweep['rows'][-1]['test_dsm_loss'],
+                     report['test_dsm_loss'])
+    self.assertEqual(three, one)
+    self.assertEqual(one[compiles.PMAP], 2)  # Test-loss step and sampler.
+    losses = {r['step']: r['test_dsm_loss'] for r in sweep['rows']}
+    self.assertLen(set(losses.values()), 3)  # Different parameters.
+    self.assertTrue(os.path.exists(os.path.join(workdir, 'eval',
+                                                'report_1.json')))
+
+  def test_best_step(self):
+    rows = [{'step': 1, 'fid': 3.0, 'test_dsm_loss': 1.0},
+            {'step': 2, 'fid': 2.0, 'test_dsm_loss': 2.0}]
+    self.assertEqual(evaluate.best_step(rows), (2, 'fid'))
+    rows = [{'step': 1, 'test_dsm_loss': 1.0},
+            {'step': 2, 'test_dsm_loss': 2.0}]
+    self.assertEqual(evaluate.best_step(rows), (1, 'test_dsm_loss'))
+    with self.assertRaisesRegex(ValueError, 'no common metric'):
+      evaluate.best_step([{'step': 1}])
+
+
+if __name__ == '__main__':
+  absltest.main()
