@@ -81,7 +81,8 @@ def _augment(index, images, *, flip, uniform, gaussian, seed):
     flip: random left-right flip of each image with probability 1/2.
     uniform: uniform dequantisation `preprocessing.uniform_dequantize`,
       u ~ U[0, 1).
-    gaussian: Gaussian dequantisation x <- x + 0.01 n, n ~ N(0, 1).
+    gaussian: Gaussian dequantisation `preprocessing.gaussian_dequantize`,
+      n ~ N(0, 1).
     seed: per-process augmentation seed.
 
   Returns:
@@ -97,7 +98,8 @@ def _augment(index, images, *, flip, uniform, gaussian, seed):
     x = preprocessing.uniform_dequantize(
         x, tf.random.stateless_uniform(tf.shape(x), keys[1]))
   if gaussian:
-    x = x + 0.01 * tf.random.stateless_normal(tf.shape(x), keys[2])
+    x = preprocessing.gaussian_dequantize(
+        x, tf.random.stateless_normal(tf.shape(x), keys[2]))
   return {'image': x}
 
 

@@ -122,3 +122,16 @@ def uniform_dequantize(x, u):
     `(255 x + u) / 256`, which lies in [k / 256, (k + 1) / 256) for x = k / 255.
   """
   return (255.0 * x + u) / 256.0
+
+
+def gaussian_dequantize(x, n):
+  """Gaussian dequantisation x <- x + 0.01 n (NCSNv2's second option).
+
+  Args:
+    x: images in [0, 1] (an array or tensor).
+    n: noise of x's shape, N(0, 1) in the pipeline.
+
+  Returns:
+    `x + 0.01 n`.
+  """
+  return x + 0.01 * n
