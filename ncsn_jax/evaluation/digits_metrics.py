@@ -88,6 +88,16 @@ def classifier_features(clf: neural_network.MLPClassifier,
   return probs / probs.sum(axis=1, keepdims=True), hidden
 
 
+def _accuracy(clf, probs: np.ndarray, labels) -> float:
+  """Fraction of rows of `probs` [M,10] whose argmax class is `labels` [M]."""
+  labels = np.asarray(labels)
+  if labels.shape != (probs.shape[0],):
+    raise ValueError(f'Expected reference labels [{probs.shape[0]}], got '
+                     f'shape {labels.shape}.')
+  predicted = clf.classes_[probs.argmax(axis=1)]
+  return float(np.mean(predicted == labels))
+
+
 def digits_scores(clf: neural_network.MLPClassifier, samples, reference,
                   reference_labels: Optional[np.ndarray] = None,
                   splits: int = 1) -> dict[str, float]:
@@ -136,10 +146,5 @@ def digits_scores(clf: neural_network.MLPClassifier, samples, reference,
       'kid_std': kid_std,
   }
   if reference_labels is not None:
-    labels = np.asarray(reference_labels)
-    if labels.shape != (probs_r.shape[0],):
-      raise ValueError(f'Expected reference labels [{probs_r.shape[0]}], got '
-                       f'shape {labels.shape}.')
-    predicted = clf.classes_[probs_r.argmax(axis=1)]
-    scores['classifier_accuracy'] = float(np.mean(predicted == labels))
+    scores['classifier_accuracy'] = _accuracy(clf, probs_r, reference_labels)
   return scores

@@ -92,6 +92,24 @@ def torch_to_flax_params(state_dict, target_params,
                      f'{type(state_dict).__name__}.')
   target = flax.traverse_util.flatten_dict(
       flax.core.unfreeze(target_params))
+  converted, unused = _convert_entries(state_dict, target, sigmas)
+  if unused:
+    raise errors.ConfigError(
+        f'checkpoint entry {unused[0]!r} matches no parameter of the model '
+        f'({len(unused)} unused entries in all); {HINT}')
+  missing = [p for p in target if p not in converted]
+  if missing:
+    raise errors.ConfigError(
+        f'the checkpoint has no entry for parameter {"/".join(missing[0])} '
+        f'({len(missing)} missing in all); {HINT}')
+  return flax.traverse_util.unflatten_dict(converted)
+
+
+def _convert_entries(state_dict, target, sigmas):
+  """Maps each state-dict entry onto its flat target path, checking shapes.
+
+  Returns the converted `{path: array}` and the keys no parameter uses.
+  """
   converted: dict[tuple[str, ...], np.ndarray] = {}
   sources: dict[tuple[str, ...], str] = {}
   unused = []
@@ -119,16 +137,7 @@ def torch_to_flax_params(state_dict, target_params,
           f'({value.shape} in our layout) but parameter {"/".join(path)} of '
           f'the model has {want}; {HINT}')
     converted[path], sources[path] = value, key
-  if unused:
-    raise errors.ConfigError(
-        f'checkpoint entry {unused[0]!r} matches no parameter of the model '
-        f'({len(unused)} unused entries in all); {HINT}')
-  missing = [p for p in target if p not in converted]
-  if missing:
-    raise errors.ConfigError(
-        f'the checkpoint has no entry for parameter {"/".join(missing[0])} '
-        f'({len(missing)} missing in all); {HINT}')
-  return flax.traverse_util.unflatten_dict(converted)
+  return converted, unused
 
 
 def check_sigmas(value, sigmas: np.ndarray, key: str = SIGMAS) -> None:

@@ -6,10 +6,10 @@ resolution, dilated ones keep it) followed by RefineNet blocks that fuse the
 stage outputs from the coarsest to the finest. The variants differ in
 topology and in four switches:
 
-| model          | norms            | norms in refine blocks | CRP pool | output      |
-|----------------|------------------|------------------------|----------|-------------|
-| NCSN (v1)      | CondInstanceNorm++ | yes                  | average  | f(x, y)     |
-| NCSNv2(+Deeper/Deepest) | InstanceNorm++ | no             | max      | f(x) / sigma_y |
+- NCSN (v1): CondInstanceNorm++ everywhere, also inside the refine blocks;
+  average pooling in chained residual pooling; output f(x, y).
+- NCSNv2 (and Deeper/Deepest): InstanceNorm++, none inside the refine
+  blocks; max pooling; output f(x) / sigma_y.
 
 Call contract of every model: `model.apply(variables, x, y)` with `x` float32
 `[B,H,W,C]` in the model's input space and `y` int32 `[B]` noise labels
