@@ -64,8 +64,9 @@ class MultihostTest(absltest.TestCase):
     manager = checkpointing.create_manager(workdir, create=False)
     self.assertEqual(sorted(manager.all_steps()), [2, 4])
     for i in range(2):
-      self.assertTrue(os.path.isdir(os.path.join(
-          workdir, 'data_state', f'process_{i}', 'step_4')))
+      self.assertTrue(os.path.isfile(os.path.join(
+          workdir, 'checkpoints', '4', 'data', f'process_{i}',
+          'position.json')))
 
 
 if __name__ == '__main__':
