@@ -1,0 +1,165 @@
+"""Damaged, mismatched or busy checkpoints fail with one line naming them."""
+
+import os
+import subprocess
+import sys
+
+from absl.testing import absltest
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from configs import tiny
+from ncsn_jax import errors
+from ncsn_jax.training import checkpoint_meta
+from ncsn_jax.training import checkpointing
+from ncsn_jax.training import loop
+from ncsn_jax.training import workdir_lock
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def config():
+  c = tiny.get_config()
+  c.data.channels = 1
+  c.training.snapshot_sampling = False
+  c.training.n_iters = 4
+  c.training.snapshot_freq = 2
+  return c
+
+
+def run_sample(workdir: str, *overrides):
+  cmd = [sys.executable, os.path.join(ROOT, 'run.py'),
+         f'--config={os.path.join(ROOT, "configs", "tiny.py")}',
+         f'--workdir={workdir}', '--mode=sample',
+         '--config.data.channels=1', *overrides]
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', JAX_PLATFORMS='cpu')
+  return subprocess.run(cmd, env=env, capture_output=True, text=True,
+                        timeout=600, cwd=ROOT)
+
+
+def one_error_line(test, result) -> str:
+  test.assertEqual(result.returncode, 2, result.stderr[-3000:])
+  test.assertNotIn('Traceback', result.stderr)
+  test.assertNotIn('Event loop is closed', result.stderr)
+  lines = [l for l in result.stderr.splitlines() if l.startswith('error: ')]
+  test.assertLen(lines, 1)
+  return lines[0]
+
+
+class CheckpointErrorsTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.trained = os.path.join(absltest.get_default_test_tmpdir(),
+                               f'trained_{os.getpid()}')
+    cls.state = loop.train_and_evaluate(config(), cls.trained)
+
+  def copy(self) -> str:
+    workdir = self.create_tempdir().full_path
+    subprocess.run(['cp', '-r', os.path.join(self.trained, 'checkpoints'),
+                    workdir], check=True)
+    return workdir
+
+  def test_silent_corruption_is_named_and_older_step_only_on_request(self):
+    workdir = self.copy()
+    # Arrays that differ from the checksums written with them: what a bit
+    # flip the storage layer does not notice would restore.
+    host = self.state.replace(step=np.int32(6))
+    changed = jax.tree.map(lambda x: x + 1, host.params)
+    meta = checkpoint_meta.build(config(), host, 6)
+    manager = checkpointing.create_manager(workdir)
+    manager.save(6, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(host.replace(params=changed)),
+        meta=ocp.args.JsonSave(meta)), force=True)
+    manager.close()
+    with self.assertRaises(errors.CheckpointError) as e:
+      checkpointing.load_params(config(), workdir)
+    message = str(e.exception)
+    self.assertNotIn('\n', message)
+    self.assertIn(os.path.join('checkpoints', '6'), message)
+    self.assertIn('corrupt', message)
+    self.assertIn('.params', message)
+    # Never silently older: only the step asked for.
+    _, params, step = checkpointing.load_params(config(), workdir, 4)
+    self.assertEqual(step, 4)
+    result = run_sample(workdir)
+    self.assertIn('checkpoints/6 is corrupt', one_error_line(self, result))
+    # Resume refuses it too, and resumes from an older step when told.
+    with self.assertRaisesRegex(errors.CheckpointError, 'corrupt'):
+      loop.train(config(), workdir)
+    c = config()
+    c.training.resume_step, c.training.n_iters = 4, 6
+    result = loop.train(c, workdir)
+    self.assertEqual(int(result.state.step), 6)
+    self.assertEqual(result.inexact_resumes, 0)
+    self.assertTrue(os.path.isdir(os.path.join(
+        workdir, 'checkpoints_set_aside', '6')))
+    del params
+
+  def test_empty_and_half_written_step_folders(self):
+    for leave in ([], ['_CHECKPOINT_METADATA']):
+      workdir = self.copy()
+      folder = os.path.join(workdir, 'checkpoints', '8')
+      os.makedirs(folder)
+      for name in leave:
+        with open(os.path.join(folder, name), 'w') as f:
+          f.write('{}')
+      line = one_error_line(self, run_sample(workdir))
+      self.assertIn('checkpoints/8', line)
+      self.assertIn('empty or half-written', line)
+      self.assertNotIn('Composite', line)
+
+  def test_config_mismatch_names_fields_and_both_values(self):
+    workdir = self.copy()
+    line = one_error_line(self, run_sample(
+        workdir, '--config.model.ngf=8', '--config.model.sigma_begin=2.0'))
+    self.assertIn('config.model.ngf=8 vs 4', line)
+    self.assertIn('config.model.sigma_begin=2.0 vs 1.0', line)
+    self.assertNotIn('ScopeParamShapeError', line)
+    self.assertNotIn('delete', line)
+
+  def test_older_checkpoint_without_meta_mismatch_is_one_line(self):
+    workdir = self.create_tempdir().full_path
+    manager = checkpointing.create_manager(workdir)
+    manager.save(2, args=ocp.args.StandardSave(self.state), force=True)
+    manager.close()
+    self.assertTrue(os.path.isdir(os.path.join(workdir, 'checkpoints', '2',
+                                               'default')))
+    _, params, _ = checkpointing.load_params(config(), workdir)
+    np.testing.assert_array_equal(jax.tree.leaves(params)[0],
+                                  jax.tree.leaves(self.state.ema_params)[0])
+    c = config()
+    c.model.ngf = 8
+    with self.assertRaises(errors.CheckpointError) as e:
+      checkpointing.load_params(c, workdir)
+    self.assertIn('checkpoints/2', str(e.exception))
+    self.assertIn('config', str(e.exception))
+    self.assertNotIn('\n', str(e.exception))
+
+  def test_unwritable_checkpoint_folder_is_one_line(self):
+    workdir = self.create_tempdir().full_path
+    with open(os.path.join(workdir, 'checkpoints'), 'w') as f:
+      f.write('not a folder')
+    with self.assertRaises(errors.CheckpointError) as e:
+      loop.train(config(), workdir)
+    self.assertIn('checkpoints', str(e.exception))
+    self.assertNotIn('\n', str(e.exception))
+
+  def test_second_training_run_in_a_workdir_is_refused(self):
+    workdir = self.create_tempdir().full_path
+    with workdir_lock.hold(workdir):
+      with self.assertRaises(errors.ConfigError) as e:
+        loop.train(config(), workdir)
+    self.assertIn(workdir, str(e.exception))
+    self.assertIn(f'pid {os.getpid()}', str(e.exception))
+    # A lock file left by a dead process does not block.
+    with open(os.path.join(workdir, '.lock'), 'w') as f:
+      f.write('999999')
+    with workdir_lock.hold(workdir):
+      pass
+
+
+if __name__ == '__main__':
+  absltest.main()
