@@ -1,5 +1,6 @@
 """Damaged, mismatched or busy checkpoints fail with one line naming them."""
 
+import json
 import os
 import subprocess
 import sys
@@ -146,6 +147,31 @@ class CheckpointErrorsTest(absltest.TestCase):
       loop.train(config(), workdir)
     self.assertIn('checkpoints', str(e.exception))
     self.assertNotIn('\n', str(e.exception))
+
+  def test_resume_without_input_position_is_reported(self):
+    # What an imported official checkpoint (or an older run) looks like.
+    workdir = self.create_tempdir().full_path
+    manager = checkpointing.create_manager(workdir)
+    checkpointing.save(manager, 4, self.state, config())
+    manager.close()
+    c = config()
+    c.training.n_iters = 6
+    with self.assertLogs(level='WARNING') as logs:
+      result = loop.train(c, workdir)
+    notices = [r.getMessage() for r in logs.records
+               if 'no input-pipeline position' in r.getMessage()]
+    self.assertLen(notices, 1)
+    self.assertNotIn('\n', notices[0])
+    self.assertIn(os.path.join('checkpoints', '4'), notices[0])
+    self.assertEqual(result.inexact_resumes, 1)
+    self.assertIn('NOT exact', result.summary())
+    # The count travels with the checkpoints: a later exact resume keeps it.
+    c.training.n_iters = 8
+    self.assertEqual(loop.train(c, workdir).inexact_resumes, 1)
+    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+      records = [json.loads(l) for l in f]
+    self.assertEqual([r['step'] for r in records], [5, 6, 7, 8])
+    self.assertEqual({r['inexact_resumes'] for r in records}, {1})
 
   def test_second_training_run_in_a_workdir_is_refused(self):
     workdir = self.create_tempdir().full_path
