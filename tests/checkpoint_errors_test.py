@@ -39,6 +39,25 @@ def run_sample(workdir: str, *overrides):
                         timeout=600, cwd=ROOT)
 
 
+def run_train(workdir: str):
+  cmd = [sys.executable, os.path.join(ROOT, 'run.py'),
+         f'--config={os.path.join(ROOT, "configs", "tiny.py")}',
+         f'--workdir={workdir}', '--mode=train', '--config.data.channels=1',
+         '--config.training.snapshot_sampling=False',
+         '--config.training.n_iters=4']
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', JAX_PLATFORMS='cpu')
+  return subprocess.run(cmd, env=env, capture_output=True, text=True,
+                        timeout=600, cwd=ROOT)
+
+
+def mount_tmpfs(folder: str, options: str) -> bool:
+  """Mounts a tmpfs with `options` on `folder` where allowed (root)."""
+  if os.geteuid() != 0:
+    return False
+  return subprocess.run(['mount', '-t', 'tmpfs', '-o', options, 'tmpfs',
+                         folder], capture_output=True).returncode == 0
+
+
 def one_error_line(test, result) -> str:
   test.assertEqual(result.returncode, 2, result.stderr[-3000:])
   test.assertNotIn('Traceback', result.stderr)
@@ -138,6 +157,35 @@ class CheckpointErrorsTest(absltest.TestCase):
     self.assertIn('checkpoints/2', str(e.exception))
     self.assertIn('config', str(e.exception))
     self.assertNotIn('\n', str(e.exception))
+
+  def test_storage_refusing_a_save_is_one_line(self):
+    workdir = self.create_tempdir().full_path
+    folder = os.path.join(workdir, 'checkpoints')
+    os.makedirs(folder)
+    mounted = mount_tmpfs(folder, 'ro')
+    if not mounted:  # Not root: permissions make it read-only instead.
+      os.chmod(folder, 0o555)
+    try:
+      line = one_error_line(self, run_train(workdir))
+    finally:
+      if mounted:
+        subprocess.run(['umount', folder], check=True)
+      os.chmod(folder, 0o755)
+    self.assertIn(folder, line)
+    self.assertRegex(line, '(?i)read-only file system|permission denied')
+    # A disk that fills up during the save.
+    e = ValueError("RESOURCE_EXHAUSTED: Failed to write 93073 bytes: No "
+                   "space left on device [os_error_code='28']")
+    self.assertEqual(checkpointing._write_failure(e),  # pylint: disable=protected-access
+                     'no space left on device')
+    workdir = self.create_tempdir().full_path
+    if mount_tmpfs(workdir, 'size=300k'):
+      try:
+        line = one_error_line(self, run_train(workdir))
+      finally:
+        subprocess.run(['umount', workdir], check=True)
+      self.assertIn('no space left on device', line)
+      self.assertIn('checkpoint 2', line)
 
   def test_unwritable_checkpoint_folder_is_one_line(self):
     workdir = self.create_tempdir().full_path

@@ -13,7 +13,13 @@ Older layouts still restore: a state item named `default`, and the input
 positions of `WORKDIR/data_state/` (read once, on resume).
 """
 
+import contextlib
+import errno
+import io
 import os
+import sys
+import threading
+import traceback
 from typing import Any, Optional
 
 import jax
@@ -41,11 +47,18 @@ def create_manager(workdir: str, keep: int = 0,
       max_to_keep=keep or None, create=create,
       enable_async_checkpointing=False)
   try:
-    return ocp.CheckpointManager(directory, options=options)
+    manager = ocp.CheckpointManager(directory, options=options)
+    if create and jax.process_index() == 0:  # Fail now, not at the 1st save.
+      probe = os.path.join(directory, '.write_probe')
+      with open(probe, 'w') as f:
+        f.write('ok')
+      os.remove(probe)
+    return manager
   except OSError as e:
     raise errors.CheckpointError(
-        f'cannot use checkpoint folder {directory} ({e.strerror or e}); '
-        'check its permissions or choose another --workdir.') from e
+        f'cannot write to checkpoint folder {directory} '
+        f'({e.strerror or e}); fix its permissions, free disk space or '
+        'choose another --workdir.') from e
 
 
 def step_dir(manager: ocp.CheckpointManager, step: int) -> str:
@@ -73,15 +86,62 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any,
   if iterators is not None:
     items[DATA] = data_position.DataPositionSave(iterators, int(step))
   try:
-    manager.save(step, args=ocp.args.Composite(**items), force=True)
-    manager.wait_until_finished()
-  except OSError as e:
+    with _held_stderr():
+      manager.save(step, args=ocp.args.Composite(**items), force=True)
+      manager.wait_until_finished()
+  except Exception as e:  # pylint: disable=broad-except
+    reason = _write_failure(e)
+    if reason is None:
+      raise
     raise errors.CheckpointError(
-        f'cannot write checkpoint {step_dir(manager, step)} '
-        f'({e.strerror or e}); free disk space or fix the permissions of '
-        f'{manager.directory}, then rerun to resume from the last '
-        'checkpoint.') from e
+        f'cannot write checkpoint {step} to {manager.directory} ({reason}); '
+        'free disk space or fix its permissions, then rerun to resume from '
+        'the last checkpoint.') from e
   kill_points.maybe_kill('after_commit', step)
+
+
+_WRITE_FAILURES = {errno.ENOSPC: 'no space left on device',
+                   errno.EACCES: 'permission denied',
+                   errno.EPERM: 'operation not permitted',
+                   errno.EROFS: 'read-only file system',
+                   errno.EDQUOT: 'disk quota exceeded'}
+
+
+def _write_failure(e: BaseException) -> Optional[str]:
+  """Why a save failed, if the storage refused it; None for other errors."""
+  while e is not None:
+    if isinstance(e, OSError) and e.errno in _WRITE_FAILURES:
+      return _WRITE_FAILURES[e.errno]
+    text = str(e)
+    for code, reason in _WRITE_FAILURES.items():
+      if (f"os_error_code='{code}'" in text or os.strerror(code) in text or
+          reason in text.lower()):
+        return reason
+    e = e.__cause__ or e.__context__
+  return None
+
+
+@contextlib.contextmanager
+def _held_stderr():
+  """Holds what orbax's worker threads print to stderr during a save.
+
+  A save the storage refuses makes every writer thread print its own
+  traceback; the caller reports the failure in one line instead. After a
+  successful save anything held is printed as usual.
+  """
+  real, held = sys.stderr, io.StringIO()
+  hook = threading.excepthook
+  sys.stderr = held
+  threading.excepthook = lambda args: traceback.print_exception(
+      args.exc_type, args.exc_value, args.exc_traceback, file=held)
+  ok = False
+  try:
+    yield
+    ok = True
+  finally:
+    sys.stderr, threading.excepthook = real, hook
+    if ok and held.getvalue():
+      real.write(held.getvalue())
 
 
 def resolve_step(manager: ocp.CheckpointManager, step: int = 0) -> int:
@@ -130,6 +190,19 @@ def _unreadable(manager, step: int, e: Exception) -> errors.CheckpointError:
       '(sample/eval) or config.training.resume_step (train).')
 
 
+def _restore_state(manager, step: int, name: str, abstract):
+  if name == LEGACY_STATE:
+    # Restored beside the manager, which then still saves composites.
+    checkpointer = ocp.StandardCheckpointer()
+    try:
+      return checkpointer.restore(
+          os.path.join(step_dir(manager, step), name), abstract)
+    finally:
+      checkpointer.close()
+  return manager.restore(step, args=ocp.args.Composite(
+      **{name: ocp.args.StandardRestore(abstract)}))[name]
+
+
 def restore(manager: ocp.CheckpointManager, target: Any, step: int = 0,
             config=None):
   """Restores checkpoint `step` (0 = latest) into the structure of `target`.
@@ -153,8 +226,7 @@ def restore(manager: ocp.CheckpointManager, target: Any, step: int = 0,
     checkpoint_meta.check_config(meta, config, path)
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
   try:
-    state = manager.restore(step, args=ocp.args.Composite(
-        **{name: ocp.args.StandardRestore(abstract)}))[name]
+    state = _restore_state(manager, step, name, abstract)
   except Exception as e:  # orbax raises many types for damaged files.
     if 'shape' in str(e).lower():
       raise errors.CheckpointError(

@@ -53,7 +53,8 @@ def _write_iterator(iterator, prefix: str) -> bool:
   try:
     tf.train.Checkpoint(iterator=iterator).write(prefix)
     return True
-  except (tf.errors.OpError, ValueError, TypeError) as e:
+  except (tf.errors.FailedPreconditionError, tf.errors.UnimplementedError,
+          ValueError, TypeError) as e:  # A stateful op: not serialisable.
     logging.log_first_n(
         logging.WARNING, 'The input pipeline cannot save its tf.data state '
         '(%s); checkpoints record its batch count instead, and a resume '
