@@ -9,6 +9,7 @@ from absl.testing import absltest
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import tensorflow as tf
 
 from configs import tiny
 from ncsn_jax import errors
@@ -186,6 +187,30 @@ class CheckpointErrorsTest(absltest.TestCase):
         subprocess.run(['umount', workdir], check=True)
       self.assertIn('no space left on device', line)
       self.assertIn('checkpoint 2', line)
+
+  def test_older_layout_resumes_exactly(self):
+    # A run of the previous layout: train state alone in `<step>/default`,
+    # the train iterator's position in `data_state/`.
+    workdir = self.create_tempdir().full_path
+    manager = checkpointing.create_manager(self.trained, create=False)
+    target = jax.tree.map(np.asarray, self.state)
+    at_2, _ = checkpointing.restore(manager, target, 2)
+    manager.close()
+    manager = checkpointing.create_manager(workdir)
+    manager.save(2, args=ocp.args.StandardSave(at_2), force=True)
+    manager.close()
+    iterator = iter(loop._datasets(config())['train'])  # pylint: disable=protected-access
+    next(iterator)
+    next(iterator)
+    tf.train.Checkpoint(iterator=iterator).write(os.path.join(
+        workdir, 'data_state', 'process_0', 'step_2', 'data'))
+    result = loop.train(config(), workdir)
+    self.assertEqual(result.inexact_resumes, 0)
+    for a, b in zip(jax.tree.leaves(result.state.params),
+                    jax.tree.leaves(self.state.params)):
+      np.testing.assert_array_equal(a, b)
+    self.assertTrue(os.path.isdir(os.path.join(workdir, 'checkpoints', '4',
+                                               'data')))
 
   def test_unwritable_checkpoint_folder_is_one_line(self):
     workdir = self.create_tempdir().full_path
