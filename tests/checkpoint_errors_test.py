@@ -31,32 +31,46 @@ def config():
 
 
 def run_sample(workdir: str, *overrides):
-  cmd = [sys.executable, os.path.join(ROOT, 'run.py'),
-         f'--config={os.path.join(ROOT, "configs", "tiny.py")}',
-         f'--workdir={workdir}', '--mode=sample',
-         '--config.data.channels=1', *overrides]
+  cmd = [
+      sys.executable,
+      os.path.join(ROOT, 'run.py'),
+      f'--config={os.path.join(ROOT, "configs", "tiny.py")}',
+      f'--workdir={workdir}', '--mode=sample', '--config.data.channels=1',
+      *overrides
+  ]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', JAX_PLATFORMS='cpu')
-  return subprocess.run(cmd, env=env, capture_output=True, text=True,
-                        timeout=600, cwd=ROOT)
+  return subprocess.run(cmd,
+                        env=env,
+                        capture_output=True,
+                        text=True,
+                        timeout=600,
+                        cwd=ROOT)
 
 
 def run_train(workdir: str):
-  cmd = [sys.executable, os.path.join(ROOT, 'run.py'),
-         f'--config={os.path.join(ROOT, "configs", "tiny.py")}',
-         f'--workdir={workdir}', '--mode=train', '--config.data.channels=1',
-         '--config.training.snapshot_sampling=False',
-         '--config.training.n_iters=4']
+  cmd = [
+      sys.executable,
+      os.path.join(ROOT, 'run.py'),
+      f'--config={os.path.join(ROOT, "configs", "tiny.py")}',
+      f'--workdir={workdir}', '--mode=train', '--config.data.channels=1',
+      '--config.training.snapshot_sampling=False', '--config.training.n_iters=4'
+  ]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', JAX_PLATFORMS='cpu')
-  return subprocess.run(cmd, env=env, capture_output=True, text=True,
-                        timeout=600, cwd=ROOT)
+  return subprocess.run(cmd,
+                        env=env,
+                        capture_output=True,
+                        text=True,
+                        timeout=600,
+                        cwd=ROOT)
 
 
 def mount_tmpfs(folder: str, options: str) -> bool:
   """Mounts a tmpfs with `options` on `folder` where allowed (root)."""
   if os.geteuid() != 0:
     return False
-  return subprocess.run(['mount', '-t', 'tmpfs', '-o', options, 'tmpfs',
-                         folder], capture_output=True).returncode == 0
+  return subprocess.run(
+      ['mount', '-t', 'tmpfs', '-o', options, 'tmpfs', folder],
+      capture_output=True).returncode == 0
 
 
 def one_error_line(test, result) -> str:
@@ -79,8 +93,10 @@ class CheckpointErrorsTest(absltest.TestCase):
 
   def copy(self) -> str:
     workdir = self.create_tempdir().full_path
-    subprocess.run(['cp', '-r', os.path.join(self.trained, 'checkpoints'),
-                    workdir], check=True)
+    subprocess.run(
+        ['cp', '-r',
+         os.path.join(self.trained, 'checkpoints'), workdir],
+        check=True)
     return workdir
 
   def test_silent_corruption_is_named_and_older_step_only_on_request(self):
@@ -91,9 +107,11 @@ class CheckpointErrorsTest(absltest.TestCase):
     changed = jax.tree.map(lambda x: x + 1, host.params)
     meta = checkpoint_meta.build(config(), host, 6)
     manager = checkpointing.create_manager(workdir)
-    manager.save(6, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(host.replace(params=changed)),
-        meta=ocp.args.JsonSave(meta)), force=True)
+    manager.save(6,
+                 args=ocp.args.Composite(state=ocp.args.StandardSave(
+                     host.replace(params=changed)),
+                                         meta=ocp.args.JsonSave(meta)),
+                 force=True)
     manager.close()
     with self.assertRaises(errors.CheckpointError) as e:
       checkpointing.load_params(config(), workdir)
@@ -115,8 +133,8 @@ class CheckpointErrorsTest(absltest.TestCase):
     result = loop.train(c, workdir)
     self.assertEqual(int(result.state.step), 6)
     self.assertEqual(result.inexact_resumes, 0)
-    self.assertTrue(os.path.isdir(os.path.join(
-        workdir, 'checkpoints_set_aside', '6')))
+    self.assertTrue(
+        os.path.isdir(os.path.join(workdir, 'checkpoints_set_aside', '6')))
     del params
 
   def test_empty_and_half_written_step_folders(self):
@@ -134,8 +152,10 @@ class CheckpointErrorsTest(absltest.TestCase):
 
   def test_config_mismatch_names_fields_and_both_values(self):
     workdir = self.copy()
-    line = one_error_line(self, run_sample(
-        workdir, '--config.model.ngf=8', '--config.model.sigma_begin=2.0'))
+    line = one_error_line(
+        self,
+        run_sample(workdir, '--config.model.ngf=8',
+                   '--config.model.sigma_begin=2.0'))
     self.assertIn('config.model.ngf=8 vs 4', line)
     self.assertIn('config.model.sigma_begin=2.0 vs 1.0', line)
     self.assertNotIn('ScopeParamShapeError', line)
@@ -146,11 +166,12 @@ class CheckpointErrorsTest(absltest.TestCase):
     manager = checkpointing.create_manager(workdir)
     manager.save(2, args=ocp.args.StandardSave(self.state), force=True)
     manager.close()
-    self.assertTrue(os.path.isdir(os.path.join(workdir, 'checkpoints', '2',
-                                               'default')))
+    self.assertTrue(
+        os.path.isdir(os.path.join(workdir, 'checkpoints', '2', 'default')))
     _, params, _ = checkpointing.load_params(config(), workdir)
-    np.testing.assert_array_equal(jax.tree.leaves(params)[0],
-                                  jax.tree.leaves(self.state.ema_params)[0])
+    np.testing.assert_array_equal(
+        jax.tree.leaves(params)[0],
+        jax.tree.leaves(self.state.ema_params)[0])
     c = config()
     c.model.ngf = 8
     with self.assertRaises(errors.CheckpointError) as e:
@@ -177,8 +198,9 @@ class CheckpointErrorsTest(absltest.TestCase):
     # A disk that fills up during the save.
     e = ValueError("RESOURCE_EXHAUSTED: Failed to write 93073 bytes: No "
                    "space left on device [os_error_code='28']")
-    self.assertEqual(checkpointing._write_failure(e),  # pylint: disable=protected-access
-                     'no space left on device')
+    self.assertEqual(
+        checkpointing._write_failure(e),  # pylint: disable=protected-access
+        'no space left on device')
     workdir = self.create_tempdir().full_path
     if mount_tmpfs(workdir, 'size=300k'):
       try:
@@ -202,15 +224,15 @@ class CheckpointErrorsTest(absltest.TestCase):
     iterator = iter(loop._datasets(config())['train'])  # pylint: disable=protected-access
     next(iterator)
     next(iterator)
-    tf.train.Checkpoint(iterator=iterator).write(os.path.join(
-        workdir, 'data_state', 'process_0', 'step_2', 'data'))
+    tf.train.Checkpoint(iterator=iterator).write(
+        os.path.join(workdir, 'data_state', 'process_0', 'step_2', 'data'))
     result = loop.train(config(), workdir)
     self.assertEqual(result.inexact_resumes, 0)
     for a, b in zip(jax.tree.leaves(result.state.params),
                     jax.tree.leaves(self.state.params)):
       np.testing.assert_array_equal(a, b)
-    self.assertTrue(os.path.isdir(os.path.join(workdir, 'checkpoints', '4',
-                                               'data')))
+    self.assertTrue(
+        os.path.isdir(os.path.join(workdir, 'checkpoints', '4', 'data')))
 
   def test_unwritable_checkpoint_folder_is_one_line(self):
     workdir = self.create_tempdir().full_path
@@ -231,8 +253,11 @@ class CheckpointErrorsTest(absltest.TestCase):
     c.training.n_iters = 6
     with self.assertLogs(level='WARNING') as logs:
       result = loop.train(c, workdir)
-    notices = [r.getMessage() for r in logs.records
-               if 'no input-pipeline position' in r.getMessage()]
+    notices = [
+        r.getMessage()
+        for r in logs.records
+        if 'no input-pipeline position' in r.getMessage()
+    ]
     self.assertLen(notices, 1)
     self.assertNotIn('\n', notices[0])
     self.assertIn(os.path.join('checkpoints', '4'), notices[0])

@@ -30,10 +30,15 @@ from ncsn_jax.training import train_state
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_ITERS, EVERY, KEEP = 40, 4, 3
 OVERRIDES = {
-    'data.channels': 1, 'model.ngf': 8, 'training.batch_size': 8,
-    'training.n_iters': N_ITERS, 'training.snapshot_freq': EVERY,
-    'training.keep_checkpoints': KEEP, 'training.snapshot_sampling': False,
-    'training.log_freq': 1, 'training.eval_freq': 3,
+    'data.channels': 1,
+    'model.ngf': 8,
+    'training.batch_size': 8,
+    'training.n_iters': N_ITERS,
+    'training.snapshot_freq': EVERY,
+    'training.keep_checkpoints': KEEP,
+    'training.snapshot_sampling': False,
+    'training.log_freq': 1,
+    'training.eval_freq': 3,
 }
 
 
@@ -46,16 +51,22 @@ def config():
 
 
 def start(workdir: str, kill_at: str = ''):
-  cmd = [sys.executable, os.path.join(ROOT, 'run.py'),
-         f'--config={os.path.join(ROOT, "configs", "tiny.py")}',
-         f'--workdir={workdir}', '--mode=train'] + [
-             f'--config.{k}={v}' for k, v in OVERRIDES.items()]
+  cmd = [
+      sys.executable,
+      os.path.join(ROOT, 'run.py'),
+      f'--config={os.path.join(ROOT, "configs", "tiny.py")}',
+      f'--workdir={workdir}', '--mode=train'
+  ] + [f'--config.{k}={v}' for k, v in OVERRIDES.items()]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', JAX_PLATFORMS='cpu')
   env.pop(kill_points.ENV, None)
   if kill_at:
     env[kill_points.ENV] = kill_at
-  return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, cwd=ROOT)
+  return subprocess.Popen(cmd,
+                          env=env,
+                          stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE,
+                          text=True,
+                          cwd=ROOT)
 
 
 def last_logged_step(workdir: str) -> int:
@@ -69,9 +80,9 @@ def last_logged_step(workdir: str) -> int:
 
 def restore(workdir: str, step: int = 0):
   c = config()
-  target = jax.eval_shape(lambda: train_state.create_train_state(
-      c, models.create_model(c), train_state.create_optimizer(c),
-      jax.random.key(0)))
+  target = jax.eval_shape(
+      lambda: train_state.create_train_state(c, models.create_model(
+          c), train_state.create_optimizer(c), jax.random.key(0)))
   manager = checkpointing.create_manager(workdir, create=False)
   try:
     return checkpointing.restore(manager, target, step, c)[0]
@@ -109,8 +120,7 @@ class KillAndResumeTest(absltest.TestCase):
   def test_sigkill_at_every_moment_then_resume_is_bit_identical(self):
     workdir = self.create_tempdir().full_path
     # (kill point, the latest checkpoint the killed run must leave).
-    plan = [('in_save:8', 4), ('before_commit:12', 8),
-            ('after_commit:16', 16)]
+    plan = [('in_save:8', 4), ('before_commit:12', 8), ('after_commit:16', 16)]
     for kill_at, latest in plan:
       proc = start(workdir, kill_at)
       _, err = proc.communicate(timeout=600)
@@ -143,12 +153,14 @@ class KillAndResumeTest(absltest.TestCase):
 
   def test_every_kept_checkpoint_restores_with_its_input_position(self):
     kept = steps_of(self.reference)
-    self.assertEqual(kept, list(range(N_ITERS - EVERY * (KEEP - 1),
-                                      N_ITERS + 1, EVERY)))
+    self.assertEqual(
+        kept, list(range(N_ITERS - EVERY * (KEEP - 1), N_ITERS + 1, EVERY)))
     # Deleted steps went with their input position: one folder per step.
     self.assertEqual(
-        sorted(int(d) for d in os.listdir(os.path.join(
-            self.reference, 'checkpoints')) if d.isdigit()), kept)
+        sorted(
+            int(d)
+            for d in os.listdir(os.path.join(self.reference, 'checkpoints'))
+            if d.isdigit()), kept)
     c = config()
     fresh = iter(loop._datasets(c)['train'])  # pylint: disable=protected-access
     batches = [next(fresh)['image'] for _ in range(N_ITERS + 1)]
@@ -160,8 +172,8 @@ class KillAndResumeTest(absltest.TestCase):
                                             iters)
         self.assertEqual(record['train'], {'batches': step, 'tf_data': True})
         self.assertEqual(record['test']['batches'], step // 3)
-        np.testing.assert_array_equal(next(iters['train'])['image'],
-                                      batches[step])
+        np.testing.assert_array_equal(
+            next(iters['train'])['image'], batches[step])
     finally:
       manager.close()
 

@@ -18,10 +18,10 @@ from ncsn_jax import errors
 from ncsn_jax import noise
 
 FORMAT = 2
-MODEL_FIELDS = (
-    'model.name', 'model.ngf', 'model.num_classes', 'model.sigma_begin',
-    'model.sigma_end', 'model.sigma_dist', 'data.channels', 'data.image_size',
-    'data.logit_transform', 'data.rescaled')
+MODEL_FIELDS = ('model.name', 'model.ngf', 'model.num_classes',
+                'model.sigma_begin', 'model.sigma_end', 'model.sigma_dist',
+                'data.channels', 'data.image_size', 'data.logit_transform',
+                'data.rescaled')
 
 
 def _get(config, field: str):
@@ -43,9 +43,12 @@ def leaf_digests(state) -> dict[str, str]:
 
 def build(config, state, step: int, inexact_resumes: int = 0) -> dict:
   """The meta record of checkpoint `step` of host `state`."""
-  meta = {'format': FORMAT, 'step': int(step),
-          'inexact_resumes': int(inexact_resumes),
-          'digests': leaf_digests(state)}
+  meta = {
+      'format': FORMAT,
+      'step': int(step),
+      'inexact_resumes': int(inexact_resumes),
+      'digests': leaf_digests(state)
+  }
   if config is not None:
     meta['config'] = {f: _get(config, f) for f in MODEL_FIELDS}
     meta['sigmas'] = [float(s) for s in noise.get_sigmas(config)]
@@ -67,9 +70,10 @@ def check_config(meta: dict, config, path: str) -> None:
   saved = meta.get('config')
   if not saved:
     return
-  diffs = [f'config.{f}={_get(config, f)!r} vs {saved[f]!r}'
-           for f in MODEL_FIELDS if f in saved
-           and not _same(_get(config, f), saved[f])]
+  diffs = [
+      f'config.{f}={_get(config, f)!r} vs {saved[f]!r}' for f in MODEL_FIELDS
+      if f in saved and not _same(_get(config, f), saved[f])
+  ]
   if not diffs and 'sigmas' in meta:
     ours = noise.get_sigmas(config)
     if len(ours) != len(meta['sigmas']) or not np.allclose(

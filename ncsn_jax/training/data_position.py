@@ -58,7 +58,8 @@ def _write_iterator(iterator, prefix: str) -> bool:
     logging.log_first_n(
         logging.WARNING, 'The input pipeline cannot save its tf.data state '
         '(%s); checkpoints record its batch count instead, and a resume '
-        'replays that many batches.', 1, str(e).splitlines()[0][:200])
+        'replays that many batches.', 1,
+        str(e).splitlines()[0][:200])
     return False
 
 
@@ -88,7 +89,8 @@ class DataPositionHandler(ocp.CheckpointHandler):
     if self._step is not None:
       kill_points.maybe_kill('before_commit', self._step)
 
-  def restore(self, directory: epath.Path,
+  def restore(self,
+              directory: epath.Path,
               args: Optional['DataPositionRestore'] = None) -> Optional[dict]:
     """Moves the iterators with a saved state; returns the record.
 

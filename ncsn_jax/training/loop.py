@@ -220,7 +220,8 @@ class TrainResult:
 
 def _train_steps(ctx: _Context, state, inexact: int) -> tuple[Any, bool]:
   """The step loop from `state` (replicated); returns (state, stopped)."""
-  step, skipped, t = int(parallel.unreplicate(state).step), 0, ctx.config.training
+  t = ctx.config.training
+  step, skipped = int(parallel.unreplicate(state).step), 0
   hooks = _hooks(ctx)
   with preemption.PreemptionWatcher() as watcher:
     while step < t.n_iters:

@@ -38,14 +38,15 @@ def _set_aside_later(manager, workdir: str, step: int, is_main: bool):
       while os.path.exists(target):
         target += '_'
       os.replace(checkpointing.step_dir(manager, s), target)
-    logging.warning('config.training.resume_step=%d: moved the later '
-                    'checkpoints %s to %s.', step, later, aside)
+    logging.warning(
+        'config.training.resume_step=%d: moved the later '
+        'checkpoints %s to %s.', step, later, aside)
   multihost_utils.sync_global_devices('ncsn_jax_set_aside')
   manager.reload()
 
 
 def truncate_metrics(workdir: str, step: int) -> None:
-  """Drops `metrics.jsonl` records after `step` (written past the checkpoint)."""
+  """Drops `metrics.jsonl` records after `step` (written after its save)."""
   path = os.path.join(workdir, outputs.METRICS_FILE)
   if not os.path.exists(path):
     return
@@ -56,8 +57,8 @@ def truncate_metrics(workdir: str, step: int) -> None:
     files.save_text(path, ''.join(kept))
 
 
-def resume(manager, workdir: str, config, state, datasets: dict,
-           iters: dict, is_main: bool) -> tuple[Any, int]:
+def resume(manager, workdir: str, config, state, datasets: dict, iters: dict,
+           is_main: bool) -> tuple[Any, int]:
   """Restores the run's checkpoint into `state` and `iters` (in place).
 
   Returns:
