@@ -59,6 +59,7 @@ def get_default_config():
   training.snapshot_sampling = True  # Write a sample grid at each snapshot.
   training.snapshot_n_samples = 36  # Images in that grid.
   training.keep_checkpoints = 0  # Checkpoints kept; 0 keeps all.
+  training.resume_step = 0  # Resume from this checkpoint step; 0 = latest.
   training.n_jitted_steps = 1  # Train steps per device dispatch.
   training.n_loss_groups = 4  # Noise-level groups of the logged loss.
   training.grad_accum_steps = 1  # Micro-batches per step (saves memory).

@@ -54,8 +54,10 @@ class TrainLoopTest(absltest.TestCase):
     assert_trees_close(self, resumed, full, rtol=0, atol=0)
     manager = checkpointing.create_manager(part, create=False)
     self.assertEqual(sorted(manager.all_steps()), [2, 4])
-    self.assertTrue(os.path.isdir(os.path.join(
-        part, 'data_state', 'process_0', 'step_2')))
+    for step in (2, 4):
+      self.assertTrue(os.path.isfile(os.path.join(
+          part, 'checkpoints', str(step), 'data', 'process_0',
+          'position.json')))
     # Different data after the restart would give different parameters.
     self.assertFalse(np.allclose(
         jax.tree.leaves(resumed.params)[0],

@@ -61,11 +61,18 @@ class MultihostTest(absltest.TestCase):
     workdir = self.create_tempdir().full_path
     p0, p1 = run_two_processes(workdir, 'train')
     assert_same(p0, p1, rtol=0, atol=0)
+    # Stopped at step 2 and resumed: bit-identical, both processes.
+    part = self.create_tempdir().full_path
+    run_two_processes(part, 'train:2')
+    r0, r1 = run_two_processes(part, 'train:4')
+    assert_same(r0, p0, rtol=0, atol=0)
+    assert_same(r1, p1, rtol=0, atol=0)
     manager = checkpointing.create_manager(workdir, create=False)
     self.assertEqual(sorted(manager.all_steps()), [2, 4])
     for i in range(2):
-      self.assertTrue(os.path.isdir(os.path.join(
-          workdir, 'data_state', f'process_{i}', 'step_4')))
+      self.assertTrue(os.path.isfile(os.path.join(
+          workdir, 'checkpoints', '4', 'data', f'process_{i}',
+          'position.json')))
 
 
 if __name__ == '__main__':

@@ -1,6 +1,7 @@
 """One process of the 2-process x 2-CPU-device tests (see multihost_test).
 
-Usage: multihost_worker.py PROCESS_ID PORT WORKDIR MODE, MODE = step | train.
+Usage: multihost_worker.py PROCESS_ID PORT WORKDIR MODE, MODE = step | train
+| train:N (train up to step N). Saves the parameters to an .npz.
 """
 
 import os
@@ -27,6 +28,8 @@ def main(process_id: int, port: str, workdir: str, mode: str):
     local = images[:, process_id * per_process:(process_id + 1) * per_process]
     state = multihost_common.run_steps(config, local)
   else:
+    if mode.startswith('train:'):  # train:N stops after step N.
+      config.training.n_iters = int(mode.split(':')[1])
     state = loop.train_and_evaluate(config, workdir)
   leaves = jax.tree.leaves(jax.device_get(state.params))
   np.savez(os.path.join(workdir, f'{mode}_params_{process_id}.npz'), *leaves)

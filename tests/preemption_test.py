@@ -1,4 +1,5 @@
-"""SIGTERM checkpoints and exits 0; a half-written save is never restored."""
+"""SIGTERM checkpoints and exits 0 promptly; a half-written save is never
+restored."""
 
 import json
 import os
@@ -42,9 +43,13 @@ class PreemptionTest(absltest.TestCase):
       if os.path.exists(metrics) and os.path.getsize(metrics) > 0:
         break
       time.sleep(0.5)
+    signalled = time.time()
     proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=300)
+    stdout, stderr = proc.communicate(timeout=300)
     self.assertEqual(proc.returncode, 0, stderr[-3000:])
+    # Checkpoint written and process gone promptly (no slow teardown).
+    self.assertLess(time.time() - signalled, 15)
+    self.assertIn('Data order: exact', stdout)
     manager = checkpointing.create_manager(workdir, create=False)
     steps = manager.all_steps()
     self.assertLen(steps, 1)

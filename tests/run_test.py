@@ -113,7 +113,7 @@ class RunTest(absltest.TestCase):
     self.assertIn('[2, 4]', error_line(result))
 
     # A corrupt checkpoint: clear error, and nothing is deleted.
-    data_dir = os.path.join(workdir, 'checkpoints', '4', 'default')
+    data_dir = os.path.join(workdir, 'checkpoints', '4', 'state')
     for dirpath, _, files in os.walk(data_dir):
       for name in files:
         if name not in ('commit_success.txt',):

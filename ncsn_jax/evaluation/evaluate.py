@@ -161,14 +161,16 @@ def _swept_steps(config, workdir: str) -> list[int]:
   """Checkpoint steps in [eval.begin_ckpt, eval.end_ckpt], every `every`."""
   e = config.eval
   manager = checkpointing.create_manager(workdir, create=False)
+  all_steps = sorted(manager.all_steps())
+  manager.close()
   end = e.end_ckpt or float('inf')
-  steps = [s for s in sorted(manager.all_steps())
+  steps = [s for s in all_steps
            if e.begin_ckpt <= s <= end and (not e.every or s % e.every == 0)]
   if not steps:
     raise errors.CheckpointError(
         f'no checkpoint of {workdir} lies in config.eval.begin_ckpt='
         f'{e.begin_ckpt} .. config.eval.end_ckpt={e.end_ckpt} (have '
-        f'{sorted(manager.all_steps())}).')
+        f'{all_steps}).')
   return steps
 
 

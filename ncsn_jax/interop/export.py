@@ -177,7 +177,11 @@ def restore_state(config, workdir: str):
         f'no checkpoint folder {directory}; train first (--mode=train) or '
         'point --workdir at a run that has checkpoints.')
   manager = checkpointing.create_manager(workdir, create=False)
-  return checkpointing.restore(manager, target, config.sampling.ckpt_id)
+  try:
+    return checkpointing.restore(manager, target, config.sampling.ckpt_id,
+                                 config)
+  finally:
+    manager.close()
 
 
 def export_checkpoint(config, workdir: str, path: str,

@@ -243,12 +243,16 @@ def import_checkpoint(config, workdir: str, path: str,
   """
   state, info = convert(config, read_checkpoint(config, path), step, path)
   manager = checkpointing.create_manager(workdir)
-  if info['step'] in manager.all_steps():
-    raise errors.ConfigError(
-        f'{os.path.join(workdir, checkpointing.CHECKPOINT_DIR)} already has '
-        f'a checkpoint at step {info["step"]}; import into another --workdir '
-        'or delete that checkpoint.')
-  checkpointing.save(manager, info['step'], state)
+  try:
+    if info['step'] in manager.all_steps():
+      raise errors.ConfigError(
+          f'{os.path.join(workdir, checkpointing.CHECKPOINT_DIR)} already has '
+          f'a checkpoint at step {info["step"]}; import into another '
+          '--workdir or choose another step.')
+    # No input position: a run resumed from it says it is not exact.
+    checkpointing.save(manager, info['step'], state, config)
+  finally:
+    manager.close()
   logging.info('Imported %s (%s layout, EMA shadow: %s, Adam state: %s) as '
                'step %d of %s.', path, info['format'],
                'yes' if info['ema'] else 'no', info['adam'], info['step'],

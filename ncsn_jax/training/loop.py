@@ -3,7 +3,11 @@
 Everything the loop calls on devices is built once, before the first step
 (`_build`): the donated train step, the test-loss step and the snapshot
 sampler. Step s of training draws example i's randomness from
-fold_in(fold_in(train_key, s), i), so a resumed run continues exactly.
+fold_in(fold_in(train_key, s), i), and every checkpoint holds the input
+pipeline's position, so a resumed run continues exactly. A checkpoint without
+that position (an imported or older one) resumes from a fresh shuffle: the run
+says so in one warning line, in every metrics record (`inexact_resumes`) and
+in its `TrainResult`.
 """
 
 import dataclasses
@@ -26,8 +30,10 @@ from ncsn_jax.training import checkpointing
 from ncsn_jax.training import losses
 from ncsn_jax.training import outputs
 from ncsn_jax.training import preemption
+from ncsn_jax.training import resume
 from ncsn_jax.training import step as step_lib
 from ncsn_jax.training import train_state
+from ncsn_jax.training import workdir_lock
 
 
 def check_config(config) -> None:
@@ -91,8 +97,8 @@ class _Context:
   model: Any
   tx: Any
   keys: dict[str, jax.Array]  # init, train, eval, sample
-  train_iter: Any
-  test_iter: Any
+  datasets: dict[str, Any]  # train, test: tf.data datasets
+  iters: dict[str, Any]  # train, test: their iterators (replaced on resume)
   p_train: Callable
   p_eval: Callable
   p_sample: Callable
@@ -102,7 +108,7 @@ class _Context:
 
 
 def _datasets(config):
-  """Repeating train (augmented) and test iterators of this process."""
+  """Repeating train (augmented) and test datasets of this process."""
   n = jax.process_count()
   train = input_pipeline.create_dataset(
       config, 'train', batch_size=config.training.batch_size // n,
@@ -110,7 +116,7 @@ def _datasets(config):
   test = input_pipeline.create_dataset(
       config, 'test', batch_size=config.eval.batch_size // n, shuffle=True,
       repeat=True, augment=False, seed=config.seed + 1)
-  return iter(train), iter(test)
+  return {'train': train, 'test': test}
 
 
 def _build(config, workdir: str) -> _Context:
@@ -120,11 +126,11 @@ def _build(config, workdir: str) -> _Context:
   loss_fn = losses.get_loss_fn(config, model)
   names = ('init', 'train', 'eval', 'sample')
   keys = dict(zip(names, jax.random.split(jax.random.key(config.seed), 4)))
-  train_iter, test_iter = _datasets(config)
+  datasets = _datasets(config)
   is_main = jax.process_index() == 0
   return _Context(
       config=config, workdir=workdir, model=model, tx=tx, keys=keys,
-      train_iter=train_iter, test_iter=test_iter,
+      datasets=datasets, iters={k: iter(v) for k, v in datasets.items()},
       p_train=parallel.pmap_train_step(functools.partial(
           step_lib.multi_train_step, config=config, loss_fn=loss_fn, tx=tx,
           axis_name=parallel.AXIS)),
@@ -139,25 +145,27 @@ def _build(config, workdir: str) -> _Context:
       is_main=is_main)
 
 
-def _initial_state(ctx: _Context) -> train_state.TrainState:
-  """A fresh state, or the latest checkpoint's (and its data position)."""
+def _initial_state(ctx: _Context) -> tuple[train_state.TrainState, int]:
+  """A fresh state, or the checkpoint's (iterators moved to its position).
+
+  Returns:
+    (state, the run's resumes without an input position so far).
+  """
   state = train_state.create_train_state(ctx.config, ctx.model, ctx.tx,
                                          ctx.keys['init'])
   if ctx.manager.latest_step() is None:
-    return state
-  state, start = checkpointing.restore(ctx.manager, state)
-  checkpointing.restore_data_iterator(ctx.workdir, start, ctx.train_iter)
-  logging.info('Resumed from checkpoint step %d.', start)
-  return state
+    return state, 0
+  return resume.resume(ctx.manager, ctx.workdir, ctx.config, state,
+                       ctx.datasets, ctx.iters, ctx.is_main)
 
 
-def _log(ctx: _Context, state, metrics, step: int, k: int, skipped: int):
+def _log(ctx: _Context, state, metrics, step: int, k: int, counts: dict):
   """Scalars (and a test-batch loss) when step `step` is due for them."""
   t, record = ctx.config.training, {}
   if _crossed(step, k, t.log_freq) or step == t.n_iters:
-    record.update(outputs.host_metrics(metrics), skipped_steps=skipped)
+    record.update(outputs.host_metrics(metrics), **counts)
   if _crossed(step, k, t.eval_freq):
-    images = np.asarray(next(ctx.test_iter)['image'])
+    images = np.asarray(next(ctx.iters['test'])['image'])
     keys = parallel.process_keys(
         jax.random.fold_in(ctx.keys['eval'], step), len(images))
     record['test_loss'] = float(ctx.p_eval(
@@ -168,11 +176,13 @@ def _log(ctx: _Context, state, metrics, step: int, k: int, skipped: int):
       outputs.append_jsonl(ctx.workdir, {'step': step, **record})
 
 
-def _snapshot(ctx: _Context, state, step: int):
-  """Checkpoint, data position, and (main process) grid and loss curve."""
+def _snapshot(ctx: _Context, state, step: int, inexact: int):
+  """Checkpoint (with input position), and (main process) grid, curve."""
   host = jax.device_get(parallel.unreplicate(state))
-  checkpointing.save(ctx.manager, step, host)
-  checkpointing.save_data_iterator(ctx.workdir, step, ctx.train_iter)
+  positions = {'train': (ctx.iters['train'], step),
+               'test': (ctx.iters['test'],
+                        step // ctx.config.training.eval_freq)}
+  checkpointing.save(ctx.manager, step, host, ctx.config, positions, inexact)
   if ctx.is_main:
     if ctx.config.training.snapshot_sampling:
       path = outputs.snapshot_samples(
@@ -193,39 +203,73 @@ def _hooks(ctx: _Context):
   return hooks
 
 
-def train_and_evaluate(config, workdir: str) -> train_state.TrainState:
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+  """The outcome of `train`."""
+  state: train_state.TrainState  # Final state, host arrays.
+  stopped_early: bool  # Stopped by SIGTERM / SIGINT (checkpoint written).
+  inexact_resumes: int  # Resumes of this run without an input position.
+
+  def summary(self) -> str:
+    """One line on whether the run's data order is an uninterrupted run's."""
+    if not self.inexact_resumes:
+      return 'Data order: exact (as an uninterrupted run).'
+    return (f'Data order: NOT exact: resumed {self.inexact_resumes} time(s) '
+            'from a checkpoint without an input-pipeline position.')
+
+
+def _train_steps(ctx: _Context, state, inexact: int) -> tuple[Any, bool]:
+  """The step loop from `state` (replicated); returns (state, stopped)."""
+  t = ctx.config.training
+  step, skipped = int(parallel.unreplicate(state).step), 0
+  hooks = _hooks(ctx)
+  with preemption.PreemptionWatcher() as watcher:
+    while step < t.n_iters:
+      k = min(t.n_jitted_steps, t.n_iters - step)
+      images = _next_batches(ctx.iters['train'], k)
+      keys = train_keys(ctx.keys['train'], step, k, images.shape[1])
+      state, metrics = ctx.p_train(state, images, keys)
+      step += k
+      skipped = _check_finite(metrics, step, ctx.config, skipped)
+      for hook in hooks:
+        hook(step)
+      _log(ctx, state, metrics, step, k,
+           {'skipped_steps': skipped, 'inexact_resumes': inexact})
+      stop = watcher.should_stop(ctx.manager, step)
+      if stop or _crossed(step, k, t.snapshot_freq) or step == t.n_iters:
+        _snapshot(ctx, state, step, inexact)
+      if stop:
+        logging.warning('Stopped at step %d on request; rerun to resume.',
+                        step)
+        return state, True
+  return state, False
+
+
+def train(config, workdir: str) -> TrainResult:
   """Trains (or resumes training of) the config's model in `workdir`.
 
   Writes orbax checkpoints to `WORKDIR/checkpoints/`, sample grids to
   `WORKDIR/samples/step_<k>.png`, TensorBoard scalars, `metrics.jsonl` and
   `loss_curve.png`. SIGTERM / SIGINT checkpoint and return early; a NaN or
-  Inf loss raises `NonFiniteLossError` (unless skipping is configured).
-
-  Returns:
-    The final train state (host arrays).
+  Inf loss raises `NonFiniteLossError` (unless skipping is configured). A
+  second run in the same workdir is refused (`workdir_lock`).
   """
-  ctx = _build(config, workdir)
-  state = _initial_state(ctx)
-  step, skipped, t = int(state.step), 0, config.training
-  state = parallel.replicate(state)  # Donated to, and replaced by, p_train.
-  hooks = _hooks(ctx)
-  with preemption.PreemptionWatcher() as watcher:
-    while step < t.n_iters:
-      k = min(t.n_jitted_steps, t.n_iters - step)
-      images = _next_batches(ctx.train_iter, k)
-      keys = train_keys(ctx.keys['train'], step, k, images.shape[1])
-      state, metrics = ctx.p_train(state, images, keys)
-      step += k
-      skipped = _check_finite(metrics, step, config, skipped)
-      for hook in hooks:
-        hook(step)
-      _log(ctx, state, metrics, step, k, skipped)
-      stop = watcher.should_stop(ctx.manager, step)
-      if stop or _crossed(step, k, t.snapshot_freq) or step == t.n_iters:
-        _snapshot(ctx, state, step)
-      if stop:
-        logging.warning('Stopped at step %d on request; rerun to resume.',
-                        step)
-        break
-  ctx.writer.flush()
-  return jax.device_get(parallel.unreplicate(state))
+  with workdir_lock.hold(workdir):
+    ctx = _build(config, workdir)
+    try:
+      state, inexact = _initial_state(ctx)
+      # Donated to, and replaced by, p_train.
+      state, stopped = _train_steps(ctx, parallel.replicate(state), inexact)
+      ctx.writer.flush()
+    finally:
+      ctx.manager.close()
+  result = TrainResult(jax.device_get(parallel.unreplicate(state)), stopped,
+                       inexact)
+  if inexact:
+    logging.warning('%s', result.summary())
+  return result
+
+
+def train_and_evaluate(config, workdir: str) -> train_state.TrainState:
+  """`train`'s final state (host arrays)."""
+  return train(config, workdir).state
