@@ -4,11 +4,15 @@ import os
 import socket
 import subprocess
 import sys
+from unittest import mock
 
 from absl.testing import absltest
+from absl.testing import flagsaver
 import jax
 import numpy as np
 
+from configs import digits
+from ncsn_jax import parallel
 from ncsn_jax.training import checkpointing
 from tests import multihost_common
 
@@ -66,6 +70,45 @@ class MultihostTest(absltest.TestCase):
     for i in range(2):
       self.assertTrue(os.path.isdir(os.path.join(
           workdir, 'data_state', f'process_{i}', 'step_4')))
+
+
+class DistributedStartTest(absltest.TestCase):
+  """The start-up timeout reaches jax.distributed (fakes, one process)."""
+
+  def test_timeout_reaches_initialize_and_the_barrier(self):
+    with mock.patch.object(jax.distributed, 'initialize') as initialize, \
+        mock.patch.object(jax.config, 'update'), \
+        mock.patch.object(jax, 'process_count', return_value=2), \
+        mock.patch.object(parallel, 'connect_collectives') as connect:
+      parallel.initialize_distributed('localhost:1234', 2, 1, timeout_s=450)
+    initialize.assert_called_once_with(
+        initialization_timeout=450, coordinator_address='localhost:1234',
+        num_processes=2, process_id=1)
+    connect.assert_called_once_with(450)
+
+  def test_connect_waits_at_a_barrier_then_sums_over_every_device(self):
+    from jax._src import distributed  # pylint: disable=g-import-not-at-top
+    self.assertLen(jax.devices(), 4)  # The backend exists before the fake.
+    client = mock.Mock()
+    with mock.patch.object(distributed.global_state, 'client', client):
+      parallel.connect_collectives(12)
+    client.wait_at_barrier.assert_called_once_with(
+        'ncsn_jax_connect_collectives', 12000)
+
+  def test_run_py_flag_reaches_initialize_distributed(self):
+    import run  # pylint: disable=g-import-not-at-top
+    config = digits.get_config()
+    config.model.name = 'foo'  # Stops run.py right after the start-up.
+    saved = flagsaver.flagsaver(
+        config=config, workdir=self.create_tempdir().full_path,
+        multihost=True, coordinator_address='localhost:1', num_processes=2,
+        process_id=0, distributed_timeout=7)
+    with saved, mock.patch.object(parallel,
+                                  'initialize_distributed') as initialize:
+      with self.assertRaises(SystemExit) as exit_:
+        run.main(['run.py'])
+    self.assertEqual(exit_.exception.code, 2)
+    initialize.assert_called_once_with('localhost:1', 2, 0, timeout_s=7)
 
 
 if __name__ == '__main__':
