@@ -39,7 +39,8 @@ def _fail(field: str, value, rule: str):
 def _choice(config, field: str, choices) -> None:
   value = _value(config, field)
   if value not in choices:
-    _fail(field, value, 'is unknown; use one of ' + ', '.join(choices))
+    _fail(field, value,
+          'is unknown; use one of ' + ', '.join(str(c) for c in choices))
 
 
 def _at_least(config, field: str, minimum: int) -> None:
@@ -244,7 +245,11 @@ def check_config(config, mode: str) -> None:
   if mode == 'toy':
     check_toy(config)
     return
-  data_checks.validate(config, 'train')
+  if mode == 'tune' and config.tune.sigma_begin > 0:
+    _at_least(config, 'data.image_size', 1)  # Only D = size^2 channels.
+    _choice(config, 'data.channels', (1, 3))
+  else:
+    data_checks.validate(config, 'train')
   transforms.check_config(config)
   if mode in ('train', 'sample', 'eval', 'import', 'export'):
     check_model(config)

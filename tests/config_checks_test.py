@@ -232,6 +232,14 @@ class CheckConfigTest(parameterized.TestCase):
     config_checks.check_config(config, 'eval')  # No samples: no sampler.
     config_checks.check_config(_config({'sampling.batch_size': 0}), 'train')
 
+  def test_tune_with_a_given_sigma_reads_no_data_fields(self):
+    config = _config({'tune.sigma_begin': 50.0, 'data.dataset': 'none'})
+    config_checks.check_config(config, 'tune')
+    config.data.channels = 2
+    with self.assertRaisesRegex(errors.ConfigError,
+                                r'config.data.channels=2 is unknown'):
+      config_checks.check_config(config, 'tune')
+
   def test_every_shipped_config_passes_its_modes(self):
     checked = 0
     for path in sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py'))):
