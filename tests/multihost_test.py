@@ -26,17 +26,26 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def run_two_processes(workdir: str, mode: str):
+def start_two_processes(workdir: str, mode: str):
   port = str(free_port())
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
   env.pop('XLA_FLAGS', None)
-  procs = [subprocess.Popen(
-      [sys.executable, WORKER, str(i), port, workdir, mode], env=env,
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
-  outputs = [p.communicate(timeout=600) for p in procs]
-  for p, (_, err) in zip(procs, outputs):
-    assert p.returncode == 0, err[-4000:]
+  procs = []
+  for i in range(2):  # Output to files: a full pipe would stall a worker.
+    with open(f'{workdir}.{mode}_log_{i}.txt', 'w') as log:
+      procs.append(subprocess.Popen(
+          [sys.executable, WORKER, str(i), port, workdir, mode], env=env,
+          stdout=log, stderr=subprocess.STDOUT))
+  return procs
+
+
+def run_two_processes(workdir: str, mode: str, procs=None):
+  """The workers' parameters (`procs`: already started ones)."""
+  procs = procs or start_two_processes(workdir, mode)
+  for i, p in enumerate(procs):
+    p.wait(timeout=600)
+    with open(f'{workdir}.{mode}_log_{i}.txt') as log:
+      assert p.returncode == 0, log.read()[-4000:]
   return [np.load(os.path.join(workdir, f'{mode}_params_{i}.npz'))
           for i in range(2)]
 
@@ -51,12 +60,14 @@ class MultihostTest(absltest.TestCase):
 
   def test_two_processes_equal_one_process_four_devices(self):
     workdir = self.create_tempdir().full_path
-    p0, p1 = run_two_processes(workdir, 'step')
-    assert_same(p0, p1, rtol=0, atol=0)
+    procs = start_two_processes(workdir, 'step')
+    # The reference run overlaps the workers' start-up and compilation.
     config = multihost_common.config()
     self.assertEqual(jax.local_device_count(), 4)
     single = multihost_common.run_steps(
         config, multihost_common.global_batches(config))
+    p0, p1 = run_two_processes(workdir, 'step', procs)
+    assert_same(p0, p1, rtol=0, atol=0)
     leaves = jax.tree.leaves(single.params)
     for i, leaf in enumerate(leaves):
       np.testing.assert_allclose(p0[f'arr_{i}'], leaf, rtol=1e-4, atol=1e-6)
