@@ -9,6 +9,7 @@ Config fields can be overridden with --config.<section>.<field>=<value>.
 """
 
 import os
+import re
 import sys
 
 from absl import app
@@ -41,6 +42,9 @@ flags.DEFINE_string('coordinator_address', '',
                     'host:port of process 0 (multihost runs off Cloud TPU).')
 flags.DEFINE_integer('num_processes', 0, 'Processes in a multihost run.')
 flags.DEFINE_integer('process_id', -1, 'This process in a multihost run.')
+flags.DEFINE_integer('distributed_timeout', 300,
+                     'Seconds a multihost process waits for the others at '
+                     'start-up (generous: slow or loaded machines).')
 flags.DEFINE_string('compilation_cache_dir', '',
                     'Persistent XLA compilation cache (skips recompiles).')
 flags.mark_flags_as_required(['config', 'workdir'])
@@ -58,6 +62,39 @@ def check_workdir(workdir: str) -> None:
     raise errors.ConfigError(
         f'--workdir={workdir} is not writable ({e.strerror}); '
         'choose another --workdir.') from e
+
+
+def _unknown_field(argv, error: Exception) -> str:
+  """The one-line message of a misspelt --config.<field> override."""
+  text = str(error)
+  hint = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
+  name = hint.group(2) if hint else re.search(r"'([^'\\]+)", text + "''")[1]
+  for arg in argv:
+    match = re.match(r'--?config\.([^=]+)', arg)
+    if match and name in match.group(1).split('.'):
+      path = match.group(1)
+      if hint:
+        parts = [hint.group(1) if p == name else p for p in path.split('.')]
+        return (f'unknown config field {path} (did you mean '
+                f'{".".join(parts)}?); see configs/default.py.')
+      return f'unknown config field {path}; see configs/default.py.'
+  return f'unknown config field {name!r}; see configs/default.py.'
+
+
+def parse_flags(argv):
+  """absl flag parsing; bad flags and config overrides exit 2 in one line."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    message = str(e).splitlines()[0]
+    field = re.match(r'flag --(config\.[^=]+)=', message)
+    if field and field.group(1) in FLAGS:
+      kind = type(FLAGS[field.group(1)].default).__name__
+      message += f'; {field.group(1)} takes {kind} values'
+  except (AttributeError, KeyError) as e:  # A --config.<field> that is not.
+    message = _unknown_field(argv, e)
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
 
 
 class _QuietLibraries:
@@ -88,78 +125,88 @@ def _exit_now(status: int) -> None:
   os._exit(status)  # pylint: disable=protected-access
 
 
+def dispatch(config, workdir: str) -> None:
+  """Runs --mode on a checked config and prints where its outputs are."""
+  # pylint: disable=g-import-not-at-top
+  # TF only feeds data: keep it off the accelerators JAX uses.
+  import tensorflow as tf
+  tf.config.set_visible_devices([], 'GPU')
+  from ncsn_jax.evaluation import evaluate
+  from ncsn_jax.interop import official_checkpoint
+  from ncsn_jax.sampling import sample_mode
+  from ncsn_jax.training import loop
+
+  if FLAGS.mode == 'train':
+    result = loop.train(config, workdir)
+    print(f'Checkpoints: {os.path.join(workdir, "checkpoints")}\n'
+          f'Sample grids: {os.path.join(workdir, "samples")}\n'
+          f'Loss curve: {os.path.join(workdir, "loss_curve.png")}\n'
+          f'{result.summary()}')
+    if result.stopped_early:
+      _exit_now(0)
+  elif FLAGS.mode == 'import':
+    if not FLAGS.checkpoint:
+      raise errors.ConfigError(
+          '--mode=import needs --checkpoint=PATH.pth (an '
+          'official NCSN/NCSNv2 checkpoint).')
+    step = official_checkpoint.import_checkpoint(config, workdir,
+                                                 FLAGS.checkpoint)
+    print(f'Imported {FLAGS.checkpoint} as step {step} into '
+          f'{os.path.join(workdir, "checkpoints")}')
+  elif FLAGS.mode == 'export':
+    from ncsn_jax.interop import export
+    if not FLAGS.checkpoint:
+      raise errors.ConfigError(
+          '--mode=export needs --checkpoint=OUT.pth (the file to write).')
+    step = export.export_checkpoint(config, workdir, FLAGS.checkpoint,
+                                    FLAGS.overwrite)
+    print(f'Exported step {step} of {workdir} as {FLAGS.checkpoint}')
+  elif FLAGS.mode == 'sample':
+    paths = sample_mode.sample(config, workdir)
+    print('\n'.join(f'{k}: {v}' for k, v in paths.items()))
+  elif FLAGS.mode == 'toy':
+    from ncsn_jax.experiments import toy
+    report = toy.run_toy(config, workdir)
+    print(f'annealed_weight: {report["annealed_weight"]:.3f}, '
+          f'langevin_weight: {report["langevin_weight"]:.3f} (true 0.8)\n'
+          f'Report and figures: {os.path.join(workdir, "toy")}')
+  elif FLAGS.mode == 'tune':
+    from ncsn_jax.experiments import tune
+    result = tune.tune(config, workdir)
+    print(
+        tune.config_snippet(result) +
+        f'Report: {os.path.join(workdir, "tune.json")}')
+  elif FLAGS.mode == 'fid_stats':
+    from ncsn_jax.evaluation.inception import sample_quality
+    print(f'Reference stats: {sample_quality.reference_stats(config)}')
+  else:
+    path = evaluate.evaluate(config, workdir)
+    print(f'Report: {path}\n{evaluate.summary_line(path)}')
+
+
 def main(argv):
   # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     raise app.UsageError('Too many command-line arguments.')
   logging.get_absl_handler().python_handler.addFilter(_QuietLibraries())
-  # TF only feeds data: keep it off the accelerators JAX uses.
-  import tensorflow as tf
-  tf.config.set_visible_devices([], 'GPU')
   import jax
   if FLAGS.compilation_cache_dir:
     jax.config.update('jax_compilation_cache_dir', FLAGS.compilation_cache_dir)
   from ncsn_jax import parallel
   if FLAGS.multihost:
     parallel.initialize_distributed(FLAGS.coordinator_address,
-                                    FLAGS.num_processes, FLAGS.process_id)
-
-  from ncsn_jax.evaluation import evaluate
-  from ncsn_jax.interop import official_checkpoint
-  from ncsn_jax.sampling import sample_mode
-  from ncsn_jax.training import loop
+                                    FLAGS.num_processes,
+                                    FLAGS.process_id,
+                                    timeout_s=FLAGS.distributed_timeout)
+  from ncsn_jax import config_checks
 
   config, workdir = FLAGS.config, FLAGS.workdir
   try:
+    # Every field first: nothing is read or written for a config that fails.
+    config_checks.check_config(config, FLAGS.mode)
     check_workdir(workdir)
-    if FLAGS.mode == 'train':
-      result = loop.train(config, workdir)
-      print(f'Checkpoints: {os.path.join(workdir, "checkpoints")}\n'
-            f'Sample grids: {os.path.join(workdir, "samples")}\n'
-            f'Loss curve: {os.path.join(workdir, "loss_curve.png")}\n'
-            f'{result.summary()}')
-      if result.stopped_early:
-        _exit_now(0)
-    elif FLAGS.mode == 'import':
-      if not FLAGS.checkpoint:
-        raise errors.ConfigError(
-            '--mode=import needs --checkpoint=PATH.pth (an '
-            'official NCSN/NCSNv2 checkpoint).')
-      step = official_checkpoint.import_checkpoint(config, workdir,
-                                                   FLAGS.checkpoint)
-      print(f'Imported {FLAGS.checkpoint} as step {step} into '
-            f'{os.path.join(workdir, "checkpoints")}')
-    elif FLAGS.mode == 'export':
-      from ncsn_jax.interop import export
-      if not FLAGS.checkpoint:
-        raise errors.ConfigError(
-            '--mode=export needs --checkpoint=OUT.pth (the file to write).')
-      step = export.export_checkpoint(config, workdir, FLAGS.checkpoint,
-                                      FLAGS.overwrite)
-      print(f'Exported step {step} of {workdir} as {FLAGS.checkpoint}')
-    elif FLAGS.mode == 'sample':
-      paths = sample_mode.sample(config, workdir)
-      print('\n'.join(f'{k}: {v}' for k, v in paths.items()))
-    elif FLAGS.mode == 'toy':
-      from ncsn_jax.experiments import toy
-      report = toy.run_toy(config, workdir)
-      print(f'annealed_weight: {report["annealed_weight"]:.3f}, '
-            f'langevin_weight: {report["langevin_weight"]:.3f} (true 0.8)\n'
-            f'Report and figures: {os.path.join(workdir, "toy")}')
-    elif FLAGS.mode == 'tune':
-      from ncsn_jax.experiments import tune
-      result = tune.tune(config, workdir)
-      print(
-          tune.config_snippet(result) +
-          f'Report: {os.path.join(workdir, "tune.json")}')
-    elif FLAGS.mode == 'fid_stats':
-      from ncsn_jax.evaluation.inception import sample_quality
-      print(f'Reference stats: {sample_quality.reference_stats(config)}')
-    else:
-      path = evaluate.evaluate(config, workdir)
-      print(f'Report: {path}\n{evaluate.summary_line(path)}')
+    dispatch(config, workdir)
   except (errors.ConfigError, errors.NonFiniteLossError) as e:
-    logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)
     # Past the one line, the teardown of a failed checkpoint write would
     # print its worker threads' tracebacks.
@@ -167,4 +214,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

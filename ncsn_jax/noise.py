@@ -9,6 +9,8 @@ import numpy as np
 
 from ncsn_jax import errors
 
+SIGMA_DISTS = ('geometric', 'uniform')  # Spacings of `make_sigmas`.
+
 
 def make_sigmas(sigma_begin: float, sigma_end: float, num_classes: int,
                 dist: str = 'geometric') -> np.ndarray:

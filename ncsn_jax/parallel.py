@@ -167,16 +167,41 @@ def pmap_eval_step(eval_fn):
 
 
 def initialize_distributed(coordinator_address: str = '',
-                           num_processes: int = 0, process_id: int = -1):
+                           num_processes: int = 0, process_id: int = -1,
+                           timeout_s: int = 300):
   """Joins a multi-process run (call before any other JAX use).
 
-  With no arguments JAX finds the coordinator itself (Cloud TPU, SLURM,
+  With no address JAX finds the coordinator itself (Cloud TPU, SLURM,
   Open MPI); on CPU-only clusters give the address explicitly. CPU
-  processes use gloo for cross-process collectives.
+  processes use gloo for cross-process collectives. `timeout_s` bounds the
+  wait for the other processes: joining the coordinator, then
+  `connect_collectives`.
   """
-  kwargs = {}
+  kwargs = {'initialization_timeout': timeout_s}
   if coordinator_address:
-    kwargs = dict(coordinator_address=coordinator_address,
+    kwargs.update(coordinator_address=coordinator_address,
                   num_processes=num_processes, process_id=process_id)
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   jax.distributed.initialize(**kwargs)
+  if jax.process_count() > 1 and jax.default_backend() == 'cpu':
+    connect_collectives(timeout_s)
+
+
+def connect_collectives(timeout_s: int) -> None:
+  """Opens gloo's connections between all devices while processes are level.
+
+  The first collective over a set of devices makes each process look up the
+  others' gloo addresses with a fixed 30 s deadline. On a loaded machine one
+  process can reach that first collective (after compiling the train step)
+  more than 30 s after another. So all processes first meet at a barrier
+  that waits up to `timeout_s`, then run one tiny psum over every device;
+  later programs over the same devices reuse its connections.
+  """
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  distributed.global_state.client.wait_at_barrier(
+      'ncsn_jax_connect_collectives', int(timeout_s * 1000))
+  ones = np.ones((jax.local_device_count(),), np.float32)
+  total = jax.pmap(lambda x: jax.lax.psum(x, AXIS), axis_name=AXIS)(ones)
+  count = float(np.asarray(total.addressable_shards[0].data).reshape(-1)[0])
+  if count != jax.device_count():
+    raise RuntimeError(f'psum over {jax.device_count()} devices gave {count}.')

@@ -4,11 +4,15 @@ import os
 import socket
 import subprocess
 import sys
+from unittest import mock
 
 from absl.testing import absltest
+from absl.testing import flagsaver
 import jax
 import numpy as np
 
+from configs import digits
+from ncsn_jax import parallel
 from ncsn_jax.training import checkpointing
 from tests import multihost_common
 
@@ -22,17 +26,26 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def run_two_processes(workdir: str, mode: str):
+def start_two_processes(workdir: str, mode: str):
   port = str(free_port())
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
   env.pop('XLA_FLAGS', None)
-  procs = [subprocess.Popen(
-      [sys.executable, WORKER, str(i), port, workdir, mode], env=env,
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
-  outputs = [p.communicate(timeout=600) for p in procs]
-  for p, (_, err) in zip(procs, outputs):
-    assert p.returncode == 0, err[-4000:]
+  procs = []
+  for i in range(2):  # Output to files: a full pipe would stall a worker.
+    with open(f'{workdir}.{mode}_log_{i}.txt', 'w') as log:
+      procs.append(subprocess.Popen(
+          [sys.executable, WORKER, str(i), port, workdir, mode], env=env,
+          stdout=log, stderr=subprocess.STDOUT))
+  return procs
+
+
+def run_two_processes(workdir: str, mode: str, procs=None):
+  """The workers' parameters (`procs`: already started ones)."""
+  procs = procs or start_two_processes(workdir, mode)
+  for i, p in enumerate(procs):
+    p.wait(timeout=600)
+    with open(f'{workdir}.{mode}_log_{i}.txt') as log:
+      assert p.returncode == 0, log.read()[-4000:]
   return [np.load(os.path.join(workdir, f'{mode}_params_{i}.npz'))
           for i in range(2)]
 
@@ -47,12 +60,14 @@ class MultihostTest(absltest.TestCase):
 
   def test_two_processes_equal_one_process_four_devices(self):
     workdir = self.create_tempdir().full_path
-    p0, p1 = run_two_processes(workdir, 'step')
-    assert_same(p0, p1, rtol=0, atol=0)
+    procs = start_two_processes(workdir, 'step')
+    # The reference run overlaps the workers' start-up and compilation.
     config = multihost_common.config()
     self.assertEqual(jax.local_device_count(), 4)
     single = multihost_common.run_steps(
         config, multihost_common.global_batches(config))
+    p0, p1 = run_two_processes(workdir, 'step', procs)
+    assert_same(p0, p1, rtol=0, atol=0)
     leaves = jax.tree.leaves(single.params)
     for i, leaf in enumerate(leaves):
       np.testing.assert_allclose(p0[f'arr_{i}'], leaf, rtol=1e-4, atol=1e-6)
@@ -73,6 +88,45 @@ class MultihostTest(absltest.TestCase):
       self.assertTrue(os.path.isfile(os.path.join(
           workdir, 'checkpoints', '4', 'data', f'process_{i}',
           'position.json')))
+
+
+class DistributedStartTest(absltest.TestCase):
+  """The start-up timeout reaches jax.distributed (fakes, one process)."""
+
+  def test_timeout_reaches_initialize_and_the_barrier(self):
+    with mock.patch.object(jax.distributed, 'initialize') as initialize, \
+        mock.patch.object(jax.config, 'update'), \
+        mock.patch.object(jax, 'process_count', return_value=2), \
+        mock.patch.object(parallel, 'connect_collectives') as connect:
+      parallel.initialize_distributed('localhost:1234', 2, 1, timeout_s=450)
+    initialize.assert_called_once_with(
+        initialization_timeout=450, coordinator_address='localhost:1234',
+        num_processes=2, process_id=1)
+    connect.assert_called_once_with(450)
+
+  def test_connect_waits_at_a_barrier_then_sums_over_every_device(self):
+    from jax._src import distributed  # pylint: disable=g-import-not-at-top
+    self.assertLen(jax.devices(), 4)  # The backend exists before the fake.
+    client = mock.Mock()
+    with mock.patch.object(distributed.global_state, 'client', client):
+      parallel.connect_collectives(12)
+    client.wait_at_barrier.assert_called_once_with(
+        'ncsn_jax_connect_collectives', 12000)
+
+  def test_run_py_flag_reaches_initialize_distributed(self):
+    import run  # pylint: disable=g-import-not-at-top
+    config = digits.get_config()
+    config.model.name = 'foo'  # Stops run.py right after the start-up.
+    saved = flagsaver.flagsaver(
+        config=config, workdir=self.create_tempdir().full_path,
+        multihost=True, coordinator_address='localhost:1', num_processes=2,
+        process_id=0, distributed_timeout=7)
+    with saved, mock.patch.object(parallel,
+                                  'initialize_distributed') as initialize:
+      with self.assertRaises(SystemExit) as exit_:
+        run.main(['run.py'])
+    self.assertEqual(exit_.exception.code, 2)
+    initialize.assert_called_once_with('localhost:1', 2, 0, timeout_s=7)
 
 
 if __name__ == '__main__':

@@ -14,9 +14,15 @@ sys.path.insert(0, ROOT)
 
 from ncsn_jax import parallel  # pylint: disable=g-import-not-at-top
 
+# Start-up wait for the other process: generous, for loaded test machines.
+TIMEOUT_S = 600
+
 
 def main(process_id: int, port: str, workdir: str, mode: str):
-  parallel.initialize_distributed(f'localhost:{port}', 2, process_id)
+  parallel.initialize_distributed(f'localhost:{port}',
+                                  2,
+                                  process_id,
+                                  timeout_s=TIMEOUT_S)
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from tests import multihost_common  # pylint: disable=g-import-not-at-top

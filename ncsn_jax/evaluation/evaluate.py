@@ -17,6 +17,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from ncsn_jax import config_checks
 from ncsn_jax import errors
 from ncsn_jax import files
 from ncsn_jax import image_io
@@ -211,6 +212,7 @@ def evaluate(config, workdir: str) -> str:
   Returns:
     The path of the report (or of the sweep table).
   """
+  config_checks.check_config(config, 'eval')
   programs = build_programs(config)
   if config.eval.begin_ckpt > 0:
     return sweep(config, workdir, programs)

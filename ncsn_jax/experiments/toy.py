@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ncsn_jax import config_checks
 from ncsn_jax import errors
 from ncsn_jax import files
 from ncsn_jax import image_io
@@ -238,10 +239,7 @@ def run_toy(config, workdir: str) -> dict:
   Returns:
     The report.
   """
-  if 'toy' not in config:
-    raise errors.ConfigError(
-        '--mode=toy needs a toy config (config.toy is missing); '
-        'use --config=configs/toy_gmm.py.')
+  config_checks.check_config(config, 'toy')
   start = time.time()
   root = os.path.join(workdir, 'toy')
   sigmas = jnp.asarray(noise.get_sigmas(config))

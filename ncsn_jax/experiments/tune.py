@@ -25,6 +25,7 @@ import numpy as np
 from scipy import optimize
 from scipy import stats
 
+from ncsn_jax import config_checks
 from ncsn_jax import distances
 from ncsn_jax import errors
 from ncsn_jax import files
@@ -184,6 +185,7 @@ def tune(config, workdir: str) -> dict:
   Returns:
     The report (see `recommend`, plus how sigma_1 was found).
   """
+  config_checks.check_config(config, 'tune')
   t = config.tune
   size, channels = config.data.image_size, config.data.channels
   dim = size * size * channels

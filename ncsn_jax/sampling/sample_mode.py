@@ -14,6 +14,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from ncsn_jax import config_checks
 from ncsn_jax import image_io
 from ncsn_jax import parallel
 from ncsn_jax.data import input_pipeline
@@ -73,6 +74,7 @@ def sample(config, workdir: str) -> dict[str, str]:
   Returns:
     {name: path} of every file written.
   """
+  config_checks.check_config(config, 'sample')
   s = config.sampling
   model, params, step = checkpointing.load_params(config, workdir, s.ckpt_id)
   parallel.check_divisible_local(s.batch_size, 'config.sampling.batch_size')

@@ -1,0 +1,269 @@
+"""The whole config, checked per mode before a run does any work.
+
+`check_config(config, mode)` raises `errors.ConfigError` with one line that
+names the field and the fix, so a bad value fails in seconds instead of
+after data loading, compilation or hours of training (or never, giving
+silently wrong numbers). `config.data` is checked by `data.checks`. Batch
+sizes are checked against the devices of this process group, so call it
+after `jax.distributed` is initialised.
+"""
+
+import math
+
+import jax
+
+from ncsn_jax import errors
+from ncsn_jax import noise
+from ncsn_jax import transforms
+from ncsn_jax.data import checks as data_checks
+from ncsn_jax.models import refinenet
+from ncsn_jax.sampling import inpainting
+from ncsn_jax.training import losses
+
+MODES = ('train', 'sample', 'eval', 'import', 'export', 'toy', 'tune',
+         'fid_stats')
+LOSSES = ('dsm',) + losses.SSM_LOSSES
+DTYPES = ('float32', 'bfloat16')
+PREPROCESSING = ('tf', 'pytorch')
+
+
+def _value(config, field: str):
+  section, name = field.split('.')
+  return config[section][name]
+
+
+def _fail(field: str, value, rule: str):
+  raise errors.ConfigError(f'config.{field}={value!r} {rule}.')
+
+
+def _choice(config, field: str, choices) -> None:
+  value = _value(config, field)
+  if value not in choices:
+    _fail(field, value,
+          'is unknown; use one of ' + ', '.join(str(c) for c in choices))
+
+
+def _at_least(config, field: str, minimum: int) -> None:
+  value = _value(config, field)
+  if not isinstance(value, int) or value < minimum:
+    _fail(field, value, f'must be an integer >= {minimum}')
+
+
+def _in_range(config,
+              field: str,
+              low: float,
+              high: float = math.inf,
+              low_open: bool = True,
+              high_open: bool = True) -> None:
+  """`field` must be a finite number in the interval (or [) low, high )."""
+  value = _value(config, field)
+  ok = isinstance(value, (int, float)) and math.isfinite(value) and (
+      value > low if low_open else value
+      >= low) and (high == math.inf or
+                   (value < high if high_open else value <= high))
+  if not ok:
+    left, right = '(' if low_open else '[', ')' if high_open else ']'
+    interval = (f'> {low}' if low_open else f'>= {low}') if high == math.inf \
+        else f'in {left}{low}, {high}{right}'
+    _fail(field, value, f'must be a finite number {interval}')
+
+
+def check_batch(config, field: str, devices: int, what: str) -> None:
+  """`field` must be a positive multiple of `devices` (named `what`)."""
+  value = _value(config, field)
+  if not isinstance(value, int) or value < 1:
+    _fail(
+        field, value, f'must be a positive multiple of the {devices} '
+        f'{what}; use e.g. {devices}')
+  if value % devices:
+    lower = value // devices * devices
+    options = ' or '.join(str(v) for v in (lower, lower + devices) if v)
+    _fail(field, value, f'is not divisible by the {devices} {what}; use '
+          f'{options}')
+
+
+def _devices():
+  return jax.device_count(), 'devices'
+
+
+def _local_devices():
+  return jax.local_device_count(), 'local devices'
+
+
+def check_model(config) -> None:
+  """The network, its noise levels and its EMA."""
+  _choice(config, 'model.name', refinenet.MODELS)
+  refinenet.check_image_size(config)
+  _choice(config, 'model.dtype', DTYPES)
+  _at_least(config, 'model.ngf', 1)
+  check_noise(config)
+
+
+def check_noise(config) -> None:
+  """Noise levels sigma_1 > ... > sigma_L > 0 (L >= 2) and the EMA rate."""
+  _choice(config, 'model.sigma_dist', noise.SIGMA_DISTS)
+  _at_least(config, 'model.num_classes', 2)
+  _in_range(config, 'model.sigma_end', 0.0)
+  m = config.model
+  _in_range(config, 'model.sigma_begin', 0.0)
+  if m.sigma_begin <= m.sigma_end:
+    _fail(
+        'model.sigma_begin', m.sigma_begin, 'must be larger than '
+        f'config.model.sigma_end={m.sigma_end}; swap them or raise '
+        'config.model.sigma_begin')
+  _in_range(config, 'model.ema_rate', 0.0, 1.0, low_open=False)
+
+
+def check_training(config) -> None:
+  """Training fields, the loss and the optimiser."""
+  check_batch(config, 'training.batch_size', *_devices())
+  for field in ('n_iters', 'snapshot_freq', 'log_freq', 'eval_freq',
+                'n_jitted_steps', 'n_loss_groups', 'grad_accum_steps'):
+    _at_least(config, f'training.{field}', 1)
+  for field in ('keep_checkpoints', 'profile_at_step'):
+    _at_least(config, f'training.{field}', 0)
+  t = config.training
+  per_device = t.batch_size // jax.device_count()
+  if per_device % t.grad_accum_steps:
+    _fail(
+        'training.grad_accum_steps', t.grad_accum_steps,
+        f'must divide the per-device batch of {per_device} '
+        '(config.training.batch_size / devices)')
+  _in_range(config, 'training.anneal_power', -math.inf)
+  _choice(config, 'training.loss', LOSSES)
+  if t.loss in losses.SSM_LOSSES:
+    _choice(config, 'training.projection', losses.PROJECTIONS)
+    _at_least(config, 'training.n_particles', 1)
+  check_optimizer(config)
+
+
+def check_optimizer(config) -> None:
+  _choice(config, 'optim.optimizer', ('Adam',))
+  _in_range(config, 'optim.lr', 0.0)
+  _in_range(config, 'optim.beta1', 0.0, 1.0, low_open=False)
+  _in_range(config, 'optim.eps', 0.0)
+  _in_range(config, 'optim.weight_decay', 0.0, low_open=False)
+  _at_least(config, 'optim.warmup', 0)
+
+
+def check_chains(config, batch: bool = True) -> None:
+  """The Langevin sampler: batch (when `batch`), steps and step size."""
+  if batch:
+    check_batch(config, 'sampling.batch_size', *_local_devices())
+  _at_least(config, 'sampling.n_steps_each', 1)
+  _in_range(config, 'sampling.step_lr', 0.0)
+  _at_least(config, 'sampling.record_every', 0)
+
+
+def check_sampling(config) -> None:
+  """Sample mode: the chains, the checkpoint and the figures asked for."""
+  check_chains(config)
+  s = config.sampling
+  _at_least(config, 'sampling.ckpt_id', 0)
+  if not s.tag or '/' in s.tag:
+    _fail('sampling.tag', s.tag, 'must be a non-empty file name stem')
+  _at_least(config, 'sampling.nearest_neighbors', 0)
+  if s.inpainting:
+    _choice(config, 'sampling.inpainting_mask', inpainting.MASKS)
+  for flag, field in (('inpainting', 'completions'), ('interpolation',
+                                                      'n_interpolations')):
+    value = s[field]
+    if s[flag] and (not isinstance(value, int) or value < 1 or
+                    s.batch_size % value):
+      _fail(
+          f'sampling.{field}', value, 'must be >= 1 and divide '
+          f'config.sampling.batch_size={s.batch_size}')
+
+
+def check_eval(config, mode: str) -> None:
+  """Evaluation: test-loss batch, sample count, checkpoints, Inception."""
+  check_batch(config, 'eval.batch_size', *_devices())
+  if mode == 'train':
+    return
+  for field in ('num_samples', 'ckpt_id', 'begin_ckpt', 'end_ckpt', 'every'):
+    _at_least(config, f'eval.{field}', 0)
+  e = config.eval
+  if e.end_ckpt and e.begin_ckpt > e.end_ckpt:
+    _fail(
+        'eval.begin_ckpt', e.begin_ckpt, 'must be at most '
+        f'config.eval.end_ckpt={e.end_ckpt} (0 = the last checkpoint)')
+  if e.num_samples:
+    check_chains(config)
+  check_inception(config)
+
+
+def check_inception(config) -> None:
+  _at_least(config, 'eval.inception_batch_size', 1)
+  _choice(config, 'eval.inception_preprocessing', PREPROCESSING)
+  _choice(config, 'eval.stats_split', ('train', 'test'))
+
+
+def check_tune(config) -> None:
+  """Tune mode: NCSNv2's technique 1-4 inputs."""
+  _in_range(config, 'tune.sigma_begin', 0.0, low_open=False)
+  _in_range(config, 'model.sigma_end', 0.0)
+  _at_least(config, 'sampling.n_steps_each', 1)
+  _at_least(config, 'tune.block_size', 1)
+  if config.tune.sigma_begin <= 0:
+    _at_least(config, 'tune.subset_size', 2)
+    _at_least(config, 'tune.max_images', config.tune.subset_size)
+
+
+def check_toy(config) -> None:
+  """Toy mode: the 2-D experiment's own section plus training and sampler."""
+  if 'toy' not in config:
+    raise errors.ConfigError(
+        '--mode=toy needs a toy config (config.toy is missing); '
+        'use --config=configs/toy_gmm.py.')
+  check_noise(config)
+  _at_least(config, 'training.batch_size', 1)
+  _at_least(config, 'training.n_iters', 1)
+  _choice(config, 'training.loss', LOSSES)
+  _choice(config, 'toy.plain_loss', losses.SSM_LOSSES)
+  _choice(config, 'training.projection', losses.PROJECTIONS)
+  _at_least(config, 'training.n_particles', 1)
+  check_optimizer(config)
+  _at_least(config, 'sampling.batch_size', 1)
+  _at_least(config, 'sampling.n_steps_each', 1)
+  _in_range(config, 'sampling.step_lr', 0.0)
+  for field in ('hidden', 'langevin_steps'):
+    _at_least(config, f'toy.{field}', 1)
+  for field in ('langevin_step', 'init_range'):
+    _in_range(config, f'toy.{field}', 0.0)
+
+
+def check_config(config, mode: str) -> None:
+  """Raises `errors.ConfigError` (one line) for anything `mode` cannot use.
+
+  Args:
+    config: the full experiment config.
+    mode: one of `MODES` (run.py's --mode).
+  """
+  if mode not in MODES:
+    raise errors.ConfigError(
+        f'--mode={mode} is unknown; use one of {", ".join(MODES)}.')
+  if mode == 'toy':
+    check_toy(config)
+    return
+  if mode == 'tune' and config.tune.sigma_begin > 0:
+    _at_least(config, 'data.image_size', 1)  # Only D = size^2 channels.
+    _choice(config, 'data.channels', (1, 3))
+  else:
+    data_checks.validate(config, 'train')
+  transforms.check_config(config)
+  if mode in ('train', 'sample', 'eval', 'import', 'export'):
+    check_model(config)
+  if mode == 'train':
+    check_training(config)
+    check_eval(config, mode)
+    if config.training.snapshot_sampling:  # Grids of snapshot_n_samples.
+      check_chains(config, batch=False)
+      check_batch(config, 'training.snapshot_n_samples', *_local_devices())
+  elif mode == 'sample':
+    check_sampling(config)
+  elif mode == 'eval':
+    check_eval(config, mode)
+  elif mode == 'fid_stats':
+    check_inception(config)
+  elif mode == 'tune':
+    check_tune(config)
