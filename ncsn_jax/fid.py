@@ -40,26 +40,38 @@ PROGRESS_SECONDS = 5.0  # At most one progress line this often.
 
 
 def parse_args(argv) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-      prog='python -m ncsn_jax.fid', description=__doc__.split('\n')[0])
-  parser.add_argument('a', metavar='A', help='folder, images .npz or stats '
+  parser = argparse.ArgumentParser(prog='python -m ncsn_jax.fid',
+                                   description=__doc__.split('\n')[0])
+  parser.add_argument('a',
+                      metavar='A',
+                      help='folder, images .npz or stats '
                       '.npz (the samples: IS is of A)')
-  parser.add_argument('b', metavar='B', help='folder, images .npz or stats '
+  parser.add_argument('b',
+                      metavar='B',
+                      help='folder, images .npz or stats '
                       '.npz (the reference)')
-  parser.add_argument('--kid', action='store_true',
+  parser.add_argument('--kid',
+                      action='store_true',
                       help='also the KID (needs features on both sides)')
-  parser.add_argument('--json', default='', metavar='OUT',
+  parser.add_argument('--json',
+                      default='',
+                      metavar='OUT',
                       help='write the full report as JSON here')
-  parser.add_argument('--preprocessing', default='tf',
+  parser.add_argument('--preprocessing',
+                      default='tf',
                       choices=inception_prep.MODES,
                       help='tf: TTUR / improved-gan (default); pytorch: '
                       'pytorch-fid')
-  parser.add_argument('--batch_size', type=int, default=50,
+  parser.add_argument('--batch_size',
+                      type=int,
+                      default=50,
                       help='images per Inception forward pass')
-  parser.add_argument('--weights', default='',
+  parser.add_argument('--weights',
+                      default='',
                       help="'' = the cached conversion, 'download', or a "
                       'path (as config.eval.inception_weights)')
-  parser.add_argument('--cache_dir', default='',
+  parser.add_argument('--cache_dir',
+                      default='',
                       help='Inception cache folder (default: the user cache)')
   args = parser.parse_args(argv)
   if args.batch_size < 1:
@@ -67,7 +79,9 @@ def parse_args(argv) -> argparse.Namespace:
   return args
 
 
-def progress_printer(label: str, total: int, stream: TextIO,
+def progress_printer(label: str,
+                     total: int,
+                     stream: TextIO,
                      every: float = PROGRESS_SECONDS) -> Callable[[int], None]:
   """`update(n)`: counts n more images; prints count, rate and ETA lines."""
   start = time.monotonic()
@@ -82,9 +96,11 @@ def progress_printer(label: str, total: int, stream: TextIO,
     state['printed'] = now
     rate = done / max(now - start, 1e-9)
     eta = (total - done) / rate if rate > 0 else 0.0
-    print(f'{label}: {done}/{total} images, {rate:.1f} images/s, '
-          f'ETA {int(eta) // 60}:{int(eta) % 60:02d}', file=stream,
-          flush=True)
+    print(
+        f'{label}: {done}/{total} images, {rate:.1f} images/s, '
+        f'ETA {int(eta) // 60}:{int(eta) % 60:02d}',
+        file=stream,
+        flush=True)
 
   return update
 
@@ -96,8 +112,8 @@ def _open(path: str, what: str, args) -> dict:
   if kind == 'stats':
     side['stats'] = image_sets.statistics(path, what, args.preprocessing)
   else:
-    side['n'], side['chunks'] = image_sets.image_chunks(
-        path, kind, what, args.batch_size * 4)
+    side['n'], side['chunks'] = image_sets.image_chunks(path, kind, what,
+                                                        args.batch_size * 4)
   return side
 
 
@@ -107,11 +123,11 @@ def _statistics(side: dict, extractor: Callable, stream) -> dict:
     stats = side['stats']
   else:
     n, what = side['n'], side['what']
-    feats = image_sets.features(side['chunks'], n,
-                                lambda x: extractor()[0](x),
+    feats = image_sets.features(side['chunks'], n, lambda x: extractor()[0](x),
                                 progress_printer(what, n, stream))
     stats = image_sets.from_features(feats, what, side['info']['path'])
-  info = dict(side['info'], num=stats['meta'].get('num_examples'),
+  info = dict(side['info'],
+              num=stats['meta'].get('num_examples'),
               features=stats['pool_3'] is not None)
   return dict(stats, info=info)
 
@@ -119,8 +135,10 @@ def _statistics(side: dict, extractor: Callable, stream) -> dict:
 def _kid(a: dict, b: dict) -> dict:
   if a['pool_3'] is None or b['pool_3'] is None:
     which = 'A' if a['pool_3'] is None else 'B'
-    return {'kid_note': f'KID not computed: {which} holds mu and sigma only, '
-                        'not pool_3 features.'}
+    return {
+        'kid_note': f'KID not computed: {which} holds mu and sigma only, '
+                    'not pool_3 features.'
+    }
   try:
     kid, std = metrics.kernel_inception_distance(b['pool_3'], a['pool_3'])
   except ValueError as e:
@@ -132,10 +150,12 @@ def _inception_score(a: dict, weights: Optional[dict]) -> dict:
   if a['info']['kind'] == 'stats':
     return {}
   if a['logits'] is None:
-    return {'inception_score_note': (
-        f'IS of A not computed: the weights ({weights["source"]}) have no '
-        "1008-way fc head; pass --weights=download (online) or a path to "
-        f'pytorch-fid\'s {weight_files.PYTORCH_FID_NAME}.')}
+    return {
+        'inception_score_note':
+            (f'IS of A not computed: the weights ({weights["source"]}) have no '
+             "1008-way fc head; pass --weights=download (online) or a path to "
+             f'pytorch-fid\'s {weight_files.PYTORCH_FID_NAME}.')
+    }
   if a['logits'].shape[0] < 10:
     return {'inception_score_note': 'IS of A needs >= 10 images (10 splits).'}
   score, std = metrics.inception_score(a['logits'], from_logits=True)
@@ -144,19 +164,26 @@ def _inception_score(a: dict, weights: Optional[dict]) -> dict:
 
 def _weights_notes(sides: dict, weights: Optional[dict]) -> list[str]:
   """Notes where a stats side was made with other Inception weights."""
-  hashes = {k: s['meta'].get('weights_trunk_sha256') for k, s in sides.items()
-            if s['info']['kind'] == 'stats'}
+  hashes = {
+      k: s['meta'].get('weights_trunk_sha256')
+      for k, s in sides.items()
+      if s['info']['kind'] == 'stats'
+  }
   if weights:
     hashes['the weights in use'] = weights['trunk_sha256']
   known = {k: h for k, h in hashes.items() if h}
   if len(set(known.values())) <= 1:
     return []
-  return ['the Inception weights differ: ' + ', '.join(
-      f'{k} {h[:12]}...' for k, h in known.items()) + '; the numbers are not '
-      'comparable (recompute the statistics with the same weights).']
+  return [
+      'the Inception weights differ: ' +
+      ', '.join(f'{k} {h[:12]}...' for k, h in known.items()) +
+      '; the numbers are not '
+      'comparable (recompute the statistics with the same weights).'
+  ]
 
 
-def compute(args, extractor_and_meta: Optional[tuple] = None,
+def compute(args,
+            extractor_and_meta: Optional[tuple] = None,
             stream: Optional[TextIO] = None) -> dict:
   """The report: FID (KID, IS), both sides' N, preprocessing, weights.
 
@@ -171,8 +198,10 @@ def compute(args, extractor_and_meta: Optional[tuple] = None,
 
   def extractor():
     if 'extractor' not in made:
-      made['extractor'] = sample_quality.load_extractor(
-          args.weights, args.preprocessing, args.batch_size, args.cache_dir)
+      made['extractor'] = sample_quality.load_extractor(args.weights,
+                                                        args.preprocessing,
+                                                        args.batch_size,
+                                                        args.cache_dir)
     return made['extractor']
 
   opened = [_open(args.a, 'A', args), _open(args.b, 'B', args)]
@@ -181,8 +210,14 @@ def compute(args, extractor_and_meta: Optional[tuple] = None,
   weights = made['extractor'][1] if made and any(
       'stats' not in s for s in opened) else None
   try:
-    out = {'fid': metrics.frechet_distance(a['mu'], a['sigma'], b['mu'],
-                                           b['sigma'], method='eigh')}
+    out = {
+        'fid':
+            metrics.frechet_distance(a['mu'],
+                                     a['sigma'],
+                                     b['mu'],
+                                     b['sigma'],
+                                     method='eigh')
+    }
   except ValueError as e:
     raise errors.ConfigError(f'A and B cannot be compared: {e}') from e
   if args.kid:
@@ -190,7 +225,8 @@ def compute(args, extractor_and_meta: Optional[tuple] = None,
   out.update(_inception_score(a, weights))
   mode = args.preprocessing
   out.update({
-      'a': a['info'], 'b': b['info'],
+      'a': a['info'],
+      'b': b['info'],
       'preprocessing': f'{mode}: {sample_quality.PREPROCESSING[mode]}',
       'weights_source': weights and weights['source'],
       'weights_trunk_sha256': weights and weights['trunk_sha256'],
@@ -213,11 +249,11 @@ def summary(report: dict) -> list[str]:
   if report['weights_trunk_sha256']:
     lines.append(f'weights: {report["weights_source"]} (trunk sha256 '
                  f'{report["weights_trunk_sha256"][:16]})')
-  lines.append(f'FID: {report["fid"]:.4f}')
+  lines.append(f'FID: {report["fid"]:.6f}')
   if 'kid' in report:
     std = report['kid_std']
-    lines.append(f'KID: {report["kid"]:.6f}' +
-                 ('' if std is None else f' +- {std:.6f}'))
+    lines.append(f'KID: {report["kid"]:.6g}' +
+                 ('' if std is None else f' +- {std:.2g}'))
   if 'inception_score' in report:
     lines.append(f'IS of A: {report["inception_score"]:.4f} +- '
                  f'{report["inception_score_std"]:.4f}')

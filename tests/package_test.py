@@ -54,8 +54,8 @@ class PyprojectTest(absltest.TestCase):
   def test_only_ncsn_jax_is_packaged(self):
     find = _pyproject()['tool']['setuptools']['packages']['find']
     self.assertEqual(find['include'], ['ncsn_jax', 'ncsn_jax.*'])
-    self.assertTrue(_pyproject()['project']['requires-python'].startswith(
-        '>=3.10'))
+    self.assertTrue(
+        _pyproject()['project']['requires-python'].startswith('>=3.10'))
 
   def test_no_sys_path_edits_for_the_package(self):
     folders = [os.path.join(ROOT, 'tests'), os.path.join(ROOT, 'bench')]
@@ -72,8 +72,10 @@ class PyprojectTest(absltest.TestCase):
 class CacheDirsTest(absltest.TestCase):
 
   def _env(self, **values):
-    clear = {k: '' for k in ('NCSN_JAX_CACHE', 'NCSN_JAX_INCEPTION_CACHE',
-                             'XDG_CACHE_HOME')}
+    clear = {
+        k: '' for k in ('NCSN_JAX_CACHE', 'NCSN_JAX_INCEPTION_CACHE',
+                        'XDG_CACHE_HOME')
+    }
     patch = mock.patch.dict(os.environ, dict(clear, **values))
     patch.start()
     self.addCleanup(patch.stop)
@@ -106,13 +108,13 @@ class CacheDirsTest(absltest.TestCase):
     root = self.create_tempdir().full_path
     self._env(NCSN_JAX_CACHE=root)
     config = tiny.get_config('cifar10')
-    self.assertEqual(sample_quality.default_stats_path(config, 'train'),
-                     os.path.join(root, 'inception', 'stats',
-                                  'cifar10_8px_train_tf.npz'))
+    self.assertEqual(
+        sample_quality.default_stats_path(config, 'train'),
+        os.path.join(root, 'inception', 'stats', 'cifar10_8px_train_tf.npz'))
     config.eval.cache_dir = os.path.join(root, 'mine')
-    self.assertEqual(sample_quality.default_stats_path(config, 'test'),
-                     os.path.join(root, 'mine', 'stats',
-                                  'cifar10_8px_test_tf.npz'))
+    self.assertEqual(
+        sample_quality.default_stats_path(config, 'test'),
+        os.path.join(root, 'mine', 'stats', 'cifar10_8px_test_tf.npz'))
     with self.assertRaisesRegex(ValueError, 'No Inception weights in .*mine'):
       sample_quality.create_extractor(config)
     self._env(HOME=self.create_tempdir().full_path)

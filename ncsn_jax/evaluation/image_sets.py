@@ -137,8 +137,15 @@ def from_features(feats: dict, what: str, path: str) -> dict:
     raise errors.ConfigError(f'{what}={path} holds {n} image(s); FID needs '
                              'at least 2.')
   mu, sigma = metrics.mean_and_covariance(feats['pool_3'])
-  return {'mu': mu, 'sigma': sigma, 'pool_3': feats['pool_3'],
-          'logits': feats.get('logits'), 'meta': {'num_examples': n}}
+  return {
+      'mu': mu,
+      'sigma': sigma,
+      'pool_3': feats['pool_3'],
+      'logits': feats.get('logits'),
+      'meta': {
+          'num_examples': n
+      }
+  }
 
 
 def statistics(path: str, what: str, preprocessing: str) -> dict:
