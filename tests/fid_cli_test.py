@@ -131,14 +131,21 @@ class FidCliTest(absltest.TestCase):
       else:
         self.assertIn('KID not computed: B holds mu and sigma only', stdout)
         self.assertIn('(stats, N unknown)', stdout)
-    # Both sides statistics: no network at all; FID is symmetric.
+    # Both sides statistics: no network at all; FID is symmetric; stats
+    # made with other weights are flagged.
     a_stats = os.path.join(self.create_tempdir().full_path, 'a.npz')
     sample_quality.save_reference(a_stats, self.extractor[0](self.a)['pool_3'],
-                                  {'preprocessing': 'tf'})
-    rc, stdout, _ = _run([self.stats['ttur'], a_stats], self.extractor)
+                                  {
+                                      'preprocessing': 'tf',
+                                      'weights_trunk_sha256': 'c' * 64
+                                  })
+    rc, stdout, _ = _run([self.stats['ours'], a_stats], self.extractor)
     self.assertEqual(rc, 0)
     self.assertClose(_number(stdout, 'FID'), self.want['fid'])
     self.assertNotIn('weights:', stdout)
+    self.assertIn(
+        'note: the Inception weights differ: A '
+        f'{self.extractor[1]["trunk_sha256"][:12]}..., B cccc', stdout)
 
   def test_subprocess_images_npz_against_our_stats(self):
     env = dict(os.environ, JAX_PLATFORMS='cpu')
