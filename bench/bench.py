@@ -1,6 +1,6 @@
 """Benchmark of the NCSNv2 CIFAR-10 network (ngf 128) on the present backend.
 
-  python bench/bench.py --batch=16 [--ncsnv2_repo=PATH --torch_python=PY]
+  python -m bench.bench --batch=16 [--ncsnv2_repo=PATH --torch_python=PY]
 
 Prints a table and writes JSON (`--json`): training images/s, sampler score
 evaluations/s, compile times of the train step and of the full CIFAR-10
@@ -17,12 +17,9 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import flax  # pylint: disable=g-import-not-at-top
+import flax
 import jax
 import jax.numpy as jnp
 

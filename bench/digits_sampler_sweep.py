@@ -1,6 +1,6 @@
 """Scores one trained digits checkpoint under several sampler settings.
 
-  PYTHONPATH=. python bench/digits_sampler_sweep.py WORKDIR \
+  python -m bench.digits_sampler_sweep WORKDIR \
       T=5,eps=2.4e-5 T=10,eps=1.6e-5,denoise=0 ...
 
 Loads the latest EMA parameters of WORKDIR (trained with configs/digits.py

@@ -1,6 +1,6 @@
 """Times one train step and one sampler network evaluation of digits configs.
 
-  PYTHONPATH=. python bench/digits_step_time.py ngf=16,batch=64,size=8 ...
+  python -m bench.digits_step_time ngf=16,batch=64,size=8 ...
 
 Each argument is a comma-separated list of overrides (ngf, batch, size, L,
 sbatch = sampling batch, k = n_jitted_steps, scan = 1 to time the k steps

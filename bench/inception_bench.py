@@ -1,6 +1,6 @@
 """Speed of the JAX FID Inception extractor vs the TorchScript reference.
 
-  python bench/inception_bench.py [--n=100 --batch=10 --repeats=3 \
+  python -m bench.inception_bench [--n=100 --batch=10 --repeats=3 \
       --weights=.cache/inception/inception_fid_trunk.npz \
       --torch_python=PATH/TO/python-with-torch]
 
@@ -20,10 +20,7 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import jax  # pylint: disable=g-import-not-at-top
+import jax
 import numpy as np
 
 from ncsn_jax.evaluation.inception import extractor

@@ -1,6 +1,6 @@
 """XLA's memory figures of the NCSNv2 CIFAR-10 train step, donated or not.
 
-  python bench/memory.py [--batch=128] [--json=PATH]
+  python -m bench.memory [--batch=128] [--json=PATH]
 
 Compiles (does not run) the pmapped train step of the NCSNv2 CIFAR-10 model
 (ngf 128, 32x32x3) on one device of the local backend, in three forms:
@@ -20,13 +20,9 @@ peak estimate. Compiling takes minutes on a small CPU.
 import argparse
 import functools
 import json
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import jax  # pylint: disable=g-import-not-at-top
+import jax
 
 from configs import cifar10_ncsnv2
 from ncsn_jax import models

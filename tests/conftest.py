@@ -1,12 +1,16 @@
-"""Test setup: 4 simulated CPU devices and the repository root on sys.path.
+"""Test setup: 4 simulated CPU devices, the weights, the subprocesses' path.
 
 XLA_FLAGS must be set before JAX is first imported, which is why this lives
-in conftest.py.
+in conftest.py. pytest itself imports the package from the repository root
+(`pythonpath` in pyproject.toml); the scripts the tests start (run.py,
+tests/run_with_mock_data.py, tests/multihost_worker.py) get the root through
+PYTHONPATH. The Inception weights are those `make inception-weights` writes
+into the repository's `.cache/inception`, unless NCSN_JAX_INCEPTION_CACHE
+names another folder.
 """
 
 import gc
 import os
-import sys
 import tempfile
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
@@ -18,7 +22,11 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
                       os.path.join(tempfile.gettempdir(), 'ncsn_jax_tests_xla'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ['PYTHONPATH'] = os.pathsep.join(
+    [ROOT] + [p for p in [os.environ.get('PYTHONPATH')] if p])
+os.environ.setdefault('NCSN_JAX_INCEPTION_CACHE',
+                      os.path.join(ROOT, '.cache', 'inception'))
 
 from absl import flags  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top

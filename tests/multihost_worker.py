@@ -1,7 +1,8 @@
 """One process of the 2-process x 2-CPU-device tests (see multihost_test).
 
 Usage: multihost_worker.py PROCESS_ID PORT WORKDIR MODE, MODE = step | train
-| train:N (train up to step N). Saves the parameters to an .npz.
+| train:N (train up to step N), with the repository root on PYTHONPATH
+(tests/conftest.py puts it there). Saves the parameters to an .npz.
 """
 
 import os
@@ -9,8 +10,6 @@ import sys
 
 os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'
 os.environ['JAX_PLATFORMS'] = 'cpu'
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 from ncsn_jax import parallel  # pylint: disable=g-import-not-at-top
 

@@ -25,13 +25,18 @@ from ncsn_jax.data import splits
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
 _MAX_NAMED = 10  # Skipped files named in the warning; the rest are counted.
+_GREY_MODES = ('1', 'L', 'LA', 'La')  # After `preprocessing.to_8bit`.
 
 
-def list_image_files(data_dir: str) -> list[str]:
-  """Sorted paths of the PNG/JPEG files under `data_dir` (recursive)."""
+def list_image_files(data_dir: str,
+                     what: str = 'config.data.data_dir') -> list[str]:
+  """Sorted paths of the PNG/JPEG files under `data_dir` (recursive).
+
+  `what` names the folder in errors (a config field or a command argument).
+  """
   if not data_dir or not tf.io.gfile.isdir(data_dir):
     raise errors.ConfigError(
-        f'config.data.data_dir={data_dir!r} is not a folder; '
+        f'{what}={data_dir!r} is not a folder; '
         'point it at the image folder.')
   paths = []
   for root, _, files in tf.io.gfile.walk(data_dir):
@@ -39,7 +44,7 @@ def list_image_files(data_dir: str) -> list[str]:
                  if f.lower().endswith(IMAGE_EXTENSIONS))
   if not paths:
     raise errors.ConfigError(
-        f'config.data.data_dir={data_dir!r} holds no '
+        f'{what}={data_dir!r} holds no '
         f'{"/".join(IMAGE_EXTENSIONS)} files; put images there or point it '
         'at the image folder.')
   return sorted(paths)
@@ -76,7 +81,7 @@ def why_unusable(path: str, crop_size: int = 0):
   return None
 
 
-def _describe(skipped: list[tuple[str, str]], data_dir: str) -> str:
+def describe(skipped: list[tuple[str, str]], data_dir: str) -> str:
   """`a.png (empty file); b.jpg (...)`, paths relative to the folder."""
   named = [f'{os.path.relpath(p, data_dir)} ({why})'
            for p, why in skipped[:_MAX_NAMED]]
@@ -94,11 +99,11 @@ def usable_image_files(config) -> list[str]:
   if not usable:
     raise errors.ConfigError(
         f'config.data.data_dir={data_dir}: none of its {len(paths)} image '
-        f'files can be used: {_describe(skipped, data_dir)}.')
+        f'files can be used: {describe(skipped, data_dir)}.')
   if skipped:
     logging.warning('config.data.data_dir=%s: skipping %d of %d image files: '
                     '%s.', data_dir, len(skipped), len(paths),
-                    _describe(skipped, data_dir))
+                    describe(skipped, data_dir))
   return usable
 
 
@@ -109,13 +114,30 @@ def load_image_file(path: str, size: int, crop_size: int,
   Geometry of `preprocessing.center_crop_and_resize_pil`. Raises OSError (or
   SyntaxError / ValueError) when the file cannot be decoded.
   """
+  img = _decode(path, 'L' if channels == 1 else 'RGB')
+  img = preprocessing.center_crop_and_resize_pil(img, size, crop_size)
+  return np.asarray(img, np.uint8).reshape(size, size, channels)
+
+
+def _decode(path: str, mode=None) -> Image.Image:
+  """The decoded 8-bit image, converted to `mode` (None: L for grey
+  files, RGB for all others)."""
   with tf.io.gfile.GFile(path, 'rb') as f:
     data = f.read()
   with Image.open(io.BytesIO(data)) as img:
     img = preprocessing.to_8bit(img)
-    img = img.convert('L' if channels == 1 else 'RGB')
-  img = preprocessing.center_crop_and_resize_pil(img, size, crop_size)
-  return np.asarray(img, np.uint8).reshape(size, size, channels)
+    if mode is None:
+      mode = 'L' if img.mode in _GREY_MODES else 'RGB'
+    return img.convert(mode)
+
+
+def read_image(path: str) -> np.ndarray:
+  """One file at its own size: uint8 [H, W, 1] for grey, else [H, W, 3].
+
+  Raises OSError (or SyntaxError / ValueError) when it cannot be decoded.
+  """
+  img = np.asarray(_decode(path), np.uint8)
+  return img[..., None] if img.ndim == 2 else img
 
 
 def _decoder(data):

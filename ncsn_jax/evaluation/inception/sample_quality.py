@@ -27,6 +27,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from ncsn_jax import cache_dirs
 from ncsn_jax import errors
 from ncsn_jax import files
 from ncsn_jax import image_io
@@ -59,14 +60,36 @@ NO_HEAD_NOTE = (
     'PATH, or =download when online).')
 
 
-def create_extractor(config) -> tuple[Callable, dict]:
-  """Extractor (uint8 [N,H,W,C] -> features) and weights meta of a config."""
-  path = weight_files.resolve_weights(config.eval.inception_weights)
+def load_extractor(weights: str, preprocessing: str, batch_size: int,
+                   folder: str = '') -> tuple[Callable, dict]:
+  """Extractor (uint8 [N,H,W,C] -> features) and its weights' meta.
+
+  Args:
+    weights: `config.eval.inception_weights` (see
+      `weight_files.resolve_weights`).
+    preprocessing: 'tf' or 'pytorch'.
+    batch_size: images per forward pass.
+    folder: the Inception cache folder ('' = `cache_dirs.inception_dir()`).
+  """
+  path = weight_files.resolve_weights(weights,
+                                      cache_dirs.inception_dir(folder))
   params, meta = inception_extractor.load_params(path)
-  extract = inception_extractor.create_extractor(
-      params, config.eval.inception_preprocessing,
-      config.eval.inception_batch_size)
+  extract = inception_extractor.create_extractor(params, preprocessing,
+                                                 batch_size)
   return extract, dict(meta, path=path)
+
+
+def create_extractor(config) -> tuple[Callable, dict]:
+  """`load_extractor` with a config's `eval` fields."""
+  e = config.eval
+  return load_extractor(e.inception_weights, e.inception_preprocessing,
+                        e.inception_batch_size, cache_dir(config))
+
+
+def cache_dir(config) -> str:
+  """The Inception folder of a run: `config.eval.cache_dir`, else the user
+  cache's (`cache_dirs.inception_dir`)."""
+  return cache_dirs.inception_dir(config.eval.get('cache_dir', ''))
 
 
 def default_stats_path(config, split: str) -> str:
@@ -77,7 +100,7 @@ def default_stats_path(config, split: str) -> str:
   data = config.data
   name = data.dataset + (f'_{data.category}' if data.category else '')
   return os.path.join(
-      weight_files.default_cache_dir(), 'stats',
+      cache_dir(config), 'stats',
       f'{name}_{data.image_size}px_{split}_'
       f'{config.eval.inception_preprocessing}.npz')
 

