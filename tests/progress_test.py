@@ -1,0 +1,117 @@
+"""Tests of the progress lines (rate, ETA, final count) with a fake clock."""
+
+import io
+
+from absl.testing import absltest
+
+from ncsn_jax import progress
+
+
+class FakeClock:
+
+  def __init__(self):
+    self.t = 100.0
+
+  def __call__(self):
+    return self.t
+
+
+class ProgressTest(absltest.TestCase):
+
+  def _bar(self, total, tty=False, **kwargs):
+    stream, clock = io.StringIO(), FakeClock()
+    bar = progress.Progress(total,
+                            'sampling',
+                            unit='samples',
+                            every_s=5.0,
+                            stream=stream,
+                            clock=clock,
+                            enabled=True,
+                            tty=tty,
+                            **kwargs)
+    return bar, stream, clock
+
+  def test_lines_every_few_seconds_with_rate_eta_and_final_count(self):
+    bar, stream, clock = self._bar(1000)
+    for _ in range(10):  # 100 samples per 2 s: 50 samples/s.
+      clock.t += 2.0
+      bar.update(100)
+    bar.close()
+    lines = stream.getvalue().splitlines()
+    # Lines at t = 6, 12, 18 (every >= 5 s), then the final one.
+    self.assertLen(lines, 4)
+    self.assertEqual(
+        lines[0], 'sampling: 300/1000 samples (30%), 50 samples/s, ETA 14.0s')
+    self.assertEqual(
+        lines[2], 'sampling: 900/1000 samples (90%), 50 samples/s, ETA 2.0s')
+    self.assertEqual(lines[-1],
+                     'sampling: 1000/1000 samples in 20.0s (50 samples/s)')
+
+  def test_eta_in_minutes_and_slow_rates_per_unit(self):
+    bar, stream, clock = self._bar(10)
+    clock.t += 130.0
+    bar.update(1, extra='loss 0.5')
+    self.assertEqual(
+        stream.getvalue(),
+        'sampling: 1/10 samples (10%), 130 s/sample, ETA 19:30, loss 0.5\n')
+
+  def test_terminal_rewrites_one_line(self):
+    bar, stream, clock = self._bar(4, tty=True)
+    for _ in range(4):
+      clock.t += 1.0
+      bar.update()
+    bar.close()
+    out = stream.getvalue()
+    self.assertEqual(out.count('\n'), 1)  # Only the final line ends one.
+    self.assertEqual(out.count('\r'), 5)  # Four updates and the final line.
+    self.assertTrue(
+        out.endswith('sampling: 4/4 samples in 4.0s '
+                     '(1 samples/s)\n'))
+
+  def test_close_once_and_disabled_prints_nothing(self):
+    bar, stream, clock = self._bar(2)
+    clock.t += 1.0
+    bar.update(2)
+    bar.close()
+    bar.close()
+    self.assertLen(stream.getvalue().splitlines(), 1)
+    quiet, stream, clock = self._bar(2)
+    quiet.enabled = False
+    clock.t += 10.0
+    quiet.update(2)
+    quiet.close()
+    self.assertEqual(stream.getvalue(), '')
+
+  def test_track_counts_every_item(self):
+    stream, clock = io.StringIO(), FakeClock()
+
+    def items():
+      for i in range(3):
+        clock.t += 10.0
+        yield i
+
+    out = list(
+        progress.track(items(),
+                       3,
+                       'sweep',
+                       unit='checkpoints',
+                       stream=stream,
+                       clock=clock,
+                       enabled=True,
+                       tty=False))
+    self.assertEqual(out, [0, 1, 2])
+    lines = stream.getvalue().splitlines()
+    self.assertEqual(
+        lines[0], 'sweep: 1/3 checkpoints (33%), 10 s/checkpoint, '
+        'ETA 20.0s')
+    self.assertEqual(lines[-1], 'sweep: 3/3 checkpoints in 30.0s '
+                     '(10 s/checkpoint)')
+
+  def test_format_duration(self):
+    self.assertEqual(progress.format_duration(4.24), '4.2s')
+    self.assertEqual(progress.format_duration(125), '2:05')
+    self.assertEqual(progress.format_duration(3725), '1:02:05')
+
+
+if __name__ == '__main__':
+  absltest.main()
