@@ -6,10 +6,17 @@
       --mode=sample --config.sampling.ckpt_id=300000
 
 Config fields can be overridden with --config.<section>.<field>=<value>.
+The console shows progress and results; -v (--verbosity=1) adds the logs.
 """
 
 import os
 import sys
+
+from ncsn_jax import console
+
+# Before TensorFlow or JAX is imported: their C++ start-up logs.
+sys.argv = console.normalize_argv(sys.argv)
+console.set_environment(console.verbosity(sys.argv) > 0)
 
 from absl import app
 from absl import flags
@@ -73,6 +80,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError('Too many command-line arguments.')
   logging.get_absl_handler().python_handler.addFilter(_QuietLibraries())
+  console.quiet_logging(FLAGS.verbosity > 0)
   # TF only feeds data: keep it off the accelerators JAX uses.
   import tensorflow as tf
   tf.config.set_visible_devices([], 'GPU')
@@ -90,6 +98,8 @@ def main(argv):
   from ncsn_jax.training import loop
 
   config, workdir = FLAGS.config, FLAGS.workdir
+  print(console.header(config_flags.get_config_filename(FLAGS['config']),
+                       FLAGS.mode, workdir), flush=True)
   try:
     check_workdir(workdir)
     if FLAGS.mode == 'train':

@@ -51,6 +51,8 @@ class Progress:
     enabled: False prints nothing; default: only on process 0 of a
       multi-process run.
     tty: whether the stream is a terminal (default: `stream.isatty()`).
+    initial: units already done before (a resumed run); the rate and ETA
+      count only the units done here.
   """
 
   def __init__(self,
@@ -61,7 +63,8 @@ class Progress:
                stream: Optional[TextIO] = None,
                clock: Callable[[], float] = time.monotonic,
                enabled: Optional[bool] = None,
-               tty: Optional[bool] = None):
+               tty: Optional[bool] = None,
+               initial: int = 0):
     self.total, self.desc, self.unit = total or 0, desc, unit
     self.stream = stream or sys.stderr
     self.tty = self.stream.isatty() if tty is None else tty
@@ -70,7 +73,8 @@ class Progress:
       import jax  # pylint: disable=g-import-not-at-top
       enabled = jax.process_index() == 0
     self.clock, self.enabled = clock, enabled
-    self.n, self.closed = 0, False
+    self.n = self.initial = initial
+    self.closed, self.extra = False, ''
     self.start = self._last = clock()
 
   def __enter__(self) -> 'Progress':
@@ -81,15 +85,15 @@ class Progress:
 
   def line(self) -> str:
     """The current progress line (no newline)."""
-    elapsed = self.clock() - self.start
+    elapsed, here = self.clock() - self.start, self.n - self.initial
     done = f'{self.n}/{self.total}' if self.total else f'{self.n}'
     pct = f' ({100 * self.n / self.total:.0f}%)' if self.total else ''
     text = (f'{self.desc}: {done} {self.unit}{pct}, '
-            f'{_rate(self.n, elapsed, self.unit)}')
-    if self.total and 0 < self.n < self.total:
-      eta = elapsed * (self.total - self.n) / self.n
+            f'{_rate(here, elapsed, self.unit)}')
+    if self.total and here > 0 and self.n < self.total:
+      eta = elapsed * (self.total - self.n) / here
       text += f', ETA {format_duration(eta)}'
-    return text
+    return text + (f', {self.extra}' if self.extra else '')
 
   def _write(self, text: str, final: bool = False) -> None:
     if not self.enabled:
@@ -100,18 +104,20 @@ class Progress:
       self.stream.write(text + '\n')
     self.stream.flush()
 
-  def update(self, n: int = 1, extra: str = '') -> None:
+  def update(self, n: int = 1, extra: Optional[str] = None) -> None:
     """Adds `n` done units; prints a line if one is due.
 
-    `extra` (e.g. 'loss 0.41') is appended to the line.
+    `extra` (e.g. 'loss 0.41') is appended to this and later lines.
     """
     self.n += n
+    if extra is not None:
+      self.extra = extra
     now = self.clock()
     if now - self._last >= self.every_s and not self.closed:
       self._last = now
-      self._write(self.line() + (f', {extra}' if extra else ''))
+      self._write(self.line())
 
-  def close(self, extra: str = '') -> None:
+  def close(self) -> None:
     """Prints the final line once: count, time taken, mean rate."""
     if self.closed:
       return
@@ -119,8 +125,8 @@ class Progress:
     elapsed = self.clock() - self.start
     done = f'{self.n}/{self.total}' if self.total else f'{self.n}'
     text = (f'{self.desc}: {done} {self.unit} in {format_duration(elapsed)}'
-            f' ({_rate(self.n, elapsed, self.unit)})')
-    self._write(text + (f', {extra}' if extra else ''), final=True)
+            f' ({_rate(self.n - self.initial, elapsed, self.unit)})')
+    self._write(text + (f', {self.extra}' if self.extra else ''), final=True)
 
 
 def track(items: Iterable[T],

@@ -107,6 +107,22 @@ class ProgressTest(absltest.TestCase):
     self.assertEqual(lines[-1], 'sweep: 3/3 checkpoints in 30.0s '
                      '(10 s/checkpoint)')
 
+  def test_resumed_run_counts_rate_from_here_and_keeps_extra(self):
+    bar, stream, clock = self._bar(1000, initial=600)
+    clock.t += 10.0
+    bar.update(100, extra='loss 0.25')
+    clock.t += 10.0
+    bar.update(100)
+    bar.close()
+    lines = stream.getvalue().splitlines()
+    self.assertEqual(lines, [
+        'sampling: 700/1000 samples (70%), 10 samples/s, ETA 30.0s, '
+        'loss 0.25',
+        'sampling: 800/1000 samples (80%), 10 samples/s, ETA 20.0s, '
+        'loss 0.25',
+        'sampling: 800/1000 samples in 20.0s (10 samples/s), loss 0.25'
+    ])
+
   def test_format_duration(self):
     self.assertEqual(progress.format_duration(4.24), '4.2s')
     self.assertEqual(progress.format_duration(125), '2:05')

@@ -23,6 +23,7 @@ from ncsn_jax import image_io
 from ncsn_jax import models
 from ncsn_jax import parallel
 from ncsn_jax import progress
+from ncsn_jax import summaries
 from ncsn_jax.data import input_pipeline
 from ncsn_jax.evaluation import digits_metrics
 from ncsn_jax.evaluation import metrics
@@ -181,7 +182,8 @@ def sweep(config, workdir: str, programs: Programs) -> str:
 
   Only steps that are multiples of `eval.every` are taken (0 = all). Writes
   `WORKDIR/eval/sweep.json` and `sweep.csv` and names the best checkpoint,
-  as the papers selected theirs.
+  as the papers selected theirs; `sweep.png` and TensorBoard scalars of
+  `WORKDIR/eval/` show the metrics against the step (`summaries`).
   """
   e = config.eval
   steps = _swept_steps(config, workdir)
@@ -195,6 +197,8 @@ def sweep(config, workdir: str, programs: Programs) -> str:
       ','.join(str(r.get(c, '')) for c in columns) for r in rows]
   root = os.path.join(workdir, 'eval')
   files.save_text(os.path.join(root, 'sweep.csv'), '\n'.join(csv) + '\n')
+  if jax.process_index() == 0:
+    summaries.write_sweep(root, rows, criterion)
   path = os.path.join(root, 'sweep.json')
   summary = {'best_step': best, 'criterion': criterion}
   fast = e.num_samples < sample_quality.PAPER_NUM_SAMPLES
