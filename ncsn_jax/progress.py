@@ -28,14 +28,20 @@ def format_duration(seconds: float) -> str:
   return f'{h}:{m:02d}:{s:02d}' if h else f'{m}:{s:02d}'
 
 
+def _singular(unit: str) -> str:
+  """'batches' -> 'batch', 'samples' -> 'sample' (English plurals)."""
+  if unit.endswith(('ches', 'shes', 'xes', 'sses')):
+    return unit[:-2]
+  return unit[:-1] if unit.endswith('s') and len(unit) > 1 else unit
+
+
 def _rate(n: float, seconds: float, unit: str) -> str:
   if seconds <= 0 or n <= 0:
     return f'? {unit}/s'
   r = n / seconds
   if r >= 1:
     return f'{r:.3g} {unit}/s'
-  one = unit[:-1] if unit.endswith('s') and len(unit) > 1 else unit
-  return f'{seconds / n:.3g} s/{one}'
+  return f'{seconds / n:.3g} s/{_singular(unit)}'
 
 
 class Progress:

@@ -123,6 +123,11 @@ class ProgressTest(absltest.TestCase):
         'sampling: 800/1000 samples in 20.0s (10 samples/s), loss 0.25'
     ])
 
+  def test_slow_rate_names_one_unit(self):
+    self.assertEqual(progress._rate(2, 10.0, 'batches'), '5 s/batch')
+    self.assertEqual(progress._rate(2, 10.0, 'rows'), '5 s/row')
+    self.assertEqual(progress._rate(20, 10.0, 'batches'), '2 batches/s')
+
   def test_format_duration(self):
     self.assertEqual(progress.format_duration(4.24), '4.2s')
     self.assertEqual(progress.format_duration(125), '2:05')
