@@ -119,7 +119,8 @@ class Progress:
     if extra is not None:
       self.extra = extra
     now = self.clock()
-    if now - self._last >= self.every_s and not self.closed:
+    finished = self.total and self.n >= self.total  # close() reports it.
+    if now - self._last >= self.every_s and not self.closed and not finished:
       self._last = now
       self._write(self.line())
 
