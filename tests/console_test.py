@@ -13,6 +13,8 @@ import sys
 from absl.testing import absltest
 import tensorflow as tf
 
+from ncsn_jax import console
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHATTER = ('cpu_feature_guard', 'oneDNN', 'backend', 'absl::InitializeLog',
            'logging_writer', 'Setting work unit notes')
@@ -46,6 +48,28 @@ def event_tags(logdir: str) -> dict[str, set[int]]:
       for value in event.summary.value:
         tags[value.tag].add(event.step)
   return tags
+
+
+class FlagsTest(absltest.TestCase):
+
+  def test_verbosity_and_environment(self):
+    self.assertEqual(console.normalize_argv(['run.py', '-v', '--mode=x']),
+                     ['run.py', '--verbosity=1', '--mode=x'])
+    for argv, level in ((['run.py'], 0), (['run.py', '--verbosity=1'], 1),
+                        (['run.py', '-v', '2'], 2), (['run.py', '-v=1'], 1),
+                        (['run.py', '--verbosity', 'x'], 0)):
+      self.assertEqual(console.verbosity(argv), level, argv)
+    quiet, verbose = {}, {'TF_CPP_MIN_LOG_LEVEL': '0'}
+    console.set_environment(False, quiet)
+    console.set_environment(True, verbose)
+    self.assertEqual(quiet, {
+        'TF_CPP_MIN_LOG_LEVEL': '2',
+        'TF_ENABLE_ONEDNN_OPTS': '0'
+    })
+    self.assertEqual(verbose, {
+        'TF_CPP_MIN_LOG_LEVEL': '0',
+        'TF_ENABLE_ONEDNN_OPTS': '0'
+    })
 
 
 class ConsoleTest(absltest.TestCase):
