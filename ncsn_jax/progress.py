@@ -8,7 +8,8 @@
 On a terminal the line is rewritten in place (`\\r`) a few times a second;
 otherwise (logs, pipes, CI) one full line is printed every `every_s`
 seconds. `close` (or leaving the `with` block) prints the final count, the
-time taken and the mean rate. Only one process of a multi-process run
+time taken and the mean rate. The rate and ETA of the lines before count
+from the first update, so a first unit that compiles does not skew them. Only one process of a multi-process run
 should report: pass `enabled=False` elsewhere.
 """
 
@@ -82,6 +83,9 @@ class Progress:
     self.n = self.initial = initial
     self.closed, self.extra = False, ''
     self.start = self._last = clock()
+    # Rate and ETA count from the first update on: the first unit often
+    # includes compiling (a train step, a sampler) and would skew them.
+    self._mark = None  # (time, units) at the first update.
 
   def __enter__(self) -> 'Progress':
     return self
@@ -91,7 +95,8 @@ class Progress:
 
   def line(self) -> str:
     """The current progress line (no newline)."""
-    elapsed, here = self.clock() - self.start, self.n - self.initial
+    t0, n0 = self._mark or (self.start, self.initial)
+    elapsed, here = self.clock() - t0, self.n - n0
     done = f'{self.n}/{self.total}' if self.total else f'{self.n}'
     pct = f' ({100 * self.n / self.total:.0f}%)' if self.total else ''
     text = (f'{self.desc}: {done} {self.unit}{pct}, '
@@ -119,6 +124,9 @@ class Progress:
     if extra is not None:
       self.extra = extra
     now = self.clock()
+    if self._mark is None:
+      self._mark = (now, self.n)
+      return
     finished = self.total and self.n >= self.total  # close() reports it.
     if now - self._last >= self.every_s and not self.closed and not finished:
       self._last = now
