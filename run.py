@@ -6,11 +6,18 @@
       --mode=sample --config.sampling.ckpt_id=300000
 
 Config fields can be overridden with --config.<section>.<field>=<value>.
+The console shows progress and results; -v (--verbosity=1) adds the logs.
 """
 
 import os
 import re
 import sys
+
+from ncsn_jax import console
+
+# Before TensorFlow or JAX is imported: their C++ start-up logs.
+sys.argv = console.normalize_argv(sys.argv)
+console.set_environment(console.verbosity(sys.argv) > 0)
 
 from absl import app
 from absl import flags
@@ -189,6 +196,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError('Too many command-line arguments.')
   logging.get_absl_handler().python_handler.addFilter(_QuietLibraries())
+  console.quiet_logging(FLAGS.verbosity > 0)
   import jax
   if FLAGS.compilation_cache_dir:
     jax.config.update('jax_compilation_cache_dir', FLAGS.compilation_cache_dir)
@@ -201,6 +209,8 @@ def main(argv):
   from ncsn_jax import config_checks
 
   config, workdir = FLAGS.config, FLAGS.workdir
+  print(console.header(config_flags.get_config_filename(FLAGS['config']),
+                       FLAGS.mode, workdir), flush=True)
   try:
     # Every field first: nothing is read or written for a config that fails.
     config_checks.check_config(config, FLAGS.mode)

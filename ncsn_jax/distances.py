@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ncsn_jax import progress
+
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -40,19 +42,23 @@ def _squared_distances(a: jax.Array, b: jax.Array,
 
 
 @functools.partial(jax.jit, static_argnames='block')
-def _max_squared_distance(x: jax.Array, block: int) -> jax.Array:
-  norms = jnp.sum(x * x, axis=1)
-  blocks = x.reshape(-1, block, x.shape[1])
-  return jnp.max(jax.lax.map(
-      lambda rows: jnp.max(_squared_distances(rows, x, norms)), blocks))
+def _block_max(x: jax.Array, norms: jax.Array, start, block: int):
+  """Largest squared distance of rows start .. start + block - 1 to all."""
+  rows = jax.lax.dynamic_slice_in_dim(x, start, block)
+  return jnp.max(_squared_distances(rows, x, norms))
 
 
-def max_pairwise_distance(x, block_size: int = 1000) -> float:
+def max_pairwise_distance(x, block_size: int = 1000,
+                          desc: str = 'pairwise distances') -> float:
   """The largest Euclidean distance between two rows of `x`.
+
+  One compiled tile program runs per block of rows, from a host loop that
+  reports progress (`desc`: its label).
 
   Args:
     x: `[N, ...]` (each example flattened), N >= 1.
     block_size: rows per tile (the tile is `[block_size, N]`).
+    desc: label of the progress line.
 
   Returns:
     max_{i,j} ||x_i - x_j|| as a Python float.
@@ -61,8 +67,14 @@ def max_pairwise_distance(x, block_size: int = 1000) -> float:
   if x.shape[0] == 0:
     raise ValueError('max_pairwise_distance needs at least one example.')
   block = max(1, min(block_size, x.shape[0]))
-  x, _ = _pad_rows(x, block)  # Repeated rows do not change the maximum.
-  return float(np.sqrt(_max_squared_distance(x, block)))
+  x, n = _pad_rows(x, block)  # Repeated rows do not change the maximum.
+  norms = jnp.sum(x * x, axis=1)
+  best = 0.0
+  with progress.Progress(n, desc, unit='rows') as bar:
+    for start in range(0, x.shape[0], block):
+      best = max(best, float(_block_max(x, norms, start, block)))
+      bar.update(min(block, n - start))
+  return float(np.sqrt(best))
 
 
 @functools.partial(jax.jit, static_argnames=('k', 'block', 'n'))

@@ -23,6 +23,8 @@ from ncsn_jax import files
 from ncsn_jax import image_io
 from ncsn_jax import models
 from ncsn_jax import parallel
+from ncsn_jax import progress
+from ncsn_jax import summaries
 from ncsn_jax.data import input_pipeline
 from ncsn_jax.evaluation import digits_metrics
 from ncsn_jax.evaluation import metrics
@@ -45,7 +47,10 @@ def test_loss(config, p_eval, params, key) -> float:
       config, 'test', batch_size=per_process, shuffle=False, repeat=False,
       augment=False, seed=config.seed + 1)
   total, count = 0.0, 0
-  for i, batch in enumerate(input_pipeline.numpy_iterator(ds)):
+  batches = progress.track(input_pipeline.numpy_iterator(ds),
+                           max(int(ds.cardinality()), 0), 'test loss',
+                           unit='batches')
+  for i, batch in enumerate(batches):
     keys = parallel.process_keys(jax.random.fold_in(key, i), per_process)
     total += float(p_eval(params, batch['image'], keys))
     count += 1
@@ -180,11 +185,14 @@ def sweep(config, workdir: str, programs: Programs) -> str:
 
   Only steps that are multiples of `eval.every` are taken (0 = all). Writes
   `WORKDIR/eval/sweep.json` and `sweep.csv` and names the best checkpoint,
-  as the papers selected theirs.
+  as the papers selected theirs; `sweep.png` and TensorBoard scalars of
+  `WORKDIR/eval/` show the metrics against the step (`summaries`).
   """
   e = config.eval
+  steps = _swept_steps(config, workdir)
   rows = [_flatten(evaluate_checkpoint(config, workdir, s, programs))
-          for s in _swept_steps(config, workdir)]
+          for s in progress.track(steps, len(steps), 'eval sweep',
+                                  unit='checkpoints')]
   best, criterion = best_step(rows)
   columns = sorted({k for r in rows for k in r}, key=lambda k: (k != 'step',
                                                                 k))
@@ -192,6 +200,8 @@ def sweep(config, workdir: str, programs: Programs) -> str:
       ','.join(str(r.get(c, '')) for c in columns) for r in rows]
   root = os.path.join(workdir, 'eval')
   files.save_text(os.path.join(root, 'sweep.csv'), '\n'.join(csv) + '\n')
+  if jax.process_index() == 0:
+    summaries.write_sweep(root, rows, criterion)
   path = os.path.join(root, 'sweep.json')
   summary = {'best_step': best, 'criterion': criterion}
   fast = e.num_samples < sample_quality.PAPER_NUM_SAMPLES

@@ -29,6 +29,7 @@ from ncsn_jax import config_checks
 from ncsn_jax import distances
 from ncsn_jax import errors
 from ncsn_jax import files
+from ncsn_jax import progress
 from ncsn_jax import transforms
 from ncsn_jax.data import input_pipeline
 
@@ -130,10 +131,13 @@ def training_images(config, seed: int) -> tuple[np.ndarray, int]:
   elif total < 0:
     logging.warning('Unknown split size: using every training image.')
   out, offset = [], 0
-  for batch in input_pipeline.numpy_iterator(ds):
-    n = len(batch)
-    out.append(batch if keep is None else batch[keep[offset:offset + n]])
-    offset += n
+  with progress.Progress(max(total, 0), 'reading training images',
+                         unit='images') as bar:
+    for batch in input_pipeline.numpy_iterator(ds):
+      n = len(batch)
+      out.append(batch if keep is None else batch[keep[offset:offset + n]])
+      offset += n
+      bar.update(n)
   if not out:
     return np.zeros((0, 1), np.float32), 0
   images = transforms.data_transform(np.concatenate(out), config)
@@ -202,7 +206,8 @@ def tune(config, workdir: str) -> dict:
           f'the training split of {config.data.dataset} has '
           f'{len(images)} images; sigma_1 needs at least 2 '
           '(or set config.tune.sigma_begin).')
-    sigma_begin = distances.max_pairwise_distance(images, t.block_size)
+    sigma_begin = distances.max_pairwise_distance(
+        images, t.block_size, desc='sigma_1 distance pass')
     source = {'sigma_begin_source': 'max pairwise distance of the data',
               'num_images': int(len(images)), 'split_size': int(total)}
   result = recommend(sigma_begin, dim, config.model.sigma_end,

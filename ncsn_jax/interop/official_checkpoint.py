@@ -39,6 +39,7 @@ import optax
 from ncsn_jax import errors
 from ncsn_jax import models
 from ncsn_jax import noise
+from ncsn_jax import progress
 from ncsn_jax.interop import param_mapping
 from ncsn_jax.interop import torch_pickle
 from ncsn_jax.training import checkpointing
@@ -241,18 +242,24 @@ def import_checkpoint(config, workdir: str, path: str,
   Returns:
     The step of the written checkpoint.
   """
-  state, info = convert(config, read_checkpoint(config, path), step, path)
-  manager = checkpointing.create_manager(workdir)
-  try:
-    if info['step'] in manager.all_steps():
-      raise errors.ConfigError(
-          f'{os.path.join(workdir, checkpointing.CHECKPOINT_DIR)} already has '
-          f'a checkpoint at step {info["step"]}; import into another '
-          '--workdir or choose another step.')
-    # No input position: a run resumed from it says it is not exact.
-    checkpointing.save(manager, info['step'], state, config)
-  finally:
-    manager.close()
+  # Stages: read the .pth, convert it, write the checkpoint.
+  with progress.Progress(3, 'import', unit='stages') as bar:
+    states = read_checkpoint(config, path)
+    bar.update()
+    state, info = convert(config, states, step, path)
+    bar.update()
+    manager = checkpointing.create_manager(workdir)
+    try:
+      if info['step'] in manager.all_steps():
+        raise errors.ConfigError(
+            f'{os.path.join(workdir, checkpointing.CHECKPOINT_DIR)} already '
+            f'has a checkpoint at step {info["step"]}; import into another '
+            '--workdir or choose another step.')
+      # No input position: a run resumed from it says it is not exact.
+      checkpointing.save(manager, info['step'], state, config)
+    finally:
+      manager.close()
+    bar.update()
   logging.info('Imported %s (%s layout, EMA shadow: %s, Adam state: %s) as '
                'step %d of %s.', path, info['format'],
                'yes' if info['ema'] else 'no', info['adam'], info['step'],

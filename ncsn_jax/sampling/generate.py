@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from ncsn_jax import parallel
+from ncsn_jax import progress
 from ncsn_jax import random_utils
 from ncsn_jax import transforms
 from ncsn_jax.sampling import langevin
@@ -49,9 +50,14 @@ def generate(config, p_sample, params, key: jax.Array, n: int) -> np.ndarray:
 
   Every batch has `config.sampling.batch_size` chains (the last one padded),
   so the sampler runs one compiled shape; batch i uses fold_in(key, i).
+  Reports progress per batch (`progress.Progress`).
   """
   batch = config.sampling.batch_size
   parallel.check_divisible_local(batch, 'config.sampling.batch_size')
-  out = [sample_batch(config, p_sample, params, jax.random.fold_in(key, i),
-                      batch)[0] for i in range(-(-n // batch))]
+  out = []
+  with progress.Progress(n, 'sampling', unit='samples') as bar:
+    for i in range(-(-n // batch)):
+      out.append(sample_batch(config, p_sample, params,
+                              jax.random.fold_in(key, i), batch)[0])
+      bar.update(min(batch, n - i * batch))
   return np.concatenate(out)[:n]

@@ -17,6 +17,7 @@ import numpy as np
 from ncsn_jax import config_checks
 from ncsn_jax import image_io
 from ncsn_jax import parallel
+from ncsn_jax import progress
 from ncsn_jax.data import input_pipeline
 from ncsn_jax.sampling import figures
 from ncsn_jax.sampling import generate
@@ -83,8 +84,10 @@ def sample(config, workdir: str) -> dict[str, str]:
   data = None
   if s.data_init:
     data = input_pipeline.load_split_arrays(config, 'test', s.batch_size)
-  images, frames = generate.sample_batch(config, samplers['plain'], params,
-                                         key, s.batch_size, data)
+  with progress.Progress(s.batch_size, 'sampling', unit='samples') as bar:
+    images, frames = generate.sample_batch(config, samplers['plain'], params,
+                                           key, s.batch_size, data)
+    bar.update(s.batch_size)
   root = os.path.join(workdir, 'samples')
   paths = {'grid': os.path.join(root, f'{s.tag}.png'),
            'npz': os.path.join(root, f'{s.tag}.npz')}

@@ -24,6 +24,7 @@ import numpy as np
 from ncsn_jax import errors
 from ncsn_jax import models
 from ncsn_jax import parallel
+from ncsn_jax import progress
 from ncsn_jax.data import input_pipeline
 from ncsn_jax.sampling import langevin
 from ncsn_jax.training import checkpointing
@@ -55,11 +56,13 @@ def check_config(config) -> None:
         f'divisible by the {jax.local_device_count()} local devices.')
 
 
+@functools.partial(jax.jit, static_argnums=(2, 3))
 def train_keys(train_key: jax.Array, first_step: int, k: int, n: int):
   """Per-example keys `[k, n]` of steps first_step .. first_step + k - 1.
 
   Row j holds fold_in(fold_in(train_key, first_step + j), i) for this
   process's n examples i of the global batch (`parallel.process_keys`).
+  One compiled program (not a dozen eager ops per step).
   """
   return jnp.stack([
       parallel.process_keys(jax.random.fold_in(train_key, first_step + j), n)
@@ -76,12 +79,32 @@ def _next_batches(iterator, k: int) -> np.ndarray:
   return np.stack([np.asarray(next(iterator)['image']) for _ in range(k)])
 
 
-def _check_finite(metrics, step: int, config, skipped: int) -> int:
-  """Counts skipped NaN/Inf steps; raises unless skipping is enabled."""
-  bad = int(np.sum(np.asarray(metrics['nonfinite'])))
+def _check_due(step: int, k: int, t) -> bool:
+  """Whether the loop fetches the non-finite flags now (log, snapshot, end).
+
+  Fetching them every step would wait for each step before feeding the
+  next; a non-finite step leaves the state unchanged (`step.train_step`),
+  so checking later loses nothing.
+  """
+  return (_crossed(step, k, t.log_freq) or _crossed(step, k, t.snapshot_freq)
+          or step == t.n_iters)
+
+
+def _check_finite(pending, config, skipped: int) -> int:
+  """Counts skipped NaN/Inf steps; raises unless skipping is enabled.
+
+  `pending`: (last step, `nonfinite` flags `[k]`) of each call since the
+  last check.
+  """
+  bad, first, step = 0, None, 0
+  for step, flags in pending:
+    flags = np.asarray(flags).reshape(-1)
+    bad += int(np.sum(flags))
+    if first is None and flags.any():
+      first = step - len(flags) + 1 + int(np.argmax(flags))
   if bad and not config.training.skip_nonfinite:
     raise errors.NonFiniteLossError(
-        f'non-finite loss or gradient at step {step}; the last checkpoint is '
+        f'non-finite loss or gradient at step {first}; the last checkpoint is '
         'kept. Lower config.optim.lr, set config.optim.grad_clip, or set '
         'config.training.skip_nonfinite=True to skip such steps.')
   if bad:
@@ -174,6 +197,7 @@ def _log(ctx: _Context, state, metrics, step: int, k: int, counts: dict):
     ctx.writer.write_scalars(step, record)
     if ctx.is_main:
       outputs.append_jsonl(ctx.workdir, {'step': step, **record})
+  return record
 
 
 def _snapshot(ctx: _Context, state, step: int, inexact: int):
@@ -187,7 +211,8 @@ def _snapshot(ctx: _Context, state, step: int, inexact: int):
     if ctx.config.training.snapshot_sampling:
       path = outputs.snapshot_samples(
           ctx.config, ctx.p_sample, host.ema_params,
-          jax.random.fold_in(ctx.keys['sample'], step), ctx.workdir, step)
+          jax.random.fold_in(ctx.keys['sample'], step), ctx.workdir, step,
+          ctx.writer)
       logging.info('Step %d: checkpoint saved, samples in %s', step, path)
     outputs.write_loss_curve(ctx.workdir)
 
@@ -222,19 +247,23 @@ def _train_steps(ctx: _Context, state, inexact: int) -> tuple[Any, bool]:
   """The step loop from `state` (replicated); returns (state, stopped)."""
   t = ctx.config.training
   step, skipped = int(parallel.unreplicate(state).step), 0
-  hooks = _hooks(ctx)
-  with preemption.PreemptionWatcher() as watcher:
+  hooks, pending = _hooks(ctx), []
+  with preemption.PreemptionWatcher() as watcher, progress.Progress(
+      t.n_iters, 'training', unit='steps', every_s=30, initial=step) as bar:
     while step < t.n_iters:
       k = min(t.n_jitted_steps, t.n_iters - step)
       images = _next_batches(ctx.iters['train'], k)
       keys = train_keys(ctx.keys['train'], step, k, images.shape[1])
       state, metrics = ctx.p_train(state, images, keys)
       step += k
-      skipped = _check_finite(metrics, step, ctx.config, skipped)
+      pending.append((step, metrics['nonfinite']))
+      if _check_due(step, k, t):
+        skipped, pending = _check_finite(pending, ctx.config, skipped), []
       for hook in hooks:
         hook(step)
-      _log(ctx, state, metrics, step, k,
-           {'skipped_steps': skipped, 'inexact_resumes': inexact})
+      record = _log(ctx, state, metrics, step, k,
+                    {'skipped_steps': skipped, 'inexact_resumes': inexact})
+      bar.update(k, f'loss {record["loss"]:.4g}' if 'loss' in record else None)
       stop = watcher.should_stop(ctx.manager, step)
       if stop or _crossed(step, k, t.snapshot_freq) or step == t.n_iters:
         _snapshot(ctx, state, step, inexact)

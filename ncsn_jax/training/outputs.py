@@ -7,6 +7,7 @@ import jax
 import numpy as np
 
 from ncsn_jax import image_io
+from ncsn_jax import summaries
 from ncsn_jax.sampling import generate
 
 METRICS_FILE = 'metrics.jsonl'
@@ -48,13 +49,17 @@ def write_loss_curve(workdir: str) -> str:
 
 
 def snapshot_samples(config, p_sample, params, key, workdir: str,
-                     step: int) -> str:
+                     step: int, writer=None) -> str:
   """Samples a grid with `params`; writes `WORKDIR/samples/step_<k>.png`.
 
-  `p_sample` is the loop's sampler, pmapped once for every snapshot.
+  `p_sample` is the loop's sampler, pmapped once for every snapshot. With a
+  clu `writer` the grid also goes to TensorBoard (image 'samples').
   """
   images, _ = generate.sample_batch(config, p_sample, params, key,
                                     config.training.snapshot_n_samples)
   path = os.path.join(workdir, 'samples', f'step_{step}.png')
-  image_io.save_image_grid(path, images, scale=max(1, 64 // images.shape[1]))
+  grid = image_io.save_image_grid(path, images,
+                                  scale=max(1, 64 // images.shape[1]))
+  if writer is not None:
+    summaries.write_grid(writer, step, grid)
   return path

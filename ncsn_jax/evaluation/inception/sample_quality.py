@@ -31,6 +31,7 @@ from ncsn_jax import cache_dirs
 from ncsn_jax import errors
 from ncsn_jax import files
 from ncsn_jax import image_io
+from ncsn_jax import progress
 from ncsn_jax.data import input_pipeline
 from ncsn_jax.evaluation import metrics
 from ncsn_jax.evaluation.inception import extractor as inception_extractor
@@ -116,11 +117,14 @@ def split_features(config, split: str, extract: Callable,
   """pool_3 [N,2048] (and nothing else) of a whole split, in order."""
   feats = []
   batch = config.eval.inception_batch_size * 8
-  for images in input_pipeline.iterate_split(config, split, batch):
-    if max_examples is not None:
-      images = images[:max_examples - sum(f.shape[0] for f in feats)]
-    if images.shape[0]:
-      feats.append(extract(image_io.to_uint8(images))['pool_3'])
+  with progress.Progress(max_examples, f'Inception features of {split}',
+                         unit='images') as bar:
+    for images in input_pipeline.iterate_split(config, split, batch):
+      if max_examples is not None:
+        images = images[:max_examples - sum(f.shape[0] for f in feats)]
+      if images.shape[0]:
+        feats.append(extract(image_io.to_uint8(images))['pool_3'])
+        bar.update(images.shape[0])
   if not feats:
     raise errors.ConfigError(
         f'split {split!r} of {config.data.dataset} is empty.')
