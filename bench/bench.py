@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -34,6 +35,15 @@ import chips
 import interleave
 import jax_timers
 import plain_config
+
+_START = time.perf_counter()
+
+
+def log(message: str) -> None:
+  """Progress on stderr, with the seconds since the start."""
+  print(f'[{time.perf_counter() - _START:6.1f} s] {message}',
+        file=sys.stderr,
+        flush=True)
 
 
 def parse_args(argv=None):
@@ -105,10 +115,13 @@ def bench_compute(config, args, kind):
   for dtype in args.dtypes.split(','):
     timers['train'][f'ncsn_jax {dtype}'], infos[dtype] = jax_timers.train(
         config, args.batch, dtype)
+    log(f'train step {dtype} compiled in {infos[dtype]["compile_s"]:.1f} s')
   timers['forward']['ncsn_jax float32'], infos['forward'] = (jax_timers.forward(
       config, args.batch))
+  log(f'forward compiled in {infos["forward"]["compile_s"]:.1f} s')
   worker = torch_worker(args)
   if worker:
+    log(f'torch worker ready: {worker.info}')
     out['torch'] = worker.info
     for what in timers:
       timers[what]['pytorch'] = worker
@@ -116,6 +129,7 @@ def bench_compute(config, args, kind):
     for what, sides in timers.items():
       times = interleave.interleave(sides, what, args.steps, args.rounds,
                                     args.pause)
+      log(f'{what} timed: {times}')
       for name, s in interleave.compare(times, args.batch).items():
         if name == 'ratio':
           continue
@@ -156,6 +170,7 @@ def bench_sampler(config, args, kind):
   for batch in batches:
     try:
       timer, info = jax_timers.sampler(config, batch, args.sample_levels)
+      log(f'sampler at batch {batch} compiled in {info["compile_s"]:.1f} s')
       times = interleave.interleave({'s': timer},
                                     'sample',
                                     1,
@@ -182,6 +197,7 @@ def bench_sampler(config, args, kind):
   if args.compile_ratio:
     full = jax_timers.sampler_compile_seconds(config, batches[0], 232, 5)
     one = jax_timers.sampler_compile_seconds(config, batches[0], 1, 1)
+    log(f'full sampler compiled in {full:.1f} s, 1-step one in {one:.1f} s')
     result.update(compile_s_232x5=full,
                   compile_s_1x1=one,
                   compile_ratio=full / one)

@@ -32,7 +32,7 @@ else
 fi
 
 "$PYTHON" -c 'import jax; print(jax.devices())'
-"$PYTHON" bench/bench.py --batch=128 --dtypes=float32,bfloat16 \
+exec "$PYTHON" bench/bench.py --batch=128 --dtypes=float32,bfloat16 \
   --sample_batches=250,500,1000,2000 --sample_levels=2 --rounds=3 --steps=5 \
   --pause=0.5 --threads="$(nproc)" --json="$JSON" \
   ${torch_flags[@]+"${torch_flags[@]}"} "$@"

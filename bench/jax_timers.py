@@ -82,12 +82,17 @@ def train(config, batch: int, dtype: str = 'float32'):
                            loss_fn=losses.get_loss_fn(config, model),
                            tx=tx)
   size, channels = config.data.image_size, config.data.channels
+  # Under jit: run eagerly, every initialiser op is compiled on its own.
   box = {
       'state':
-          train_state.create_train_state(config, model, tx, jax.random.key(0))
+          jax.jit(
+              lambda k: train_state.create_train_state(config, model, tx, k))
+          (jax.random.key(0))
   }
-  images = jax.random.uniform(jax.random.key(1), (batch, size, size, channels))
-  keys = random_utils.per_example_keys(jax.random.key(2), batch)
+  images, keys = jax.jit(lambda k1, k2:
+                         (jax.random.uniform(k1, (batch, size, size, channels)),
+                          random_utils.per_example_keys(k2, batch)))(
+                              jax.random.key(1), jax.random.key(2))
   compiled, seconds, hlo = _compile(step, box['state'], images, keys)
   info = _info(compiled, seconds, batch)
   # The plain XLA reduce_window pools are what a non-CPU backend must use.
@@ -104,11 +109,20 @@ def train(config, batch: int, dtype: str = 'float32'):
   return timer, info
 
 
-def _params_and_inputs(config, batch: int):
+def _params_and_inputs(config, batch: int, abstract: bool = False):
+  """(model, params, keys [B], x0 [B,H,W,C]); only shapes if `abstract`."""
   model = models.create_model(config)
-  params = train_state.init_params(config, model, jax.random.key(0))
-  keys = random_utils.per_example_keys(jax.random.key(1), batch)
-  return model, params, keys, langevin.init_samples(keys, config)
+  make = lambda k: train_state.init_params(config, model, k)
+
+  def inputs(key):
+    keys = random_utils.per_example_keys(key, batch)
+    return keys, langevin.init_samples(keys, config)
+
+  if abstract:
+    return (model, jax.eval_shape(make, jax.random.key(0)),
+            *jax.eval_shape(inputs, jax.random.key(1)))
+  return (model, jax.jit(make)(jax.random.key(0)),
+          *jax.jit(inputs)(jax.random.key(1)))
 
 
 def forward(config, batch: int):
@@ -165,5 +179,5 @@ def sampler_compile_seconds(config, batch: int, levels: int,
   """Compile time of the full `get_sampler` program for L x T steps."""
   config = copy.deepcopy(config)
   config.model.num_classes, config.sampling.n_steps_each = levels, steps
-  model, params, keys, x0 = _params_and_inputs(config, batch)
+  model, params, keys, x0 = _params_and_inputs(config, batch, abstract=True)
   return _compile(langevin.get_sampler(config, model), params, x0, keys)[1]
