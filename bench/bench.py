@@ -186,6 +186,8 @@ def bench_sampler(config, args, kind):
               kind)
     out[str(batch)] = dict(s, **info, score_evals_per_s=s['median_per_s'])
   rates = {b: r['score_evals_per_s'] for b, r in out.items() if 'error' not in r}
+  if not rates:
+    raise RuntimeError(f'no sampling batch of {batches} fits in memory.')
   best = max(rates, key=rates.get)
   result = {
       'per_batch': out,

@@ -109,6 +109,9 @@ def train(config, batch: int, dtype: str = 'float32'):
   return timer, info
 
 
+_PARAMS = {}
+
+
 def _params_and_inputs(config, batch: int, abstract: bool = False):
   """(model, params, keys [B], x0 [B,H,W,C]); only shapes if `abstract`."""
   model = models.create_model(config)
@@ -121,8 +124,11 @@ def _params_and_inputs(config, batch: int, abstract: bool = False):
   if abstract:
     return (model, jax.eval_shape(make, jax.random.key(0)),
             *jax.eval_shape(inputs, jax.random.key(1)))
-  return (model, jax.jit(make)(jax.random.key(0)),
-          *jax.jit(inputs)(jax.random.key(1)))
+  # One initialisation (one compile) per network, whatever the batch.
+  name = str(config.model) + str(config.data)
+  if name not in _PARAMS:
+    _PARAMS[name] = jax.jit(make)(jax.random.key(0))
+  return (model, _PARAMS[name], *jax.jit(inputs)(jax.random.key(1)))
 
 
 def forward(config, batch: int):
