@@ -1,166 +1,294 @@
 """Benchmark of the NCSNv2 CIFAR-10 network (ngf 128) on the present backend.
 
-  python -m bench.bench --batch=16 [--ncsnv2_repo=PATH --torch_python=PY]
+  python -m bench.bench --batch=16 --threads=2 [--ncsnv2_repo=PATH \
+      --torch_python=PY] [--json=PATH]
 
-Prints a table and writes JSON (`--json`): training images/s, sampler score
-evaluations/s, compile times of the train step and of the full CIFAR-10
-sampler (232 levels x 5 steps) against a 1-step sampler, memory from XLA's
-buffer assignment (and the device's peak where it reports one), model FLOPs
-per image from XLA's cost analysis and achieved FLOP/s. With a local
-checkout of ermongroup/ncsnv2 and a Python that has torch, it also times the
-official PyTorch network in the same run and prints the ratios.
+Compiles the train step (per `--dtypes`), the score network and a short
+annealed Langevin chain at each `--sample_batches`, then times them in
+rounds interleaved with the official PyTorch NCSNv2 (`torch_reference.py`,
+a long-lived subprocess; optional, never a dependency): per side the median
+and spread of the seconds per step and the ratio of medians. Also: compile
+times (train step; full 232 x 5 sampler against a 1-step one), XLA's
+buffer assignment, the device's peak memory, model FLOPs and achieved
+FLOP/s against the chip's peak (`chips.py`), and the FID-50k sampling time.
+Needs only jax, flax, optax and numpy (`plain_config.py`).
 """
 
 import argparse
-import functools
+import datetime
 import json
 import os
 import platform
-import subprocess
+import sys
 import time
 
 import flax
 import jax
-import jax.numpy as jnp
+import numpy as np
+import optax
 
-from configs import cifar10_ncsnv2
-from ncsn_jax import models
-from ncsn_jax import random_utils
-from ncsn_jax.sampling import langevin
-from ncsn_jax.training import losses
-from ncsn_jax.training import step as step_lib
-from ncsn_jax.training import train_state
+from bench import chips
+from bench import interleave
+from bench import jax_timers
+from bench import plain_config
 
-
-def _flops(compiled) -> float:
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else {}
-  return float((cost or {}).get('flops', float('nan')))
+_START = time.perf_counter()
 
 
-def _memory(compiled) -> dict:
-  m = compiled.memory_analysis()
-  if m is None:
-    return {}
-  return {'temp_bytes': int(m.temp_size_in_bytes),
-          'argument_bytes': int(m.argument_size_in_bytes),
-          'output_bytes': int(m.output_size_in_bytes)}
+def log(message: str) -> None:
+  """Progress on stderr, with the seconds since the start."""
+  print(f'[{time.perf_counter() - _START:6.1f} s] {message}',
+        file=sys.stderr,
+        flush=True)
 
 
-def _timed(fn, *args, repeats: int):
-  jax.block_until_ready(fn(*args))  # warm-up
-  start = time.perf_counter()
-  for _ in range(repeats):
-    out = fn(*args)
-  jax.block_until_ready(out)
-  return (time.perf_counter() - start) / repeats
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('--batch', type=int, default=16, help='Training batch.')
+  p.add_argument('--dtypes',
+                 default='float32',
+                 help='Comma list of model.dtype values to train with.')
+  p.add_argument('--sample_batches',
+                 default='',
+                 help='Comma list of sampling batches ("" = --batch).')
+  p.add_argument('--sample_levels',
+                 type=int,
+                 default=2,
+                 help='Noise levels (x T steps) per timed sampler call.')
+  p.add_argument('--rounds', type=int, default=3)
+  p.add_argument('--steps',
+                 type=int,
+                 default=3,
+                 help='Timed steps per side and round.')
+  p.add_argument('--pause', type=float, default=1.0)
+  p.add_argument('--threads', type=int, default=os.cpu_count())
+  p.add_argument('--ngf', type=int, default=0, help='0: the config (128).')
+  p.add_argument('--image_size',
+                 type=int,
+                 default=0,
+                 help='0: the config (32).')
+  p.add_argument('--compile_ratio',
+                 type=int,
+                 default=1,
+                 help='1: also compile the full and the 1-step sampler.')
+  p.add_argument('--ncsnv2_repo', default='')
+  p.add_argument('--torch_python', default='')
+  p.add_argument('--torch_device', default='cpu')
+  p.add_argument('--json', default='')
+  return p.parse_args(argv)
 
 
-def bench_train(config, batch: int, repeats: int) -> dict:
-  """Images/s, compile time, memory and FLOPs of one train step."""
-  config.training.batch_size = batch
-  model = models.create_model(config)
-  tx = train_state.create_optimizer(config)
-  step = functools.partial(step_lib.train_step, config=config,
-                           loss_fn=losses.get_loss_fn(config, model), tx=tx)
-  state = train_state.create_train_state(config, model, tx, jax.random.key(0))
-  images = jax.random.uniform(jax.random.key(1), (batch, 32, 32, 3))
-  keys = random_utils.per_example_keys(jax.random.key(2), batch)
-  # One device, the pure step without pmap (no donation: the same state is
-  # fed to every timed call; bench/memory.py measures donation).
-  start = time.perf_counter()
-  compiled = jax.jit(step).lower(state, images, keys).compile()
-  compile_s = time.perf_counter() - start
-  seconds = _timed(lambda: compiled(state, images, keys), repeats=repeats)
-  flops = _flops(compiled)
-  return {'train_images_per_s': batch / seconds,
-          'train_step_s': seconds,
-          'train_compile_s': compile_s,
-          'train_flops_per_image': flops / batch,
-          'train_flop_per_s': flops / seconds,
-          'train_memory': _memory(compiled)}
-
-
-def bench_sampler(config, batch: int, repeats: int) -> dict:
-  """Score evaluations/s and sampler compile times (full vs 1 step)."""
-  model = models.create_model(config)
-  params = train_state.init_params(config, model, jax.random.key(0))
-  keys = random_utils.per_example_keys(jax.random.key(1), batch)
-  x0 = langevin.init_samples(keys, config)
-  apply = jax.jit(lambda p, x, y: models.make_score_fn(model, p)(x, y))
-  labels = jnp.zeros((batch,), jnp.int32)
-  compiled = apply.lower(params, x0, labels).compile()
-  forward_s = _timed(lambda: compiled(params, x0, labels), repeats=repeats)
-  flops = _flops(compiled)
-
-  def compile_time(levels, steps):
-    c = cifar10_ncsnv2.get_config()
-    c.model.num_classes, c.sampling.n_steps_each = levels, steps
-    fn = jax.jit(langevin.get_sampler(c, models.create_model(c)))
-    start = time.perf_counter()
-    fn.lower(params, x0, keys).compile()
-    return time.perf_counter() - start
-
-  full = compile_time(232, 5)
-  one = compile_time(1, 1)
-  return {'score_evals_per_s': batch / forward_s,
-          'forward_flops_per_image': flops / batch,
-          'forward_flop_per_s': flops / forward_s,
-          'sampler_compile_s_232x5': full,
-          'sampler_compile_s_1x1': one,
-          'sampler_compile_ratio': full / one}
-
-
-def bench_torch(args) -> dict:
+def torch_worker(args):
+  """The official PyTorch side as an `interleave.Worker`, or None."""
   if not (args.ncsnv2_repo and args.torch_python):
-    return {}
-  script = os.path.join(os.path.dirname(__file__), 'torch_reference.py')
-  out = subprocess.run(
-      [args.torch_python, script, f'--ncsnv2_repo={args.ncsnv2_repo}',
-       f'--batch={args.batch}', f'--threads={args.threads}',
-       f'--steps={args.repeats}'],
-      capture_output=True, text=True, check=True)
-  return json.loads(out.stdout.strip().splitlines()[-1])
+    return None
+  return interleave.Worker([
+      args.torch_python,
+      os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                   'torch_reference.py'),
+      f'--ncsnv2_repo={args.ncsnv2_repo}', f'--batch={args.batch}',
+      f'--threads={args.threads}', f'--device={args.torch_device}',
+      f'--ngf={args.ngf or 128}', f'--image_size={args.image_size or 32}'
+  ])
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--batch', type=int, default=16)
-  parser.add_argument('--repeats', type=int, default=5)
-  parser.add_argument('--threads', type=int, default=os.cpu_count())
-  parser.add_argument('--ncsnv2_repo', default='')
-  parser.add_argument('--torch_python', default='')
-  parser.add_argument('--json', default='')
-  args = parser.parse_args()
-  config = cifar10_ncsnv2.get_config()
-  result = {
-      'backend': jax.default_backend(),
-      'device': jax.devices()[0].device_kind,
-      'cpu_count': os.cpu_count(),
-      'machine': platform.machine(),
-      'versions': {'jax': jax.__version__, 'flax': flax.__version__,
-                   'python': platform.python_version()},
-      'batch': args.batch,
-  }
-  result.update(bench_train(config, args.batch, args.repeats))
-  result.update(bench_sampler(config, args.batch, args.repeats))
+def _peak_bytes():
   stats = jax.devices()[0].memory_stats() or {}
-  if 'peak_bytes_in_use' in stats:
-    result['device_peak_bytes'] = int(stats['peak_bytes_in_use'])
-  torch = bench_torch(args)
-  if torch:
-    result['torch'] = torch
-    result['train_ratio_vs_torch'] = (result['train_images_per_s'] /
-                                      torch['train_images_per_s'])
-    result['forward_ratio_vs_torch'] = (result['score_evals_per_s'] /
-                                        torch['forward_images_per_s'])
-  for k, v in result.items():
-    if not isinstance(v, dict):
-      print(f'{k:28s} {v:.4g}' if isinstance(v, float) else f'{k:28s} {v}')
-  if args.json:
-    with open(args.json, 'w') as f:
+  return int(stats['peak_bytes_in_use']) if 'peak_bytes_in_use' in stats \
+      else None
+
+
+def _rate(info, summary, kind, dtype='float32') -> dict:
+  flop_per_s = info['flops_per_item'] * summary['median_per_s']
+  return dict(summary,
+              flop_per_s=flop_per_s,
+              **chips.fraction_of_peak(flop_per_s, kind, dtype))
+
+
+def bench_compute(config, args, kind):
+  """Interleaved train and forward rounds: ncsn_jax per dtype vs torch."""
+  out, timers = {'train': {}, 'forward': {}}, {'train': {}, 'forward': {}}
+  infos = {}
+  for dtype in args.dtypes.split(','):
+    timers['train'][f'ncsn_jax {dtype}'], infos[dtype] = jax_timers.train(
+        config, args.batch, dtype)
+    log(f'train step {dtype} compiled in {infos[dtype]["compile_s"]:.1f} s')
+  timers['forward']['ncsn_jax float32'], infos['forward'] = (jax_timers.forward(
+      config, args.batch))
+  log(f'forward compiled in {infos["forward"]["compile_s"]:.1f} s')
+  worker = torch_worker(args)
+  if worker:
+    log(f'torch worker ready: {worker.info}')
+    out['torch'] = worker.info
+    for what in timers:
+      timers[what]['pytorch'] = worker
+  try:
+    for what, sides in timers.items():
+      times = interleave.interleave(sides, what, args.steps, args.rounds,
+                                    args.pause)
+      log(f'{what} timed: {times}')
+      for name, s in interleave.compare(times, args.batch).items():
+        if name == 'ratio':
+          continue
+        if name.startswith('ncsn_jax'):
+          info = infos['forward' if what == 'forward' else name.split()[1]]
+          s = _rate(info, s, kind, name.split()[1])
+          s.update(info)
+        out[what][name] = s
+  finally:
+    if worker:
+      worker.close()
+  out['ratios'] = ratios(out)
+  return out
+
+
+def ratios(out) -> dict:
+  """Ratios of median step times (> 1: the first named side is faster)."""
+  r = {}
+  for what in ('train', 'forward'):
+    sides = out[what]
+    for name in sides:
+      if name.startswith('ncsn_jax') and 'pytorch' in sides:
+        r[f'{what} {name} / pytorch'] = (sides['pytorch']['median_s'] /
+                                         sides[name]['median_s'])
+  train = out['train']
+  if 'ncsn_jax bfloat16' in train and 'ncsn_jax float32' in train:
+    r['train bfloat16 / float32'] = (train['ncsn_jax float32']['median_s'] /
+                                     train['ncsn_jax bfloat16']['median_s'])
+  return r
+
+
+def bench_sampler(config, args, kind):
+  """Score evaluations/s of the Langevin chain per sampling batch."""
+  out = {}
+  batches = [
+      int(b) for b in (args.sample_batches or str(args.batch)).split(',')
+  ]
+  for batch in batches:
+    try:
+      timer, info = jax_timers.sampler(config, batch, args.sample_levels)
+      log(f'sampler at batch {batch} compiled in {info["compile_s"]:.1f} s')
+      times = interleave.interleave({'s': timer},
+                                    'sample',
+                                    1,
+                                    args.rounds,
+                                    pause=0.0)
+    except Exception as e:  # pylint: disable=broad-except
+      if 'RESOURCE_EXHAUSTED' not in str(e) and 'out of memory' not in str(
+          e).lower():
+        raise
+      out[str(batch)] = {'error': 'out of memory'}
+      break
+    s = _rate(info, interleave.summary(times['s'], info['evals_per_call']),
+              kind)
+    out[str(batch)] = dict(s, **info, score_evals_per_s=s['median_per_s'])
+  rates = {b: r['score_evals_per_s'] for b, r in out.items() if 'error' not in r}
+  if not rates:
+    raise RuntimeError(f'no sampling batch of {batches} fits in memory.')
+  best = max(rates, key=rates.get)
+  result = {
+      'per_batch': out,
+      'best_batch': int(best),
+      'best_score_evals_per_s': rates[best],
+      'fid50k_seconds': chips.fid50k_seconds(rates[best]),
+      'fid50k_formula': chips.fid50k_formula(rates[best], int(best))
+  }
+  if args.compile_ratio:
+    full = jax_timers.sampler_compile_seconds(config, batches[0], 232, 5)
+    one = jax_timers.sampler_compile_seconds(config, batches[0], 1, 1)
+    log(f'full sampler compiled in {full:.1f} s, 1-step one in {one:.1f} s')
+    result.update(compile_s_232x5=full,
+                  compile_s_1x1=one,
+                  compile_ratio=full / one)
+  return result
+
+
+def environment(args) -> dict:
+  kind = jax.devices()[0].device_kind
+  return {
+      'date':
+          datetime.datetime.now(datetime.timezone.utc
+                               ).isoformat(timespec='seconds'),
+      'backend':
+          jax.default_backend(),
+      'device':
+          kind,
+      'device_count':
+          jax.device_count(),
+      'cpu_count':
+          os.cpu_count(),
+      'machine':
+          platform.machine(),
+      'threads':
+          args.threads,
+      'versions': {
+          'jax': jax.__version__,
+          'flax': flax.__version__,
+          'optax': optax.__version__,
+          'numpy': np.__version__,
+          'python': platform.python_version()
+      },
+      'ml_collections':
+          plain_config.has_ml_collections(),
+      'peak_tflops':
+          chips.peak_tflops(kind),
+      'cpu_only_paths':
+          jax_timers.cpu_only_paths(),
+      'batch':
+          args.batch,
+      'rounds':
+          args.rounds,
+      'steps':
+          args.steps,
+  }
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  config = plain_config.get_config()
+  if args.ngf:
+    config.model.ngf = args.ngf
+  if args.image_size:
+    config.data.image_size = args.image_size
+  result = environment(args)
+  result.update(bench_compute(config, args, result['device']))
+  result['device_peak_bytes_after_train'] = _peak_bytes()
+  write_json(args.json, result)  # Kept if the sampler part fails.
+  result['sampler'] = bench_sampler(config, args, result['device'])
+  result['device_peak_bytes'] = _peak_bytes()
+  write_json(args.json, result)
+  report(result)
+  return result
+
+
+def write_json(path: str, result: dict) -> None:
+  if path:
+    with open(path, 'w') as f:
       json.dump(result, f, indent=2)
+
+
+def report(r) -> None:
+  """A short human-readable summary of the JSON."""
+  print(f"{r['device']} ({r['backend']}), jax {r['versions']['jax']}, "
+        f"batch {r['batch']}, {r['rounds']} rounds x {r['steps']} steps")
+  for what in ('train', 'forward'):
+    for name, s in r[what].items():
+      print(f"{what:8s} {name:20s} {s['median_per_s']:9.4g} img/s median "
+            f"(min-max {r['batch'] / s['max_s']:.4g}-"
+            f"{r['batch'] / s['min_s']:.4g}, spread {s['spread']:.1%})" +
+            (f", compile {s['compile_s']:.1f} s" if 'compile_s' in s else ''))
+  for name, value in r['ratios'].items():
+    print(f'ratio    {name:32s} {value:.3g}x')
+  for b, s in r['sampler']['per_batch'].items():
+    print(f'sampler  batch {b:6s} ' +
+          (s.get('error') or f"{s['score_evals_per_s']:.4g} score evals/s, "
+           f"compile {s['compile_s']:.1f} s"))
+  if 'compile_ratio' in r['sampler']:
+    print(f"sampler  compile 232x5 {r['sampler']['compile_s_232x5']:.1f} s, "
+          f"1x1 {r['sampler']['compile_s_1x1']:.1f} s")
+  print(r['sampler']['fid50k_formula'])
+  if r.get('device_peak_bytes'):
+    print(f"device peak memory {r['device_peak_bytes'] / 2**30:.2f} GiB")
 
 
 if __name__ == '__main__':
