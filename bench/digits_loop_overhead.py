@@ -1,6 +1,6 @@
 """Host overhead of the training loop on the digits config, interleaved.
 
-  PYTHONPATH=. python bench/digits_loop_overhead.py [steps] [repeats]
+  python -m bench.digits_loop_overhead [steps] [repeats]
 
 Runs the digits train step in one process with four host loops, taking
 turns so that a loaded machine slows them alike:
