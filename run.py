@@ -132,63 +132,86 @@ def _exit_now(status: int) -> None:
   os._exit(status)  # pylint: disable=protected-access
 
 
+# pylint: disable=g-import-not-at-top
+# Each mode imports what it needs: a bad flag fails before TF or JAX loads.
+
+
+def run_train(config, workdir: str) -> None:
+  from ncsn_jax.training import loop
+  result = loop.train(config, workdir)
+  print(f'Checkpoints: {os.path.join(workdir, "checkpoints")}\n'
+        f'Sample grids: {os.path.join(workdir, "samples")}\n'
+        f'Loss curve: {os.path.join(workdir, "loss_curve.png")}\n'
+        f'{result.summary()}')
+  if result.stopped_early:
+    _exit_now(0)
+
+
+def run_import(config, workdir: str) -> None:
+  from ncsn_jax.interop import official_checkpoint
+  if not FLAGS.checkpoint:
+    raise errors.ConfigError('--mode=import needs --checkpoint=PATH.pth (an '
+                             'official NCSN/NCSNv2 checkpoint).')
+  step = official_checkpoint.import_checkpoint(config, workdir,
+                                               FLAGS.checkpoint)
+  print(f'Imported {FLAGS.checkpoint} as step {step} into '
+        f'{os.path.join(workdir, "checkpoints")}')
+
+
+def run_export(config, workdir: str) -> None:
+  from ncsn_jax.interop import export
+  if not FLAGS.checkpoint:
+    raise errors.ConfigError(
+        '--mode=export needs --checkpoint=OUT.pth (the file to write).')
+  step = export.export_checkpoint(config, workdir, FLAGS.checkpoint,
+                                  FLAGS.overwrite)
+  print(f'Exported step {step} of {workdir} as {FLAGS.checkpoint}')
+
+
+def run_sample(config, workdir: str) -> None:
+  from ncsn_jax.sampling import sample_mode
+  paths = sample_mode.sample(config, workdir)
+  print('\n'.join(f'{k}: {v}' for k, v in paths.items()))
+
+
+def run_eval(config, workdir: str) -> None:
+  from ncsn_jax.evaluation import evaluate
+  path = evaluate.evaluate(config, workdir)
+  print(f'Report: {path}\n{evaluate.summary_line(path)}')
+
+
+def run_toy(config, workdir: str) -> None:
+  from ncsn_jax.experiments import toy
+  report = toy.run_toy(config, workdir)
+  print(f'annealed_weight: {report["annealed_weight"]:.3f}, '
+        f'langevin_weight: {report["langevin_weight"]:.3f} (true 0.8)\n'
+        f'Report and figures: {os.path.join(workdir, "toy")}')
+
+
+def run_tune(config, workdir: str) -> None:
+  from ncsn_jax.experiments import tune
+  result = tune.tune(config, workdir)
+  print(tune.config_snippet(result) +
+        f'Report: {os.path.join(workdir, "tune.json")}')
+
+
+def run_fid_stats(config, workdir: str) -> None:
+  del workdir  # The statistics go to the cache folder.
+  from ncsn_jax.evaluation.inception import sample_quality
+  print(f'Reference stats: {sample_quality.reference_stats(config)}')
+
+
+MODES = {'train': run_train, 'import': run_import, 'export': run_export,
+         'sample': run_sample, 'eval': run_eval, 'toy': run_toy,
+         'tune': run_tune, 'fid_stats': run_fid_stats}
+
+
 def dispatch(config, workdir: str) -> None:
   """Runs --mode on a checked config and prints where its outputs are."""
-  # pylint: disable=g-import-not-at-top
   # TF only feeds data: keep it off the accelerators JAX uses.
   import tensorflow as tf
   tf.config.set_visible_devices([], 'GPU')
-  from ncsn_jax.evaluation import evaluate
-  from ncsn_jax.interop import official_checkpoint
-  from ncsn_jax.sampling import sample_mode
-  from ncsn_jax.training import loop
-
-  if FLAGS.mode == 'train':
-    result = loop.train(config, workdir)
-    print(f'Checkpoints: {os.path.join(workdir, "checkpoints")}\n'
-          f'Sample grids: {os.path.join(workdir, "samples")}\n'
-          f'Loss curve: {os.path.join(workdir, "loss_curve.png")}\n'
-          f'{result.summary()}')
-    if result.stopped_early:
-      _exit_now(0)
-  elif FLAGS.mode == 'import':
-    if not FLAGS.checkpoint:
-      raise errors.ConfigError(
-          '--mode=import needs --checkpoint=PATH.pth (an '
-          'official NCSN/NCSNv2 checkpoint).')
-    step = official_checkpoint.import_checkpoint(config, workdir,
-                                                 FLAGS.checkpoint)
-    print(f'Imported {FLAGS.checkpoint} as step {step} into '
-          f'{os.path.join(workdir, "checkpoints")}')
-  elif FLAGS.mode == 'export':
-    from ncsn_jax.interop import export
-    if not FLAGS.checkpoint:
-      raise errors.ConfigError(
-          '--mode=export needs --checkpoint=OUT.pth (the file to write).')
-    step = export.export_checkpoint(config, workdir, FLAGS.checkpoint,
-                                    FLAGS.overwrite)
-    print(f'Exported step {step} of {workdir} as {FLAGS.checkpoint}')
-  elif FLAGS.mode == 'sample':
-    paths = sample_mode.sample(config, workdir)
-    print('\n'.join(f'{k}: {v}' for k, v in paths.items()))
-  elif FLAGS.mode == 'toy':
-    from ncsn_jax.experiments import toy
-    report = toy.run_toy(config, workdir)
-    print(f'annealed_weight: {report["annealed_weight"]:.3f}, '
-          f'langevin_weight: {report["langevin_weight"]:.3f} (true 0.8)\n'
-          f'Report and figures: {os.path.join(workdir, "toy")}')
-  elif FLAGS.mode == 'tune':
-    from ncsn_jax.experiments import tune
-    result = tune.tune(config, workdir)
-    print(
-        tune.config_snippet(result) +
-        f'Report: {os.path.join(workdir, "tune.json")}')
-  elif FLAGS.mode == 'fid_stats':
-    from ncsn_jax.evaluation.inception import sample_quality
-    print(f'Reference stats: {sample_quality.reference_stats(config)}')
-  else:
-    path = evaluate.evaluate(config, workdir)
-    print(f'Report: {path}\n{evaluate.summary_line(path)}')
+  MODES[FLAGS.mode](config, workdir)
 
 
 def main(argv):
