@@ -161,8 +161,7 @@ def _build(config, workdir: str) -> _Context:
           step_lib.eval_step, config=config, loss_fn=loss_fn,
           axis_name=parallel.AXIS)),
       p_sample=parallel.pmap_sampler(langevin.get_sampler(config, model)),
-      manager=checkpointing.create_manager(
-          workdir, config.training.keep_checkpoints),
+      manager=None,  # Created by `train` once it holds the workdir lock.
       writer=metric_writers.create_default_writer(
           workdir, just_logging=not is_main, asynchronous=False),
       is_main=is_main)
@@ -283,8 +282,10 @@ def train(config, workdir: str) -> TrainResult:
   Inf loss raises `NonFiniteLossError` (unless skipping is configured). A
   second run in the same workdir is refused (`workdir_lock`).
   """
+  ctx = _build(config, workdir)  # Bad config fails here, lock-free.
   with workdir_lock.hold(workdir):
-    ctx = _build(config, workdir)
+    ctx = dataclasses.replace(ctx, manager=checkpointing.create_manager(
+        workdir, config.training.keep_checkpoints))
     try:
       state, inexact = _initial_state(ctx)
       # Donated to, and replaced by, p_train.
