@@ -25,11 +25,11 @@ os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 import argparse  # pylint: disable=g-import-not-at-top,g-bad-import-order
 import json
 import sys
-import time
 from typing import Callable, Optional, TextIO
 
 from ncsn_jax import errors
 from ncsn_jax import files
+from ncsn_jax import progress
 from ncsn_jax.evaluation import image_sets
 from ncsn_jax.evaluation import metrics
 from ncsn_jax.evaluation.inception import preprocessing as inception_prep
@@ -79,32 +79,6 @@ def parse_args(argv) -> argparse.Namespace:
   return args
 
 
-def progress_printer(label: str,
-                     total: int,
-                     stream: TextIO,
-                     every: float = PROGRESS_SECONDS) -> Callable[[int], None]:
-  """`update(n)`: counts n more images; prints count, rate and ETA lines."""
-  start = time.monotonic()
-  state = {'done': 0, 'printed': start}
-
-  def update(n: int) -> None:
-    state['done'] += n
-    now = time.monotonic()
-    done = state['done']
-    if now - state['printed'] < every and done < total:
-      return
-    state['printed'] = now
-    rate = done / max(now - start, 1e-9)
-    eta = (total - done) / rate if rate > 0 else 0.0
-    print(
-        f'{label}: {done}/{total} images, {rate:.1f} images/s, '
-        f'ETA {int(eta) // 60}:{int(eta) % 60:02d}',
-        file=stream,
-        flush=True)
-
-  return update
-
-
 def _open(path: str, what: str, args) -> dict:
   """Checks one side and reads what is cheap: statistics, file lists."""
   kind = image_sets.kind_of(path, what)
@@ -123,8 +97,10 @@ def _statistics(side: dict, extractor: Callable, stream) -> dict:
     stats = side['stats']
   else:
     n, what = side['n'], side['what']
-    feats = image_sets.features(side['chunks'], n, lambda x: extractor()[0](x),
-                                progress_printer(what, n, stream))
+    with progress.Progress(n, what, unit='images', stream=stream,
+                           every_s=PROGRESS_SECONDS, enabled=True) as bar:
+      feats = image_sets.features(side['chunks'], n,
+                                  lambda x: extractor()[0](x), bar.update)
     stats = image_sets.from_features(feats, what, side['info']['path'])
   info = dict(side['info'],
               num=stats['meta'].get('num_examples'),

@@ -116,7 +116,8 @@ class FidCliTest(absltest.TestCase):
     self.assertIn('preprocessing: tf', stdout)
     self.assertIn(self.extractor[1]['trunk_sha256'][:16], stdout)
     self.assertIn('no 1008-way fc head', report['inception_score_note'])
-    self.assertRegex(stderr, r'A: 16/16 images, [\d.]+ images/s, ETA 0:00')
+    self.assertRegex(
+        stderr, r'A: 16/16 images in [\d.:]+s? \([\d.]+ (images/s|s/image)\)')
 
   def test_stats_of_three_kinds(self):
     for kind, has_kid in (('ttur', False), ('score_sde', True)):
