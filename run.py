@@ -232,11 +232,11 @@ def main(argv):
   from ncsn_jax import config_checks
 
   config, workdir = FLAGS.config, FLAGS.workdir
-  print(console.header(config_flags.get_config_filename(FLAGS['config']),
-                       FLAGS.mode, workdir), flush=True)
   try:
     # Every field first: nothing is read or written for a config that fails.
     config_checks.check_config(config, FLAGS.mode)
+    print(console.header(config_flags.get_config_filename(FLAGS['config']),
+                         FLAGS.mode, workdir), flush=True)
     check_workdir(workdir)
     dispatch(config, workdir)
   except (errors.ConfigError, errors.NonFiniteLossError) as e:
