@@ -30,38 +30,27 @@ def config():
   return c
 
 
-def run_sample(workdir: str, *overrides):
+def run_py(workdir: str, mode: str, *overrides):
+  """run.py on the tiny grey config in a subprocess."""
   cmd = [
       sys.executable,
       os.path.join(ROOT, 'run.py'),
       f'--config={os.path.join(ROOT, "configs", "tiny.py")}',
-      f'--workdir={workdir}', '--mode=sample', '--config.data.channels=1',
+      f'--workdir={workdir}', f'--mode={mode}', '--config.data.channels=1',
       *overrides
   ]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', JAX_PLATFORMS='cpu')
-  return subprocess.run(cmd,
-                        env=env,
-                        capture_output=True,
-                        text=True,
-                        timeout=600,
-                        cwd=ROOT)
+  return subprocess.run(cmd, env=env, capture_output=True, text=True,
+                        timeout=600, cwd=ROOT)
+
+
+def run_sample(workdir: str, *overrides):
+  return run_py(workdir, 'sample', *overrides)
 
 
 def run_train(workdir: str):
-  cmd = [
-      sys.executable,
-      os.path.join(ROOT, 'run.py'),
-      f'--config={os.path.join(ROOT, "configs", "tiny.py")}',
-      f'--workdir={workdir}', '--mode=train', '--config.data.channels=1',
-      '--config.training.snapshot_sampling=False', '--config.training.n_iters=4'
-  ]
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', JAX_PLATFORMS='cpu')
-  return subprocess.run(cmd,
-                        env=env,
-                        capture_output=True,
-                        text=True,
-                        timeout=600,
-                        cwd=ROOT)
+  return run_py(workdir, 'train', '--config.training.snapshot_sampling=False',
+                '--config.training.n_iters=4')
 
 
 def mount_tmpfs(folder: str, options: str) -> bool:
