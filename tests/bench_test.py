@@ -79,13 +79,12 @@ class InterleaveTest(absltest.TestCase):
     self.assertEqual(out['ratio'], 3.0)  # a's median step is 3x shorter.
 
   def test_worker_serves_timed_steps_over_pipes(self):
-    script = textwrap.dedent(f"""
-        import sys, time
-        sys.path.insert(0, {os.path.join(ROOT, 'bench')!r})
-        import interleave
+    script = textwrap.dedent("""
+        import time
+        from bench import interleave
         n = []
-        interleave.serve({{'nap': lambda: time.sleep(0.05),
-                          'count': lambda: n.append(1)}}, {{'kind': 'fake'}})
+        interleave.serve({'nap': lambda: time.sleep(0.05),
+                          'count': lambda: n.append(1)}, {'kind': 'fake'})
         """)
     worker = interleave.Worker([sys.executable, '-c', script])
     try:

@@ -121,8 +121,10 @@ class DistributedStartTest(absltest.TestCase):
         config=config, workdir=self.create_tempdir().full_path,
         multihost=True, coordinator_address='localhost:1', num_processes=2,
         process_id=0, distributed_timeout=7)
+    # run.py leaves with os._exit after an error line: exit normally here.
     with saved, mock.patch.object(parallel,
-                                  'initialize_distributed') as initialize:
+                                  'initialize_distributed') as initialize, \
+        mock.patch.object(run, '_exit_now', side_effect=sys.exit):
       with self.assertRaises(SystemExit) as exit_:
         run.main(['run.py'])
     self.assertEqual(exit_.exception.code, 2)
