@@ -97,10 +97,12 @@ def _statistics(side: dict, extractor: Callable, stream) -> dict:
     stats = side['stats']
   else:
     n, what = side['n'], side['what']
-    with progress.Progress(n, what, unit='images', stream=stream,
-                           every_s=PROGRESS_SECONDS, enabled=True) as bar:
-      feats = image_sets.features(side['chunks'], n,
-                                  lambda x: extractor()[0](x), bar.update)
+    # Not a `with`: a side that fails prints its error line only.
+    bar = progress.Progress(n, what, unit='images', stream=stream,
+                            every_s=PROGRESS_SECONDS, enabled=True)
+    feats = image_sets.features(side['chunks'], n,
+                                lambda x: extractor()[0](x), bar.update)
+    bar.close()
     stats = image_sets.from_features(feats, what, side['info']['path'])
   info = dict(side['info'],
               num=stats['meta'].get('num_examples'),
