@@ -16,6 +16,7 @@ from ncsn_jax import errors
 from ncsn_jax import noise
 from ncsn_jax import transforms
 from ncsn_jax.data import checks as data_checks
+from ncsn_jax.evaluation.inception import preprocessing as inception_prep
 from ncsn_jax.models import refinenet
 from ncsn_jax.sampling import inpainting
 from ncsn_jax.training import losses
@@ -24,7 +25,6 @@ MODES = ('train', 'sample', 'eval', 'import', 'export', 'toy', 'tune',
          'fid_stats')
 LOSSES = ('dsm',) + losses.SSM_LOSSES
 DTYPES = ('float32', 'bfloat16')
-PREPROCESSING = ('tf', 'pytorch')
 
 
 def _value(config, field: str):
@@ -194,7 +194,7 @@ def check_eval(config, mode: str) -> None:
 
 def check_inception(config) -> None:
   _at_least(config, 'eval.inception_batch_size', 1)
-  _choice(config, 'eval.inception_preprocessing', PREPROCESSING)
+  _choice(config, 'eval.inception_preprocessing', inception_prep.MODES)
   _choice(config, 'eval.stats_split', ('train', 'test'))
 
 

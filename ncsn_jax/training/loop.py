@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ncsn_jax import config_checks
 from ncsn_jax import errors
 from ncsn_jax import models
 from ncsn_jax import parallel
@@ -35,25 +36,6 @@ from ncsn_jax.training import resume
 from ncsn_jax.training import step as step_lib
 from ncsn_jax.training import train_state
 from ncsn_jax.training import workdir_lock
-
-
-def check_config(config) -> None:
-  """Raises ConfigError naming the field for settings training cannot take."""
-  t = config.training
-  parallel.check_divisible(t.batch_size, 'config.training.batch_size')
-  if t.batch_size % (jax.process_count() * jax.local_device_count()):
-    raise errors.ConfigError(
-        f'config.training.batch_size={t.batch_size} must split '
-        'evenly over processes and their devices.')
-  for field in ('n_iters', 'snapshot_freq', 'log_freq', 'eval_freq',
-                'n_jitted_steps'):
-    if t[field] < 1:
-      raise errors.ConfigError(
-          f'config.training.{field}={t[field]} must be >= 1.')
-  if t.snapshot_n_samples % jax.local_device_count():
-    raise errors.ConfigError(
-        f'config.training.snapshot_n_samples={t.snapshot_n_samples} is not '
-        f'divisible by the {jax.local_device_count()} local devices.')
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))
@@ -143,7 +125,8 @@ def _datasets(config):
 
 
 def _build(config, workdir: str) -> _Context:
-  check_config(config)
+  # The whole config, as run.py checks it, for library callers too.
+  config_checks.check_config(config, 'train')
   model = models.create_model(config)
   tx = train_state.create_optimizer(config)
   loss_fn = losses.get_loss_fn(config, model)
