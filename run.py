@@ -197,7 +197,7 @@ def run_tune(config, workdir: str) -> None:
 
 def run_fid_stats(config, workdir: str) -> None:
   del workdir  # The statistics go to the cache folder.
-  from ncsn_jax.evaluation.inception import sample_quality
+  from ncsn_jax.evaluation import sample_quality
   print(f'Reference stats: {sample_quality.reference_stats(config)}')
 
 

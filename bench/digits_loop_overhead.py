@@ -24,7 +24,7 @@ import numpy as np
 from configs import digits
 from ncsn_jax import parallel
 from ncsn_jax.training import loop
-from ncsn_jax.training import train_state
+from ncsn_jax import train_state
 
 
 def eager_keys(train_key, first_step: int, k: int, n: int):

@@ -18,12 +18,11 @@ import jax
 import numpy as np
 
 from configs import digits
-from ncsn_jax import image_io
+from ncsn_jax import outputs
 from ncsn_jax import parallel
 from ncsn_jax.evaluation import evaluate
-from ncsn_jax.sampling import generate
 from ncsn_jax.sampling import langevin
-from ncsn_jax.training import checkpointing
+from ncsn_jax import checkpoints
 
 _FIELDS = {
     'ngf': ('model', 'ngf', int), 'L': ('model', 'num_classes', int),
@@ -50,15 +49,15 @@ def make_config(arg: str):
 def main(workdir, args):
   for arg in args:
     config = make_config(arg)
-    model, params, step = checkpointing.load_params(config, workdir)
+    model, params, step = checkpoints.load_params(config, workdir)
     p_sample = parallel.pmap_sampler(langevin.get_sampler(config, model))
     key = jax.random.fold_in(jax.random.key(config.seed + 2), step)
     _, sample_key = jax.random.split(key)
     t0 = time.time()
-    images = generate.generate(config, p_sample, params, sample_key,
+    images = langevin.generate(config, p_sample, params, sample_key,
                                config.eval.num_samples)
     seconds = time.time() - t0
-    images = image_io.to_uint8(images).astype(np.float32) / 255.0
+    images = outputs.to_uint8(images).astype(np.float32) / 255.0
     d = evaluate.create_sample_scorer(config)(images)['digits_classifier']
     print(f'{arg}: step={step} score_ratio={d["score_ratio"]:.3f} '
           f'FD={d["frechet_distance"]:.2f} sampling={seconds:.1f}s',

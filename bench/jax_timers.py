@@ -16,12 +16,12 @@ import jax.numpy as jnp
 
 from ncsn_jax import backend
 from ncsn_jax import models
-from ncsn_jax import noise
-from ncsn_jax import random_utils
+from ncsn_jax.models import score
+from ncsn_jax import parallel
 from ncsn_jax.sampling import langevin
 from ncsn_jax.training import losses
 from ncsn_jax.training import step as step_lib
-from ncsn_jax.training import train_state
+from ncsn_jax import train_state
 
 
 def flops(compiled) -> float:
@@ -91,7 +91,7 @@ def train(config, batch: int, dtype: str = 'float32'):
   }
   images, keys = jax.jit(lambda k1, k2:
                          (jax.random.uniform(k1, (batch, size, size, channels)),
-                          random_utils.per_example_keys(k2, batch)))(
+                          parallel.per_example_keys(k2, batch)))(
                               jax.random.key(1), jax.random.key(2))
   compiled, seconds, hlo = _compile(step, box['state'], images, keys)
   info = _info(compiled, seconds, batch)
@@ -118,7 +118,7 @@ def _params_and_inputs(config, batch: int, abstract: bool = False):
   make = lambda k: train_state.init_params(config, model, k)
 
   def inputs(key):
-    keys = random_utils.per_example_keys(key, batch)
+    keys = parallel.per_example_keys(key, batch)
     return keys, langevin.init_samples(keys, config)
 
   if abstract:
@@ -156,7 +156,7 @@ def sampler(config, batch: int, levels: int = 2):
   makes batch x levels x T score evaluations (`info['evals_per_call']`).
   """
   model, params, keys, x0 = _params_and_inputs(config, batch)
-  sigmas = jnp.asarray(noise.get_sigmas(config))[:levels]
+  sigmas = jnp.asarray(score.get_sigmas(config))[:levels]
   s = config.sampling
 
   def run(p, x, k):

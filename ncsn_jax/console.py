@@ -10,6 +10,9 @@ before TensorFlow or JAX is imported, so this module imports neither.
 
 import os
 from typing import Sequence
+import sys
+import time
+from typing import Callable, Iterable, Iterator, Optional, TextIO, TypeVar
 
 # Start-up settings of the C++ runtimes, applied unless already set.
 # oneDNN's custom ops are off for TensorFlow, which here only feeds data:
@@ -66,3 +69,146 @@ def devices_line() -> str:
 def header(config_path: str, mode: str, workdir: str) -> str:
   """The first lines a run prints: config, mode, workdir, devices."""
   return (f'{mode}: {config_path}, workdir {workdir}\n' + devices_line())
+
+
+# -------------------------------------------------------------- progress
+# Progress lines with rate and ETA for long host loops.
+
+
+T = TypeVar('T')
+
+
+def format_duration(seconds: float) -> str:
+  """`1:02:03`, `2:03` or `4.2s` (short times keep a decimal)."""
+  if seconds < 60:
+    return f'{seconds:.1f}s'
+  m, s = divmod(int(round(seconds)), 60)
+  h, m = divmod(m, 60)
+  return f'{h}:{m:02d}:{s:02d}' if h else f'{m}:{s:02d}'
+
+
+def _singular(unit: str) -> str:
+  """'batches' -> 'batch', 'samples' -> 'sample' (English plurals)."""
+  if unit.endswith(('ches', 'shes', 'xes', 'sses')):
+    return unit[:-2]
+  return unit[:-1] if unit.endswith('s') and len(unit) > 1 else unit
+
+
+def _rate(n: float, seconds: float, unit: str) -> str:
+  if seconds <= 0 or n <= 0:
+    return f'? {unit}/s'
+  r = n / seconds
+  if r >= 1:
+    return f'{r:.3g} {unit}/s'
+  return f'{seconds / n:.3g} s/{_singular(unit)}'
+
+
+class Progress:
+  """Counts done units of a known total; prints rate and ETA.
+
+  Args:
+    total: units of the whole job (0 or None: unknown, no ETA).
+    desc: what is done, the line's first word(s).
+    unit: name of a unit ('samples', 'checkpoints', ...).
+    every_s: seconds between lines when the stream is not a terminal.
+    stream: where lines go (default `sys.stderr`).
+    clock: seconds, monotonic (tests pass a fake one).
+    enabled: False prints nothing; default: only on process 0 of a
+      multi-process run.
+    tty: whether the stream is a terminal (default: `stream.isatty()`).
+    initial: units already done before (a resumed run); the rate and ETA
+      count only the units done here.
+  """
+
+  def __init__(self,
+               total: Optional[int],
+               desc: str,
+               unit: str = 'items',
+               every_s: float = 5.0,
+               stream: Optional[TextIO] = None,
+               clock: Callable[[], float] = time.monotonic,
+               enabled: Optional[bool] = None,
+               tty: Optional[bool] = None,
+               initial: int = 0):
+    self.total, self.desc, self.unit = total or 0, desc, unit
+    self.stream = stream or sys.stderr
+    self.tty = self.stream.isatty() if tty is None else tty
+    self.every_s = 0.2 if self.tty else every_s
+    if enabled is None:
+      import jax  # pylint: disable=g-import-not-at-top
+      enabled = jax.process_index() == 0
+    self.clock, self.enabled = clock, enabled
+    self.n = self.initial = initial
+    self.closed, self.extra = False, ''
+    self.start = self._last = clock()
+    # Rate and ETA count from the first update on: the first unit often
+    # includes compiling (a train step, a sampler) and would skew them.
+    self._mark = None  # (time, units) at the first update.
+
+  def __enter__(self) -> 'Progress':
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  def line(self) -> str:
+    """The current progress line (no newline)."""
+    t0, n0 = self._mark or (self.start, self.initial)
+    elapsed, here = self.clock() - t0, self.n - n0
+    done = f'{self.n}/{self.total}' if self.total else f'{self.n}'
+    pct = f' ({100 * self.n / self.total:.0f}%)' if self.total else ''
+    text = (f'{self.desc}: {done} {self.unit}{pct}, '
+            f'{_rate(here, elapsed, self.unit)}')
+    if self.total and here > 0 and self.n < self.total:
+      eta = elapsed * (self.total - self.n) / here
+      text += f', ETA {format_duration(eta)}'
+    return text + (f', {self.extra}' if self.extra else '')
+
+  def _write(self, text: str, final: bool = False) -> None:
+    if not self.enabled:
+      return
+    if self.tty:
+      self.stream.write('\r\x1b[K' + text + ('\n' if final else ''))
+    else:
+      self.stream.write(text + '\n')
+    self.stream.flush()
+
+  def update(self, n: int = 1, extra: Optional[str] = None) -> None:
+    """Adds `n` done units; prints a line if one is due.
+
+    `extra` (e.g. 'loss 0.41') is appended to this and later lines.
+    """
+    self.n += n
+    if extra is not None:
+      self.extra = extra
+    now = self.clock()
+    if self._mark is None:
+      self._mark = (now, self.n)
+      return
+    finished = self.total and self.n >= self.total  # close() reports it.
+    if now - self._last >= self.every_s and not self.closed and not finished:
+      self._last = now
+      self._write(self.line())
+
+  def close(self) -> None:
+    """Prints the final line once: count, time taken, mean rate."""
+    if self.closed:
+      return
+    self.closed = True
+    elapsed = self.clock() - self.start
+    done = f'{self.n}/{self.total}' if self.total else f'{self.n}'
+    text = (f'{self.desc}: {done} {self.unit} in {format_duration(elapsed)}'
+            f' ({_rate(self.n - self.initial, elapsed, self.unit)})')
+    self._write(text + (f', {self.extra}' if self.extra else ''), final=True)
+
+
+def track(items: Iterable[T],
+          total: Optional[int],
+          desc: str,
+          unit: str = 'items',
+          **kwargs) -> Iterator[T]:
+  """Yields `items`, counting each one in a `Progress` closed at the end."""
+  with Progress(total, desc, unit, **kwargs) as bar:
+    for item in items:
+      yield item
+      bar.update()

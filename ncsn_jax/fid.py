@@ -28,12 +28,12 @@ import sys
 from typing import Callable, Optional, TextIO
 
 from ncsn_jax import errors
-from ncsn_jax import files
-from ncsn_jax import progress
+from ncsn_jax import outputs
+from ncsn_jax import console
 from ncsn_jax.evaluation import image_sets
 from ncsn_jax.evaluation import metrics
-from ncsn_jax.evaluation.inception import preprocessing as inception_prep
-from ncsn_jax.evaluation.inception import sample_quality
+from ncsn_jax.evaluation.inception import extractor as inception_prep
+from ncsn_jax.evaluation import sample_quality
 from ncsn_jax.evaluation.inception import weight_files
 
 PROGRESS_SECONDS = 5.0  # At most one progress line this often.
@@ -98,7 +98,7 @@ def _statistics(side: dict, extractor: Callable, stream) -> dict:
   else:
     n, what = side['n'], side['what']
     # Not a `with`: a side that fails prints its error line only.
-    bar = progress.Progress(n, what, unit='images', stream=stream,
+    bar = console.Progress(n, what, unit='images', stream=stream,
                             every_s=PROGRESS_SECONDS, enabled=True)
     feats = image_sets.features(side['chunks'], n,
                                 lambda x: extractor()[0](x), bar.update)
@@ -256,7 +256,7 @@ def main(argv, extractor_and_meta: Optional[tuple] = None) -> int:
     return 2
   print('\n'.join(summary(report)))
   if args.json:
-    with files.atomic_open(args.json) as f:
+    with outputs.atomic_open(args.json) as f:
       f.write(json.dumps(report, indent=2, allow_nan=False).encode())
     print(f'report: {args.json}')
   return 0

@@ -12,9 +12,7 @@ result reused: every call of a new pmapped closure compiles again.
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from ncsn_jax import errors
-from ncsn_jax import random_utils
 
 AXIS = 'batch'
 
@@ -45,7 +43,7 @@ def process_keys(key: jax.Array, n: int) -> jax.Array:
   Process p holds the global examples p n .. p n + n - 1 (and its device j
   the next n / devices of them), as `shard` splits them.
   """
-  return random_utils.keys_at(key, jax.process_index() * n + jnp.arange(n))
+  return keys_at(key, jax.process_index() * n + jnp.arange(n))
 
 
 def shard(tree, axis: int = 0, devices: int = 0):
@@ -205,3 +203,37 @@ def connect_collectives(timeout_s: int) -> None:
   count = float(np.asarray(total.addressable_shards[0].data).reshape(-1)[0])
   if count != jax.device_count():
     raise RuntimeError(f'psum over {jax.device_count()} devices gave {count}.')
+
+
+# ---------------------------------------------------------- random_utils
+# Per-example random keys.
+
+
+def keys_at(key: jax.Array, indices: jax.Array) -> jax.Array:
+  """fold_in(key, i) for every global example index i of `indices` `[N]`."""
+  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, indices)
+
+
+def per_example_keys(key: jax.Array, batch_size: int) -> jax.Array:
+  """Keys `[batch_size]` of the examples 0 .. batch_size - 1."""
+  return keys_at(key, jnp.arange(batch_size))
+
+
+def step_keys(keys: jax.Array, t) -> jax.Array:
+  """fold_in(key_i, t) for every per-example key: the draws of step t."""
+  return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, t)
+
+
+def split_each(keys: jax.Array):
+  """Two independent keys per example: (first `[B]`, second `[B]`)."""
+  return tuple(jax.vmap(jax.random.split, out_axes=1)(keys))
+
+
+def per_example_normal(keys: jax.Array, shape, dtype=jnp.float32):
+  """One standard normal draw of `shape` per key -> `[B, *shape]`."""
+  return jax.vmap(lambda k: jax.random.normal(k, shape, dtype))(keys)
+
+
+def per_example_uniform(keys: jax.Array, shape, dtype=jnp.float32):
+  """One U[0, 1) draw of `shape` per key -> `[B, *shape]`."""
+  return jax.vmap(lambda k: jax.random.uniform(k, shape, dtype))(keys)

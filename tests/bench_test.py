@@ -22,10 +22,10 @@ from bench import plain_config
 from configs import tiny
 from ncsn_jax import backend
 from ncsn_jax import models
-from ncsn_jax import random_utils
+from ncsn_jax import parallel
 from ncsn_jax.training import losses
 from ncsn_jax.training import step as step_lib
-from ncsn_jax.training import train_state
+from ncsn_jax import train_state
 
 BLOCKED = ('tensorflow', 'tensorflow_datasets', 'clu', 'ml_collections')
 
@@ -141,7 +141,7 @@ class BackendChoicesTest(absltest.TestCase):
     tx = train_state.create_optimizer(config)
     state = train_state.create_train_state(config, model, tx, jax.random.key(0))
     images = jnp.zeros((2, 4, 8, 8, 3))
-    keys = jax.vmap(lambda k: random_utils.per_example_keys(k, 4))(
+    keys = jax.vmap(lambda k: parallel.per_example_keys(k, 4))(
         jax.random.split(jax.random.key(1), 2))
     loss_fn = losses.get_loss_fn(config, model)
     traced = {}

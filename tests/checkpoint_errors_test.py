@@ -13,10 +13,8 @@ import tensorflow as tf
 
 from configs import tiny
 from ncsn_jax import errors
-from ncsn_jax.training import checkpoint_meta
-from ncsn_jax.training import checkpointing
 from ncsn_jax.training import loop
-from ncsn_jax.training import workdir_lock
+from ncsn_jax import checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -94,8 +92,8 @@ class CheckpointErrorsTest(absltest.TestCase):
     # flip the storage layer does not notice would restore.
     host = self.state.replace(step=np.int32(6))
     changed = jax.tree.map(lambda x: x + 1, host.params)
-    meta = checkpoint_meta.build(config(), host, 6)
-    manager = checkpointing.create_manager(workdir)
+    meta = checkpoints.build(config(), host, 6)
+    manager = checkpoints.create_manager(workdir)
     manager.save(6,
                  args=ocp.args.Composite(state=ocp.args.StandardSave(
                      host.replace(params=changed)),
@@ -103,14 +101,14 @@ class CheckpointErrorsTest(absltest.TestCase):
                  force=True)
     manager.close()
     with self.assertRaises(errors.CheckpointError) as e:
-      checkpointing.load_params(config(), workdir)
+      checkpoints.load_params(config(), workdir)
     message = str(e.exception)
     self.assertNotIn('\n', message)
     self.assertIn(os.path.join('checkpoints', '6'), message)
     self.assertIn('corrupt', message)
     self.assertIn('.params', message)
     # Never silently older: only the step asked for.
-    _, params, step = checkpointing.load_params(config(), workdir, 4)
+    _, params, step = checkpoints.load_params(config(), workdir, 4)
     self.assertEqual(step, 4)
     result = run_sample(workdir)
     self.assertIn('checkpoints/6 is corrupt', one_error_line(self, result))
@@ -152,19 +150,19 @@ class CheckpointErrorsTest(absltest.TestCase):
 
   def test_older_checkpoint_without_meta_mismatch_is_one_line(self):
     workdir = self.create_tempdir().full_path
-    manager = checkpointing.create_manager(workdir)
+    manager = checkpoints.create_manager(workdir)
     manager.save(2, args=ocp.args.StandardSave(self.state), force=True)
     manager.close()
     self.assertTrue(
         os.path.isdir(os.path.join(workdir, 'checkpoints', '2', 'default')))
-    _, params, _ = checkpointing.load_params(config(), workdir)
+    _, params, _ = checkpoints.load_params(config(), workdir)
     np.testing.assert_array_equal(
         jax.tree.leaves(params)[0],
         jax.tree.leaves(self.state.ema_params)[0])
     c = config()
     c.model.ngf = 8
     with self.assertRaises(errors.CheckpointError) as e:
-      checkpointing.load_params(c, workdir)
+      checkpoints.load_params(c, workdir)
     self.assertIn('checkpoints/2', str(e.exception))
     self.assertIn('config', str(e.exception))
     self.assertNotIn('\n', str(e.exception))
@@ -188,7 +186,7 @@ class CheckpointErrorsTest(absltest.TestCase):
     e = ValueError("RESOURCE_EXHAUSTED: Failed to write 93073 bytes: No "
                    "space left on device [os_error_code='28']")
     self.assertEqual(
-        checkpointing._write_failure(e),  # pylint: disable=protected-access
+        checkpoints._write_failure(e),  # pylint: disable=protected-access
         'no space left on device')
     workdir = self.create_tempdir().full_path
     if mount_tmpfs(workdir, 'size=300k'):
@@ -203,11 +201,11 @@ class CheckpointErrorsTest(absltest.TestCase):
     # A run of the previous layout: train state alone in `<step>/default`,
     # the train iterator's position in `data_state/`.
     workdir = self.create_tempdir().full_path
-    manager = checkpointing.create_manager(self.trained, create=False)
+    manager = checkpoints.create_manager(self.trained, create=False)
     target = jax.tree.map(np.asarray, self.state)
-    at_2, _ = checkpointing.restore(manager, target, 2)
+    at_2, _ = checkpoints.restore(manager, target, 2)
     manager.close()
-    manager = checkpointing.create_manager(workdir)
+    manager = checkpoints.create_manager(workdir)
     manager.save(2, args=ocp.args.StandardSave(at_2), force=True)
     manager.close()
     iterator = iter(loop._datasets(config())['train'])  # pylint: disable=protected-access
@@ -235,8 +233,8 @@ class CheckpointErrorsTest(absltest.TestCase):
   def test_resume_without_input_position_is_reported(self):
     # What an imported official checkpoint (or an older run) looks like.
     workdir = self.create_tempdir().full_path
-    manager = checkpointing.create_manager(workdir)
-    checkpointing.save(manager, 4, self.state, config())
+    manager = checkpoints.create_manager(workdir)
+    checkpoints.save(manager, 4, self.state, config())
     manager.close()
     c = config()
     c.training.n_iters = 6
@@ -262,7 +260,7 @@ class CheckpointErrorsTest(absltest.TestCase):
 
   def test_second_training_run_in_a_workdir_is_refused(self):
     workdir = self.create_tempdir().full_path
-    with workdir_lock.hold(workdir):
+    with checkpoints.hold(workdir):
       with self.assertRaises(errors.ConfigError) as e:
         loop.train(config(), workdir)
     self.assertIn(workdir, str(e.exception))
@@ -270,7 +268,7 @@ class CheckpointErrorsTest(absltest.TestCase):
     # A lock file left by a dead process does not block.
     with open(os.path.join(workdir, '.lock'), 'w') as f:
       f.write('999999')
-    with workdir_lock.hold(workdir):
+    with checkpoints.hold(workdir):
       pass
 
 

@@ -22,13 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import tiny
-from ncsn_jax import image_io
+from ncsn_jax import outputs
 from ncsn_jax import models
-from ncsn_jax.interop import legacy_pth
 from ncsn_jax.interop import official_checkpoint
 from ncsn_jax.interop import param_mapping
 from ncsn_jax.interop import torch_pickle
-from ncsn_jax.training import checkpointing
+from ncsn_jax import checkpoints
 from tests import torch_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -184,8 +183,8 @@ class ReaderTest(absltest.TestCase):
         load(path)
     # Also behind a valid legacy header.
     header = io.BytesIO()
-    for item in (legacy_pth.LEGACY_MAGIC,
-                 legacy_pth.LEGACY_PROTOCOL, {'little_endian': True}):
+    for item in (torch_pickle.LEGACY_MAGIC,
+                 torch_pickle.LEGACY_PROTOCOL, {'little_endian': True}):
       pickle.dump(item, header, protocol=2)
     behind = os.path.join(tmp, 'evil_behind.pth')
     with open(behind, 'wb') as f:
@@ -317,11 +316,11 @@ class ImportTest(ParityMixin, absltest.TestCase):
     step = official_checkpoint.import_checkpoint(
         config, workdir, fixture('ncsnv2_legacy.pth'))
     self.assertEqual(step, int(REF['v2_step']))
-    _, params, restored = checkpointing.load_params(config, workdir)
+    _, params, restored = checkpoints.load_params(config, workdir)
     self.assertEqual(restored, step)
     self.assert_matches_reference(forward(config, params, 'ncsnv2'),
                                   REF['v2_ema_out'])
-    _, raw, _ = checkpointing.load_params(config, workdir, ema=False)
+    _, raw, _ = checkpoints.load_params(config, workdir, ema=False)
     self.assert_matches_reference(forward(config, raw, 'ncsnv2'),
                                   REF['v2_out'])
     with self.assertRaisesRegex(ValueError, 'already has a checkpoint'):
@@ -336,7 +335,7 @@ class ImportTest(ParityMixin, absltest.TestCase):
     workdir = os.path.join(tmp, 'run')
     self.assertEqual(
         official_checkpoint.import_checkpoint(config, workdir, named), 7000)
-    _, params, step = checkpointing.load_params(config, workdir)
+    _, params, step = checkpoints.load_params(config, workdir)
     self.assertEqual(step, 7000)
     self.assert_matches_reference(forward(config, params, 'ncsn'),
                                   REF['v1_out'])
@@ -365,7 +364,7 @@ class RunImportTest(absltest.TestCase):
     self.assertIn('as step 3', result.stdout)
     result = run('sample')
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
-    images = image_io.load_npz_images(
+    images = outputs.load_npz_images(
         os.path.join(workdir, 'samples', 'samples.npz'))
     self.assertEqual(images.shape, (4, 8, 8, 3))
 

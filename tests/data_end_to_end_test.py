@@ -32,8 +32,8 @@ from configs import tiny
 from ncsn_jax import errors
 from ncsn_jax import models
 from ncsn_jax.data import input_pipeline
-from ncsn_jax.training import checkpointing
-from ncsn_jax.training import train_state
+from ncsn_jax import checkpoints
+from ncsn_jax import train_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TRAIN_FILES = [f'data_batch_{i}.bin' for i in range(1, 6)]
@@ -180,7 +180,7 @@ class TfdsCifar10Test(parameterized.TestCase):
       state = train_state.create_train_state(
           config, model, train_state.create_optimizer(config),
           jax.random.key(0))
-      checkpointing.save(checkpointing.create_manager(workdir), 1, state)
+      checkpoints.save(checkpoints.create_manager(workdir), 1, state)
     result = run(workdir, mode, f'--config.data.data_dir={empty}')
     self.assertEqual(result.returncode, 2, result.stderr[-3000:])
     self.assertNotIn('Traceback', result.stderr)

@@ -10,8 +10,8 @@ import numpy as np
 from configs import tiny
 from ncsn_jax import models
 from ncsn_jax.evaluation import evaluate
-from ncsn_jax.training import checkpointing
-from ncsn_jax.training import train_state
+from ncsn_jax import checkpoints
+from ncsn_jax import train_state
 from tests import compiles
 
 
@@ -27,11 +27,11 @@ def digits_config():
 def save_checkpoints(config, workdir, steps):
   model = models.create_model(config)
   tx = train_state.create_optimizer(config)
-  manager = checkpointing.create_manager(workdir)
+  manager = checkpoints.create_manager(workdir)
   for step in steps:
     state = train_state.create_train_state(config, model, tx,
                                            jax.random.key(step))
-    checkpointing.save(manager, step, state.replace(step=np.int32(step)))
+    checkpoints.save(manager, step, state.replace(step=np.int32(step)))
 
 
 class EvaluateTest(absltest.TestCase):

@@ -22,12 +22,11 @@ import numpy as np
 from configs import tiny
 from ncsn_jax import errors
 from ncsn_jax import models
-from ncsn_jax import noise
-from ncsn_jax.interop import export
+from ncsn_jax.models import score
 from ncsn_jax.interop import official_checkpoint
 from ncsn_jax.interop import torch_pickle
-from ncsn_jax.interop import torch_writer
-from ncsn_jax.training import train_state
+from ncsn_jax.interop import export
+from ncsn_jax import train_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, 'tests', 'testdata', 'torch_checkpoints')
@@ -74,7 +73,7 @@ def trained_state(config, steps: int = 2):
 
 def write(path: str, obj) -> str:
   with open(path, 'wb') as f:
-    torch_writer.write_pth(f, obj)
+    export.write_pth(f, obj)
   return path
 
 
@@ -127,7 +126,7 @@ class WriterTest(absltest.TestCase):
         f.seek(info.header_offset + 26)
         name_len, extra_len = struct.unpack('<HH', f.read(4))
         start = info.header_offset + 30 + name_len + extra_len
-        self.assertEqual(start % torch_writer.ALIGNMENT, 0, info.filename)
+        self.assertEqual(start % export.ALIGNMENT, 0, info.filename)
       self.assertEqual(archive.read('archive/data.pkl')[:2], b'\x80\x02')
 
   def test_unsupported(self):
@@ -212,7 +211,7 @@ class RoundTripTest(parameterized.TestCase):
       self.assertEqual(int(back.step), 2)
       assert_trees_equal(self, back.ema_params, state.ema_params)
       np.testing.assert_array_equal(loaded[0]['module.sigmas'],
-                                    noise.get_sigmas(config))
+                                    score.get_sigmas(config))
     else:
       self.assertNotIn('module.sigmas', loaded[0])
 
@@ -292,14 +291,14 @@ class ExportCheckpointTest(absltest.TestCase):
       f.write(b'PK half a file')
       raise OSError('disk full')
 
-    real = torch_writer.write_pth
-    torch_writer.write_pth = broken
+    real = export.write_pth
+    export.write_pth = broken
     try:
       with self.assertRaisesRegex(OSError, 'disk full'):
         export.export_checkpoint(self.config, self.workdir, self.out,
                                  overwrite=True)
     finally:
-      torch_writer.write_pth = real
+      export.write_pth = real
     with open(self.out) as f:
       self.assertEqual(f.read(), 'keep me')
     self.assertEqual(os.listdir(os.path.dirname(self.out)), ['out.pth'])

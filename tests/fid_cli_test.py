@@ -17,9 +17,9 @@ from PIL import Image
 
 from configs import tiny
 from ncsn_jax import fid
-from ncsn_jax import image_io
+from ncsn_jax import outputs
 from ncsn_jax.evaluation import metrics
-from ncsn_jax.evaluation.inception import sample_quality
+from ncsn_jax.evaluation import sample_quality
 from tests import inception_test
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,7 +85,7 @@ class FidCliTest(absltest.TestCase):
     np.savez(cls.stats['ttur'], mu=mu, sigma=sigma)
     np.savez(cls.stats['score_sde'], pool_3=cls.b_feats)
     cls.a_npz = os.path.join(cls.root, 'a.npz')
-    image_io.save_npz_images(cls.a_npz, cls.a)
+    outputs.save_npz_images(cls.a_npz, cls.a)
     config = tiny.get_config()
     config.eval.stats_path = cls.stats['ours']
     cls.want = sample_quality.sample_metrics(config, cls.a, cls.extractor)

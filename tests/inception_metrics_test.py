@@ -16,7 +16,7 @@ import tensorflow_datasets as tfds
 
 from configs import tiny
 from ncsn_jax.evaluation import metrics
-from ncsn_jax.evaluation.inception import sample_quality as im
+from ncsn_jax.evaluation import sample_quality as im
 from ncsn_jax.evaluation.inception import weight_files
 from tests import inception_test
 

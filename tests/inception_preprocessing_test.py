@@ -6,14 +6,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ncsn_jax import bilinear
+from ncsn_jax.models import layers
 from ncsn_jax import errors
-from ncsn_jax.evaluation.inception import preprocessing
+from ncsn_jax.evaluation.inception import extractor
 
 
 def _matrix(size: int, mode: str) -> np.ndarray:
   """The float64 [299, size] resize matrix of a preprocessing mode."""
-  return bilinear.matrix(size, 299, preprocessing.RESIZE_RULES[mode])
+  return layers.matrix(size, 299, extractor.RESIZE_RULES[mode])
 
 
 def _tf_resize_oracle(image: np.ndarray, out: int) -> np.ndarray:
@@ -92,7 +92,7 @@ class PreprocessingTest(parameterized.TestCase):
   def test_preprocess_range_and_channels(self, mode):
     rng = np.random.default_rng(3)
     images = rng.integers(0, 256, (2, 16, 12, 3), np.uint8)
-    x = np.asarray(preprocessing.preprocess(images, mode))
+    x = np.asarray(extractor.preprocess(images, mode))
     self.assertEqual(x.shape, (2, 299, 299, 3))
     self.assertEqual(x.dtype, np.float32)
     rh = _matrix(16, mode)
@@ -100,19 +100,19 @@ class PreprocessingTest(parameterized.TestCase):
     want = np.einsum('oh,bhwc,pw->bopc', rh, images.astype(np.float64), rw)
     want = (want - 128) / 128 if mode == 'tf' else want / 127.5 - 1
     np.testing.assert_allclose(x, want, atol=2e-6)
-    grey = np.asarray(preprocessing.preprocess(images[..., :1], mode))
+    grey = np.asarray(extractor.preprocess(images[..., :1], mode))
     np.testing.assert_allclose(grey, np.repeat(grey[..., :1], 3, -1))
     np.testing.assert_allclose(grey[..., 0], x[..., 0], atol=1e-6)
     full = np.full((1, 299, 299, 3), 255, np.uint8)
-    top = float(np.asarray(preprocessing.preprocess(full, mode)).max())
+    top = float(np.asarray(extractor.preprocess(full, mode)).max())
     self.assertAlmostEqual(top, 0.9921875 if mode == 'tf' else 1.0, places=6)
     with self.assertRaisesRegex(errors.ConfigError,
                                 'inception_preprocessing.*unknown'):
-      preprocessing.preprocess(images, 'bicubic')
+      extractor.preprocess(images, 'bicubic')
 
   def test_pytorch_mode_matches_jax_image_resize(self):
     image = np.random.default_rng(4).uniform(0, 255, (1, 32, 32, 3))
-    ours = np.asarray(preprocessing.preprocess(image, 'pytorch'))
+    ours = np.asarray(extractor.preprocess(image, 'pytorch'))
     theirs = np.asarray(jax.image.resize(jnp.asarray(image, jnp.float32),
                                          (1, 299, 299, 3), 'bilinear'))
     np.testing.assert_allclose(ours, theirs / 127.5 - 1, atol=1e-5)

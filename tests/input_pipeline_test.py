@@ -15,7 +15,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from configs import default
-from ncsn_jax.data import image_folder
+from ncsn_jax.data import sources
 from ncsn_jax.data import input_pipeline
 from ncsn_jax.data import preprocessing
 
@@ -261,7 +261,7 @@ class TfdsTest(parameterized.TestCase):
       for image, array in zip(images, raw):
         path = os.path.join(tmp, 'x.png')
         _write_png(path, array)
-        ref = image_folder.load_image_file(path, size, 0, 3) / 255.0
+        ref = sources.load_image_file(path, size, 0, 3) / 255.0
         np.testing.assert_allclose(image, ref, atol=1.01 / 255)
 
   def test_uniform_dequantization(self):
@@ -421,7 +421,7 @@ class ImageFolderTest(parameterized.TestCase):
   def test_pipeline_uses_the_public_geometry(self):
     config = self._folder(5)
     config.data.crop_size = 16
-    paths = image_folder.usable_image_files(config)
+    paths = sources.usable_image_files(config)
     images = input_pipeline.load_split_arrays(config, 'train')
     images = np.concatenate(
         [images, input_pipeline.load_split_arrays(config, 'test')])

@@ -7,7 +7,6 @@ import numpy as np
 
 from configs import tiny
 from ncsn_jax import parallel
-from ncsn_jax import random_utils
 from ncsn_jax.sampling import interpolation
 from ncsn_jax.sampling import langevin
 from tests import score_models
@@ -16,7 +15,7 @@ zero_score = lambda x, y: jnp.zeros_like(x)
 
 
 def keys_of(key, n):
-  return random_utils.per_example_keys(key, n)
+  return parallel.per_example_keys(key, n)
 
 
 class InterpolationTest(absltest.TestCase):

@@ -8,9 +8,8 @@ import numpy as np
 
 from configs import tiny
 from ncsn_jax import models
-from ncsn_jax import noise
+from ncsn_jax.models import score as score_lib
 from ncsn_jax import parallel
-from ncsn_jax import random_utils
 from ncsn_jax.sampling import langevin
 from tests import compiles
 from tests import score_models
@@ -34,7 +33,7 @@ def mixture_score(sigmas):
 
 
 def keys_of(key, n):
-  return random_utils.per_example_keys(key, n)
+  return parallel.per_example_keys(key, n)
 
 
 def fraction_in_upper_mode(x):
@@ -55,7 +54,7 @@ class AnnealedLangevinTest(parameterized.TestCase):
     states = np.concatenate([np.zeros((1, 3, 2)), np.asarray(traj)])
     for t in range(6):
       alpha = 0.01 * (float(sigmas[t // 2]) / 1.0)**2
-      keys = random_utils.per_example_keys(key, 3)
+      keys = parallel.per_example_keys(key, 3)
       z = np.stack([np.asarray(jax.random.normal(jax.random.fold_in(k, t),
                                                  (2,))) for k in keys])
       np.testing.assert_allclose(states[t + 1] - states[t],
@@ -134,7 +133,7 @@ class AnnealedLangevinTest(parameterized.TestCase):
 
   def test_gaussian_mean_and_variance(self):
     mu, s2 = jnp.array([2.0, -1.0]), jnp.array([0.5, 2.0])
-    sigmas = jnp.asarray(noise.make_sigmas(5.0, 0.01, 10))
+    sigmas = jnp.asarray(score_lib.make_sigmas(5.0, 0.01, 10))
     score = lambda x, y: -(x - mu) / (s2 + sigmas[y][:, None]**2)
     x0 = jax.random.uniform(jax.random.key(1), (8000, 2), minval=-8,
                             maxval=8)
@@ -147,7 +146,7 @@ class AnnealedLangevinTest(parameterized.TestCase):
     # The paper's toy levels (10 -> 0.1, eps 0.1) diverge; 20 -> 0.7 works.
     # eps = 0.1 in the paper's x + eps/2 s + sqrt(eps) z form is
     # step_lr = 0.05 in ours.
-    sigmas = jnp.asarray(noise.make_sigmas(20.0, 0.7, 10))
+    sigmas = jnp.asarray(score_lib.make_sigmas(20.0, 0.7, 10))
     score = mixture_score(sigmas)
     x0 = jax.random.uniform(jax.random.key(0), (3000, 2), minval=-8,
                             maxval=8)

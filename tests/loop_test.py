@@ -10,9 +10,9 @@ import numpy as np
 from configs import tiny
 from ncsn_jax import errors
 from ncsn_jax import models
-from ncsn_jax.training import checkpointing
+from ncsn_jax import checkpoints
 from ncsn_jax.training import loop
-from ncsn_jax.training import train_state
+from ncsn_jax import train_state
 from tests import compiles
 
 
@@ -52,7 +52,7 @@ class TrainLoopTest(absltest.TestCase):
     resumed = loop.train_and_evaluate(config, part)
     self.assertEqual(int(resumed.step), 4)
     assert_trees_close(self, resumed, full, rtol=0, atol=0)
-    manager = checkpointing.create_manager(part, create=False)
+    manager = checkpoints.create_manager(part, create=False)
     self.assertEqual(sorted(manager.all_steps()), [2, 4])
     for step in (2, 4):
       self.assertTrue(os.path.isfile(os.path.join(
@@ -82,7 +82,7 @@ class DivergenceTest(absltest.TestCase):
     workdir = self.create_tempdir().full_path
     with self.assertRaisesRegex(errors.NonFiniteLossError, 'at step 2'):
       loop.train_and_evaluate(self._config(), workdir)
-    manager = checkpointing.create_manager(workdir, create=False)
+    manager = checkpoints.create_manager(workdir, create=False)
     self.assertEqual(manager.all_steps(), [1])
 
   def test_skip_nonfinite_counts_and_continues(self):

@@ -7,8 +7,8 @@ import numpy as np
 
 from configs import tiny
 from ncsn_jax import models
-from ncsn_jax import noise
-from ncsn_jax import random_utils
+from ncsn_jax.models import score
+from ncsn_jax import parallel
 from ncsn_jax.training import losses
 from tests import score_models
 
@@ -17,10 +17,10 @@ class DsmLossTest(absltest.TestCase):
 
   def test_exact_gaussian_score_attains_analytic_minimum(self):
     dim, s2, mu = 6, 0.5, 1.5
-    sigmas = jnp.asarray(noise.make_sigmas(2.0, 0.1, 5))
+    sigmas = jnp.asarray(score.make_sigmas(2.0, 0.1, 5))
     n = 200_000
     x = mu + np.sqrt(s2) * jax.random.normal(jax.random.key(0), (n, dim))
-    keys = random_utils.per_example_keys(jax.random.key(1), n)
+    keys = parallel.per_example_keys(jax.random.key(1), n)
     loss = lambda c: float(losses.annealed_dsm_loss(
         score_models.gaussian_score(mu, s2, sigmas, c), x, keys, sigmas)[0])
     # E over levels of D s2 / (2 (s2 + sigma^2)) with lambda = sigma^2.
@@ -31,9 +31,9 @@ class DsmLossTest(absltest.TestCase):
     self.assertLess(loss(1.0), loss(1.1))
 
   def test_labels_uniform_and_per_example(self):
-    sigmas = jnp.asarray(noise.make_sigmas(1.0, 0.01, 10))
+    sigmas = jnp.asarray(score.make_sigmas(1.0, 0.01, 10))
     x = jnp.zeros((4000, 2))
-    keys = random_utils.per_example_keys(jax.random.key(3), 4000)
+    keys = parallel.per_example_keys(jax.random.key(3), 4000)
     _, aux = losses.annealed_dsm_loss(lambda x, y: x, x, keys, sigmas)
     counts = np.bincount(np.asarray(aux['labels']), minlength=10)
     self.assertTrue((np.abs(counts - 400) < 80).all(), counts)
@@ -49,12 +49,12 @@ class DsmLossTest(absltest.TestCase):
     config.model.sigma_begin = 5.0
     model = models.create_model(config)
     x = jax.random.uniform(jax.random.key(0), (6, 8, 8, 3))
-    keys = random_utils.per_example_keys(jax.random.key(1), 6)
+    keys = parallel.per_example_keys(jax.random.key(1), 6)
     params = model.init(jax.random.key(2), x, jnp.zeros(6, jnp.int32))[
         'params']
     loss_fn = losses.get_loss_fn(config, model)
     loss, aux = loss_fn(params, x, keys)
-    sigmas = jnp.asarray(noise.get_sigmas(config))
+    sigmas = jnp.asarray(score.get_sigmas(config))
     labels, z = losses.perturb(keys, x, sigmas)
     np.testing.assert_array_equal(labels, aux['labels'])
     x_tilde = x + sigmas[labels][:, None, None, None] * z
@@ -68,7 +68,7 @@ class DsmLossTest(absltest.TestCase):
     # A recorded (labels, z) through `perturb_fn` is what the losses use:
     # with the exact-target score s = -z / sigma the DSM loss is zero.
     config = tiny.get_config()
-    sigmas = jnp.asarray(noise.get_sigmas(config))
+    sigmas = jnp.asarray(score.get_sigmas(config))
     x = jax.random.uniform(jax.random.key(0), (4, 2, 2, 3))
     labels = jnp.array([3, 0, 2, 1], jnp.int32)
     z = jax.random.normal(jax.random.key(1), x.shape)
@@ -82,7 +82,7 @@ class DsmLossTest(absltest.TestCase):
       s = sigmas[y][:, None, None, None]
       return -(x_tilde - x) / s**2
 
-    keys = random_utils.per_example_keys(jax.random.key(2), 4)
+    keys = parallel.per_example_keys(jax.random.key(2), 4)
     loss, aux = losses.annealed_dsm_loss(exact, x, keys, sigmas,
                                          perturb_fn=recorded)
     self.assertAlmostEqual(float(loss), 0.0, places=6)

@@ -8,7 +8,7 @@ import numpy as np
 
 from configs import default
 from ncsn_jax import models
-from ncsn_jax import noise
+from ncsn_jax.models import score
 
 
 def make_config(name, ngf, num_classes, size, channels, sigma_begin=50.0):
@@ -86,7 +86,7 @@ class ModelsTest(parameterized.TestCase):
     x = jax.random.uniform(jax.random.key(1), (3, 8, 8, 3))
     y = jnp.array([0, 1, 2], jnp.int32)
     variables = model.init(jax.random.key(0), x, y)
-    sigmas = noise.get_sigmas(config)
+    sigmas = score.get_sigmas(config)
     np.testing.assert_allclose(
         model.apply(variables, x, y) * sigmas[:, None, None, None],
         raw.apply(variables, x, y), rtol=1e-5, atol=1e-6)
@@ -141,7 +141,7 @@ class ModelsTest(parameterized.TestCase):
 class NoiseTest(parameterized.TestCase):
 
   def test_cifar10_geometric_levels(self):
-    sigmas = noise.make_sigmas(50.0, 0.01, 232)
+    sigmas = score.make_sigmas(50.0, 0.01, 232)
     self.assertEqual(sigmas.dtype, np.float32)
     np.testing.assert_array_equal(
         sigmas[:3], np.float32([50.0, 48.190025, 46.445568]))
@@ -149,7 +149,7 @@ class NoiseTest(parameterized.TestCase):
                                   np.float32([0.010375591, 0.0099999998]))
 
   def test_v1_geometric_levels(self):
-    sigmas = noise.make_sigmas(1.0, 0.01, 10)
+    sigmas = score.make_sigmas(1.0, 0.01, 10)
     np.testing.assert_array_equal(
         sigmas[:3], np.float32([1.0, 0.59948426, 0.35938138]))
     np.testing.assert_array_equal(sigmas[-2:],
@@ -158,12 +158,12 @@ class NoiseTest(parameterized.TestCase):
     np.testing.assert_allclose(ratio, 0.599484, rtol=1e-6)
 
   def test_uniform_levels_and_errors(self):
-    np.testing.assert_allclose(noise.make_sigmas(1.0, 0.1, 4, 'uniform'),
+    np.testing.assert_allclose(score.make_sigmas(1.0, 0.1, 4, 'uniform'),
                                [1.0, 0.7, 0.4, 0.1], rtol=1e-6)
     with self.assertRaisesRegex(ValueError, 'sigma_dist'):
-      noise.make_sigmas(1.0, 0.1, 4, 'cosine')
+      score.make_sigmas(1.0, 0.1, 4, 'cosine')
     with self.assertRaisesRegex(ValueError, 'sigma_begin'):
-      noise.make_sigmas(0.1, 1.0, 4)
+      score.make_sigmas(0.1, 1.0, 4)
 
 
 if __name__ == '__main__':

@@ -11,7 +11,7 @@ from ncsn_jax import parallel
 from ncsn_jax.training import loop
 from ncsn_jax.training import losses
 from ncsn_jax.training import step as step_lib
-from ncsn_jax.training import train_state
+from ncsn_jax import train_state
 
 N_STEPS = 3
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from configs import digits
 from ncsn_jax import parallel
-from ncsn_jax.training import checkpointing
+from ncsn_jax import checkpoints
 from tests import multihost_common
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,7 +82,7 @@ class MultihostTest(absltest.TestCase):
     r0, r1 = run_two_processes(part, 'train:4')
     assert_same(r0, p0, rtol=0, atol=0)
     assert_same(r1, p1, rtol=0, atol=0)
-    manager = checkpointing.create_manager(workdir, create=False)
+    manager = checkpoints.create_manager(workdir, create=False)
     self.assertEqual(sorted(manager.all_steps()), [2, 4])
     for i in range(2):
       self.assertTrue(os.path.isfile(os.path.join(

@@ -11,7 +11,7 @@ import sys
 os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'
 os.environ['JAX_PLATFORMS'] = 'cpu'
 
-from ncsn_jax import parallel  # pylint: disable=g-import-not-at-top
+from ncsn_jax import parallel
 
 # Start-up wait for the other process: generous, for loaded test machines.
 TIMEOUT_S = 600
@@ -25,7 +25,7 @@ def main(process_id: int, port: str, workdir: str, mode: str):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from tests import multihost_common  # pylint: disable=g-import-not-at-top
-  from ncsn_jax.training import loop  # pylint: disable=g-import-not-at-top
+  from ncsn_jax.training import loop
   config = multihost_common.config()
   if mode == 'step':
     images = multihost_common.global_batches(config)

@@ -7,8 +7,8 @@ from unittest import mock
 
 from absl.testing import absltest
 
-from ncsn_jax import cache_dirs
-from ncsn_jax.evaluation.inception import sample_quality
+from ncsn_jax import outputs
+from ncsn_jax.evaluation import sample_quality
 from ncsn_jax.evaluation.inception import weight_files
 from configs import tiny
 
@@ -83,21 +83,21 @@ class CacheDirsTest(absltest.TestCase):
   def test_xdg_cache_home(self):
     xdg = self.create_tempdir().full_path
     self._env(XDG_CACHE_HOME=xdg)
-    self.assertEqual(cache_dirs.cache_root(), os.path.join(xdg, 'ncsn_jax'))
+    self.assertEqual(outputs.cache_root(), os.path.join(xdg, 'ncsn_jax'))
     self.assertEqual(weight_files.default_cache_dir(),
                      os.path.join(xdg, 'ncsn_jax', 'inception'))
 
   def test_home_when_nothing_is_set(self):
     home = self.create_tempdir().full_path
     self._env(HOME=home, XDG_CACHE_HOME='relative/is/ignored')
-    self.assertEqual(cache_dirs.cache_root(),
+    self.assertEqual(outputs.cache_root(),
                      os.path.join(home, '.cache', 'ncsn_jax'))
 
   def test_ncsn_jax_cache_wins_over_xdg(self):
     root = self.create_tempdir().full_path
     self._env(XDG_CACHE_HOME=self.create_tempdir().full_path,
               NCSN_JAX_CACHE=root)
-    self.assertEqual(cache_dirs.cache_root(), root)
+    self.assertEqual(outputs.cache_root(), root)
     self.assertEqual(weight_files.default_cache_dir(),
                      os.path.join(root, 'inception'))
     inception = self.create_tempdir().full_path
@@ -118,7 +118,7 @@ class CacheDirsTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, 'No Inception weights in .*mine'):
       sample_quality.create_extractor(config)
     self._env(HOME=self.create_tempdir().full_path)
-    for path in (cache_dirs.cache_root(), weight_files.default_cache_dir()):
+    for path in (outputs.cache_root(), weight_files.default_cache_dir()):
       self.assertFalse(os.path.abspath(path).startswith(PACKAGE), path)
 
 

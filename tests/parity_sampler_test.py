@@ -30,8 +30,7 @@ import numpy as np
 from configs import cifar10_ncsn
 from configs import cifar10_ncsnv2
 from ncsn_jax import models
-from ncsn_jax import noise
-from ncsn_jax import transforms
+from ncsn_jax.models import score
 from ncsn_jax.sampling import inpainting
 from ncsn_jax.sampling import langevin
 from tests import parity_common as pc
@@ -109,7 +108,7 @@ class SamplerParityTest(absltest.TestCase):
       config = config_for(kind, ref)
       self.assertEqual(config.sampling.step_lr, float(ref['step_lr']), kind)
       self.assertEqual(config.sampling.denoise, kind == 'ncsnv2', kind)
-      np.testing.assert_allclose(noise.get_sigmas(config), ref['sigmas'],
+      np.testing.assert_allclose(score.get_sigmas(config), ref['sigmas'],
                                  rtol=pc.EPS32)
       # Data and model space coincide: x0 and the references need no map.
       self.assertFalse(config.data.rescaled or config.data.logit_transform)
@@ -173,7 +172,7 @@ class SamplerParityTest(absltest.TestCase):
         config, model, recorded(ref['noise']),
         recorded(ref['known_noise'], fill=1e3))
     n = len(ref['x0'])  # One completion per reference: chain r = image r.
-    reference = transforms.data_transform(jnp.asarray(ref['refer']), config)
+    reference = score.data_transform(jnp.asarray(ref['refer']), config)
     x, trajectory = jax.jit(sample_fn)(
         imported_params(config, 'ncsnv2_sampler.pth'),
         jnp.asarray(ref['x0']), chain_keys(n), reference,

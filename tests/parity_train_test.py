@@ -39,13 +39,12 @@ import optax
 from configs import cifar10_ncsn
 from configs import cifar10_ncsnv2
 from ncsn_jax import models
-from ncsn_jax import noise
-from ncsn_jax import transforms
+from ncsn_jax.models import score
 from ncsn_jax.data import preprocessing
 from ncsn_jax.interop import param_mapping
 from ncsn_jax.training import losses
 from ncsn_jax.training import step as step_lib
-from ncsn_jax.training import train_state
+from ncsn_jax import train_state
 from tests import parity_common as pc
 
 CONFIGS = {'ncsn': cifar10_ncsn, 'ncsnv2': cifar10_ncsnv2}
@@ -223,7 +222,7 @@ class TrainParityTest(parameterized.TestCase):
     self.assertEqual(config.model.ema, 'ema_rate' in draws)
     self.assertEqual(config.data.uniform_dequantization, kind == 'ncsn')
     self.assertFalse(config.data.rescaled or config.data.logit_transform)
-    np.testing.assert_allclose(noise.get_sigmas(config), draws['sigmas'],
+    np.testing.assert_allclose(score.get_sigmas(config), draws['sigmas'],
                                rtol=2 * pc.EPS32)
 
   def test_v1_dequantisation_is_the_official_loss_input(self):
@@ -236,7 +235,7 @@ class TrainParityTest(parameterized.TestCase):
     self.assertFalse(np.array_equal(images, draws['batch']))
     # The step sees it as it is (data_transform is the identity here).
     np.testing.assert_array_equal(
-        transforms.data_transform(jnp.asarray(images), config), images)
+        score.data_transform(jnp.asarray(images), config), images)
 
   @parameterized.parameters('ncsn', 'ncsnv2')
   def test_losses(self, kind):

@@ -1,6 +1,6 @@
 """Data transforms against the official NCSNv2 ones (recorded, no torch).
 
-testdata/torch_checkpoints/transforms.npz holds the official
+testdata/torch_checkpoints/score.npz holds the official
 `data_transform` / `inverse_data_transform` (ermongroup/ncsnv2
 datasets/__init__.py) applied by tools/make_torch_fixture.py to fixed
 inputs `x` (data space, including exact 0 and 1) and `z` (model space,
@@ -15,11 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import default
-from ncsn_jax import transforms
+from ncsn_jax.models import score
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'testdata',
                     'torch_checkpoints')
-REF = dict(np.load(os.path.join(DATA, 'transforms.npz')))
+REF = dict(np.load(os.path.join(DATA, 'score.npz')))
 FLAGS = {'plain': {}, 'rescaled': dict(rescaled=True),
          'logit': dict(logit_transform=True)}
 
@@ -43,16 +43,16 @@ class ParityTransformsTest(parameterized.TestCase):
 
   @parameterized.parameters('plain', 'rescaled', 'logit')
   def test_data_transform(self, name):
-    got = transforms.data_transform(jnp.asarray(REF['x']), config_for(name))
+    got = score.data_transform(jnp.asarray(REF['x']), config_for(name))
     assert_float32_close(got, REF[f'{name}_forward'])
 
   @parameterized.parameters('plain', 'rescaled', 'logit')
   def test_inverse_data_transform(self, name):
     config = config_for(name)
-    got = transforms.inverse_data_transform(jnp.asarray(REF['z']), config)
+    got = score.inverse_data_transform(jnp.asarray(REF['z']), config)
     assert_float32_close(got, REF[f'{name}_inverse'])
     forward = jnp.asarray(REF[f'{name}_forward'])
-    assert_float32_close(transforms.inverse_data_transform(forward, config),
+    assert_float32_close(score.inverse_data_transform(forward, config),
                          REF[f'{name}_roundtrip'])
 
   def test_fixture_exercises_every_branch(self):

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ncsn_jax import backend
-from ncsn_jax.models import pooling
+from ncsn_jax.models import layers
 
 
 def _x(shape, seed=0):
@@ -37,13 +37,13 @@ class PoolingTest(parameterized.TestCase):
     flax_max = nn.max_pool(x, window, strides, pads)
     for shifted in (True, False):
       np.testing.assert_array_equal(
-          pooling.max_pool(x, size, stride, padding, shifted), flax_max)
+          layers.max_pool(x, size, stride, padding, shifted), flax_max)
     for include in (True, False):
       flax_avg = nn.avg_pool(x, window, strides, pads,
                              count_include_pad=include)
       for shifted in (True, False):
         np.testing.assert_allclose(
-            pooling.avg_pool(x, size, stride, padding, include, shifted),
+            layers.avg_pool(x, size, stride, padding, include, shifted),
             flax_avg, rtol=1e-6, atol=1e-6)
 
   @parameterized.parameters(True, False)
@@ -51,18 +51,18 @@ class PoolingTest(parameterized.TestCase):
     ones = jnp.ones((1, 4, 4, 1))
     # Not counted: all ones. Counted: corner 4/9, edge 6/9, interior 1.
     np.testing.assert_allclose(
-        pooling.avg_pool(ones, 3, 1, 1, False, shifted), 1.0, rtol=1e-6)
-    counted = np.asarray(pooling.avg_pool(ones, 3, 1, 1, True, shifted))
+        layers.avg_pool(ones, 3, 1, 1, False, shifted), 1.0, rtol=1e-6)
+    counted = np.asarray(layers.avg_pool(ones, 3, 1, 1, True, shifted))
     np.testing.assert_allclose(counted[0, [0, 0, 1], [0, 1, 1], 0],
                                [4 / 9, 6 / 9, 1.0], rtol=1e-6)
     negative = -1.0 - jnp.abs(_x((1, 4, 4, 1), seed=1))
     self.assertTrue(np.all(np.asarray(
-        pooling.max_pool(negative, 5, 1, 2, shifted)) < -1.0))
+        layers.max_pool(negative, 5, 1, 2, shifted)) < -1.0))
 
   def test_gradients_match_without_ties(self):
     x = _x((1, 6, 6, 2), seed=2)
     loss = lambda f: lambda v: jnp.sum(jnp.sin(f(v)))
-    for pool in (pooling.max_pool, pooling.avg_pool):
+    for pool in (layers.max_pool, layers.avg_pool):
       grads = [jax.grad(loss(lambda v, s=s: pool(v, 5, 1, 2,
                                                  shifted_views=s)))(x)
                for s in (True, False)]
@@ -70,7 +70,7 @@ class PoolingTest(parameterized.TestCase):
 
   def test_forms_and_the_backend_choice(self):
     x = _x((1, 6, 6, 1))
-    for pool in (pooling.max_pool, pooling.avg_pool):
+    for pool in (layers.max_pool, layers.avg_pool):
       self.assertFalse(_uses_reduce_window(
           lambda v, p=pool: p(v, 3, shifted_views=True), x))
       self.assertTrue(_uses_reduce_window(
@@ -88,7 +88,7 @@ class PoolingTest(parameterized.TestCase):
   def test_window_too_large(self):
     for shifted in (True, False):
       with self.assertRaisesRegex(ValueError, '5x5 window'):
-        pooling.max_pool(jnp.zeros((1, 3, 3, 1)), 5,
+        layers.max_pool(jnp.zeros((1, 3, 3, 1)), 5,
                          shifted_views=shifted)
 
 

@@ -12,7 +12,7 @@ import time
 from absl.testing import absltest
 
 from configs import tiny
-from ncsn_jax.training import checkpointing
+from ncsn_jax import checkpoints
 from ncsn_jax.training import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,7 +50,7 @@ class PreemptionTest(absltest.TestCase):
     # Checkpoint written and process gone promptly (no slow teardown).
     self.assertLess(time.time() - signalled, 15)
     self.assertIn('Data order: exact', stdout)
-    manager = checkpointing.create_manager(workdir, create=False)
+    manager = checkpoints.create_manager(workdir, create=False)
     steps = manager.all_steps()
     self.assertLen(steps, 1)
     stopped = steps[0]
@@ -80,9 +80,9 @@ class PreemptionTest(absltest.TestCase):
                     os.path.join(root, '4.orbax-checkpoint-tmp'))
     os.remove(os.path.join(root, '4.orbax-checkpoint-tmp',
                            'commit_success.txt'))
-    manager = checkpointing.create_manager(workdir, create=False)
+    manager = checkpoints.create_manager(workdir, create=False)
     self.assertEqual(manager.all_steps(), [2])
-    restored, step = checkpointing.restore(manager, state)
+    restored, step = checkpoints.restore(manager, state)
     self.assertEqual(step, 2)
     self.assertEqual(int(restored.step), 2)
 

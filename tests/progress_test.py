@@ -4,7 +4,7 @@ import io
 
 from absl.testing import absltest
 
-from ncsn_jax import progress
+from ncsn_jax import console
 
 
 class FakeClock:
@@ -20,7 +20,7 @@ class ProgressTest(absltest.TestCase):
 
   def _bar(self, total, tty=False, **kwargs):
     stream, clock = io.StringIO(), FakeClock()
-    bar = progress.Progress(total,
+    bar = console.Progress(total,
                             'sampling',
                             unit='samples',
                             every_s=5.0,
@@ -96,7 +96,7 @@ class ProgressTest(absltest.TestCase):
         yield i
 
     out = list(
-        progress.track(items(),
+        console.track(items(),
                        3,
                        'sweep',
                        unit='checkpoints',
@@ -127,14 +127,14 @@ class ProgressTest(absltest.TestCase):
     ])
 
   def test_slow_rate_names_one_unit(self):
-    self.assertEqual(progress._rate(2, 10.0, 'batches'), '5 s/batch')
-    self.assertEqual(progress._rate(2, 10.0, 'rows'), '5 s/row')
-    self.assertEqual(progress._rate(20, 10.0, 'batches'), '2 batches/s')
+    self.assertEqual(console._rate(2, 10.0, 'batches'), '5 s/batch')
+    self.assertEqual(console._rate(2, 10.0, 'rows'), '5 s/row')
+    self.assertEqual(console._rate(20, 10.0, 'batches'), '2 batches/s')
 
   def test_format_duration(self):
-    self.assertEqual(progress.format_duration(4.24), '4.2s')
-    self.assertEqual(progress.format_duration(125), '2:05')
-    self.assertEqual(progress.format_duration(3725), '1:02:05')
+    self.assertEqual(console.format_duration(4.24), '4.2s')
+    self.assertEqual(console.format_duration(125), '2:05')
+    self.assertEqual(console.format_duration(3725), '1:02:05')
 
 
 if __name__ == '__main__':

@@ -22,10 +22,10 @@ import numpy as np
 
 from configs import tiny
 from ncsn_jax import models
-from ncsn_jax.training import checkpointing
+from ncsn_jax import checkpoints
 from ncsn_jax.training import kill_points
 from ncsn_jax.training import loop
-from ncsn_jax.training import train_state
+from ncsn_jax import train_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_ITERS, EVERY, KEEP = 40, 4, 3
@@ -83,9 +83,9 @@ def restore(workdir: str, step: int = 0):
   target = jax.eval_shape(
       lambda: train_state.create_train_state(c, models.create_model(
           c), train_state.create_optimizer(c), jax.random.key(0)))
-  manager = checkpointing.create_manager(workdir, create=False)
+  manager = checkpoints.create_manager(workdir, create=False)
   try:
-    return checkpointing.restore(manager, target, step, c)[0]
+    return checkpoints.restore(manager, target, step, c)[0]
   finally:
     manager.close()
 
@@ -99,7 +99,7 @@ def assert_identical(test, a, b):
 
 
 def steps_of(workdir: str) -> list[int]:
-  manager = checkpointing.create_manager(workdir, create=False)
+  manager = checkpoints.create_manager(workdir, create=False)
   try:
     return sorted(manager.all_steps())
   finally:
@@ -164,11 +164,11 @@ class KillAndResumeTest(absltest.TestCase):
     c = config()
     fresh = iter(loop._datasets(c)['train'])  # pylint: disable=protected-access
     batches = [next(fresh)['image'] for _ in range(N_ITERS + 1)]
-    manager = checkpointing.create_manager(self.reference, create=False)
+    manager = checkpoints.create_manager(self.reference, create=False)
     try:
       for step in kept:
         iters = {k: iter(v) for k, v in loop._datasets(c).items()}  # pylint: disable=protected-access
-        record = checkpointing.restore_data(manager, self.reference, step,
+        record = checkpoints.restore_data(manager, self.reference, step,
                                             iters)
         self.assertEqual(record['train'], {'batches': step, 'tf_data': True})
         self.assertEqual(record['test']['batches'], step // 3)

@@ -12,7 +12,7 @@ import sys
 from absl.testing import absltest
 import numpy as np
 
-from ncsn_jax import image_io
+from ncsn_jax import outputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WRAPPER = os.path.join(ROOT, 'tests', 'run_with_mock_data.py')
@@ -55,7 +55,7 @@ class RunTest(absltest.TestCase):
 
     result = run(workdir, 'sample', '--config.sampling.tag=grid')
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
-    images = image_io.load_npz_images(
+    images = outputs.load_npz_images(
         os.path.join(workdir, 'samples', 'grid.npz'))
     self.assertEqual(images.shape, (4, 8, 8, 3))
     self.assertEqual(images.dtype, np.uint8)

@@ -8,12 +8,12 @@ import numpy as np
 from PIL import Image
 
 from configs import tiny
-from ncsn_jax import image_io
+from ncsn_jax import outputs
 from ncsn_jax import models
 from ncsn_jax.data import input_pipeline
 from ncsn_jax.sampling import sample_mode
-from ncsn_jax.training import checkpointing
-from ncsn_jax.training import train_state
+from ncsn_jax import checkpoints
+from ncsn_jax import train_state
 from tests import compiles
 
 
@@ -36,7 +36,7 @@ class SampleModeFiguresTest(absltest.TestCase):
     tx = train_state.create_optimizer(config)
     state = train_state.create_train_state(config, model, tx,
                                            jax.random.key(0))
-    checkpointing.save(checkpointing.create_manager(workdir), 1, state)
+    checkpoints.save(checkpoints.create_manager(workdir), 1, state)
 
     with compiles.counting() as counts:
       paths = sample_mode.sample(config, workdir)
@@ -56,7 +56,7 @@ class SampleModeFiguresTest(absltest.TestCase):
     refs = input_pipeline.load_split_arrays(config, 'test', 4)
     original = grid[2:10, 3 * cell + 2:3 * cell + 10]
     np.testing.assert_array_equal(original,
-                                  image_io.to_uint8(refs[0, ..., 0]))
+                                  outputs.to_uint8(refs[0, ..., 0]))
     completion = grid[2:10, cell + 2:cell + 10]
     np.testing.assert_array_equal(completion[:, :4], original[:, :4])
     self.assertEqual(size('interpolation'), ((2 * cell + 2) * 8,
@@ -66,7 +66,7 @@ class SampleModeFiguresTest(absltest.TestCase):
     # Nearest neighbours are the closest training images.
     with open(paths['nearest_json']) as f:
       report = json.load(f)
-    samples = image_io.load_npz_images(paths['npz']) / 255.0
+    samples = outputs.load_npz_images(paths['npz']) / 255.0
     train_images = input_pipeline.load_split_arrays(config, 'train')
     d = np.sqrt(((samples[:, None] - train_images[None])**2).sum((2, 3, 4)))
     for i, (idx, dist) in enumerate(zip(report['indices'],

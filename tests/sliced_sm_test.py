@@ -8,8 +8,8 @@ import numpy as np
 
 from configs import tiny
 from ncsn_jax import models
-from ncsn_jax import noise
-from ncsn_jax import random_utils
+from ncsn_jax.models import score as score_lib
+from ncsn_jax import parallel
 from ncsn_jax.training import losses
 from tests import score_models
 
@@ -42,7 +42,7 @@ class SlicedScoreMatchingTest(parameterized.TestCase):
     # Per example, the mean over many projections is tr(A) + 1/2 ||s||^2
     # within Monte-Carlo error.
     x = jax.random.normal(jax.random.key(0), (3, DIM))
-    keys = random_utils.per_example_keys(jax.random.key(1), 3)
+    keys = parallel.per_example_keys(jax.random.key(1), 3)
     n = 20_000
     _, aux = losses.sliced_score_matching(linear_score, x, keys, n,
                                           projection, vr)
@@ -63,7 +63,7 @@ class SlicedScoreMatchingTest(parameterized.TestCase):
     diag = jnp.array([1.0, -2.0, 0.5, 3.0])
     score = lambda x: x * diag + 1.0
     x = jax.random.normal(jax.random.key(0), (5, DIM))
-    keys = random_utils.per_example_keys(jax.random.key(1), 5)
+    keys = parallel.per_example_keys(jax.random.key(1), 5)
     _, aux = losses.sliced_score_matching(score, x, keys, 1, 'rademacher',
                                           True)
     expected = float(jnp.sum(diag)) + 0.5 * np.sum(np.asarray(score(x))**2,
@@ -77,7 +77,7 @@ class SlicedScoreMatchingTest(parameterized.TestCase):
     mu = np.array([1.0, -1.0, 0.5, 0.0], np.float32)
     n = 100_000
     x = mu + jax.random.normal(jax.random.key(2), (n, DIM))
-    keys = random_utils.per_example_keys(jax.random.key(3), n)
+    keys = parallel.per_example_keys(jax.random.key(3), n)
     loss, aux = losses.sliced_score_matching(linear_score, x, keys, 1,
                                              'gaussian', vr)
     analytic = np.trace(A) + 0.5 * (np.sum((A @ mu + B)**2) + np.sum(A**2))
@@ -86,13 +86,13 @@ class SlicedScoreMatchingTest(parameterized.TestCase):
 
   def test_per_example_keys(self):
     x = jax.random.normal(jax.random.key(0), (6, DIM))
-    keys = random_utils.per_example_keys(jax.random.key(1), 6)
+    keys = parallel.per_example_keys(jax.random.key(1), 6)
     _, full = losses.sliced_score_matching(linear_score, x, keys, 3)
     _, tail = losses.sliced_score_matching(linear_score, x[4:], keys[4:], 3)
     np.testing.assert_allclose(full['losses'][4:], tail['losses'], rtol=1e-6)
 
   def test_projection_statistics(self):
-    keys = random_utils.per_example_keys(jax.random.key(0), 500)
+    keys = parallel.per_example_keys(jax.random.key(0), 500)
     v = np.asarray(losses.projections(keys, (8,), 4, 'rademacher'))
     self.assertEqual(v.shape, (4, 500, 8))
     self.assertTrue(np.all(np.abs(v) == 1))
@@ -103,10 +103,10 @@ class SlicedScoreMatchingTest(parameterized.TestCase):
     # x ~ N(mu, s2 I); at level sigma the exact score of the perturbed data
     # has E[tr + 1/2 ||s||^2] = -D / (2 (s2 + sigma^2)).
     dim, s2, mu = 6, 0.5, 1.5
-    sigmas = jnp.asarray(noise.make_sigmas(2.0, 0.1, 5))
+    sigmas = jnp.asarray(score_lib.make_sigmas(2.0, 0.1, 5))
     n = 100_000
     x = mu + np.sqrt(s2) * jax.random.normal(jax.random.key(0), (n, dim))
-    keys = random_utils.per_example_keys(jax.random.key(1), n)
+    keys = parallel.per_example_keys(jax.random.key(1), n)
 
     def loss(c):
       score = score_models.gaussian_score(mu, s2, sigmas, c)
@@ -123,7 +123,7 @@ class SlicedScoreMatchingTest(parameterized.TestCase):
     config.training.loss = 'ssm'
     model = models.create_model(config)
     x = jax.random.uniform(jax.random.key(0), (4, 8, 8, 3))
-    keys = random_utils.per_example_keys(jax.random.key(1), 4)
+    keys = parallel.per_example_keys(jax.random.key(1), 4)
     params = model.init(jax.random.key(2), x, jnp.zeros(4, jnp.int32))[
         'params']
     loss_fn = losses.get_loss_fn(config, model)
@@ -145,13 +145,13 @@ class SlicedScoreMatchingTest(parameterized.TestCase):
     config.training.n_particles = particles
     model = score_models.PixelModel(config.model.num_classes)
     x = jax.random.uniform(jax.random.key(0), (4, 2, 2, 3))
-    keys = random_utils.per_example_keys(jax.random.key(1), 4)
+    keys = parallel.per_example_keys(jax.random.key(1), 4)
     params = model.init(jax.random.key(2), x, jnp.zeros(4, jnp.int32))[
         'params']
     loss, aux = losses.get_loss_fn(config, model)(params, x, keys)
     score_fn = lambda u, y: model.apply({'params': params}, u, y)
     expected, expected_aux = losses.annealed_ssm_loss(
-        score_fn, x, keys, jnp.asarray(noise.get_sigmas(config)), particles,
+        score_fn, x, keys, jnp.asarray(score_lib.get_sigmas(config)), particles,
         projection, name == 'ssm_vr', config.training.anneal_power)
     np.testing.assert_allclose(loss, expected, rtol=1e-6)
     np.testing.assert_array_equal(aux['labels'], expected_aux['labels'])

@@ -9,13 +9,12 @@ import numpy as np
 
 from configs import tiny
 from ncsn_jax import models
-from ncsn_jax import noise
+from ncsn_jax.models import score
 from ncsn_jax import parallel
-from ncsn_jax import random_utils
 from ncsn_jax.training import loop
 from ncsn_jax.training import losses
 from ncsn_jax.training import step as step_lib
-from ncsn_jax.training import train_state
+from ncsn_jax import train_state
 
 
 def assert_trees_close(test, a, b, rtol=1e-5, atol=1e-6):
@@ -92,7 +91,7 @@ class TrainStepTest(absltest.TestCase):
     plain = jax.jit(functools.partial(step_lib.train_step, **kwargs))
     s0 = state
     for i in range(2):
-      keys = random_utils.per_example_keys(
+      keys = parallel.per_example_keys(
           jax.random.fold_in(jax.random.key(1), i), 8)
       s0, m0 = plain(s0, images[i], keys)
       np.testing.assert_allclose(m0['loss'], m1['loss'][i], rtol=1e-5)
@@ -174,14 +173,14 @@ class InjectionTest(absltest.TestCase):
     # A perturb_fn returning given labels and noise drives the real loss and
     # train step: the step's loss is the DSM loss of exactly those draws.
     config = tiny.get_config()
-    sigmas = np.asarray(noise.get_sigmas(config))
+    sigmas = np.asarray(score.get_sigmas(config))
     labels = jnp.array([0, 3, 1, 2], jnp.int32)
     z = jax.random.normal(jax.random.key(9), (4, 8, 8, 3))
     recorded = lambda keys, x, sigmas: (labels, z)
     state, kwargs = setup(config, perturb_fn=recorded)
     images = batches(config, 1, 4)
     _, metrics = jax.jit(functools.partial(step_lib.train_step, **kwargs))(
-        state, images[0], random_utils.per_example_keys(jax.random.key(0), 4))
+        state, images[0], parallel.per_example_keys(jax.random.key(0), 4))
     model = models.create_model(config)
     x = images[0] * 1.0  # tiny: no rescaling, no logit.
     s = sigmas[np.asarray(labels)][:, None, None, None]

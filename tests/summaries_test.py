@@ -7,7 +7,7 @@ from clu import metric_writers
 import numpy as np
 from PIL import Image
 
-from ncsn_jax import summaries
+from ncsn_jax import outputs
 from tests import console_test
 
 
@@ -22,7 +22,7 @@ class SummariesTest(absltest.TestCase):
         'digits_classifier.score_ratio': 0.1 * s,
         'digits_classifier.kid_std': None
     } for s in (2, 4, 6)]
-    path = summaries.write_sweep(root, rows, 'test_dsm_loss')
+    path = outputs.write_sweep(root, rows, 'test_dsm_loss')
     tags = console_test.event_tags(root)
     self.assertEqual(
         set(tags), {'eval/test_dsm_loss', 'eval/digits_classifier/score_ratio'})
@@ -31,13 +31,13 @@ class SummariesTest(absltest.TestCase):
     with Image.open(path) as image:
       self.assertEqual(image.format, 'PNG')
       self.assertGreater(image.size[1], image.size[0] // 2)  # Two panels.
-    self.assertEqual(summaries.save_sweep_plot(path, rows, 'test_dsm_loss'),
+    self.assertEqual(outputs.save_sweep_plot(path, rows, 'test_dsm_loss'),
                      ['test_dsm_loss', 'digits_classifier.score_ratio'])
 
   def test_grid_image(self):
     logdir = self.create_tempdir().full_path
     writer = metric_writers.SummaryWriter(logdir)
-    summaries.write_grid(writer, 7, np.zeros((10, 12, 1), np.uint8))
+    outputs.write_grid(writer, 7, np.zeros((10, 12, 1), np.uint8))
     writer.flush()
     self.assertEqual(console_test.event_tags(logdir), {'samples': {7}})
 

@@ -12,7 +12,7 @@ import zipfile
 
 import numpy as np
 
-from ncsn_jax.interop import legacy_pth
+from ncsn_jax.interop import torch_pickle
 
 MARK, TUPLE, EMPTY_TUPLE = b'(', b't', b')'
 REDUCE, BUILD, NEWOBJ, BINPERSID = b'R', b'b', b'\x81', b'Q'
@@ -106,7 +106,7 @@ def legacy_header() -> bytes:
   """Magic number, protocol and sys info of the legacy layout, pickled."""
   return b''.join(
       pickle.dumps(x, protocol=2)
-      for x in (legacy_pth.LEGACY_MAGIC, legacy_pth.LEGACY_PROTOCOL,
+      for x in (torch_pickle.LEGACY_MAGIC, torch_pickle.LEGACY_PROTOCOL,
                 {'little_endian': True}))
 
 

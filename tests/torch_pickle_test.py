@@ -13,7 +13,7 @@ from absl.testing import absltest
 import numpy as np
 
 from ncsn_jax import errors
-from ncsn_jax.interop import torch_objects
+from ncsn_jax.interop import unpickler
 from ncsn_jax.interop import torch_pickle
 from tests import torch_files as tf
 
@@ -194,7 +194,7 @@ class HostileFileTest(ReaderTestCase):
       self.assert_refused(path, 'reaches past the 4 elements of storage')
 
   def test_oversized_pickles_are_refused(self):
-    big = torch_objects.MAX_PICKLE_BYTES + 1
+    big = unpickler.MAX_PICKLE_BYTES + 1
     # One string of 16 MiB + 1 bytes.
     path = self.path('long_legacy.pth', tf.legacy_header() + tf.pickled(
         b'X' + big.to_bytes(4, 'little') + bytes(big)))

@@ -10,7 +10,6 @@ import numpy as np
 
 from configs import toy_gmm
 from ncsn_jax.experiments import toy
-from ncsn_jax.experiments import toy_mixture
 
 
 class ToyTest(absltest.TestCase):
@@ -21,18 +20,18 @@ class ToyTest(absltest.TestCase):
       fd = []
       for i in range(2):
         e = jnp.zeros(2).at[i].set(1e-2)
-        fd.append((toy_mixture.log_density(x + e, sigma) -
-                   toy_mixture.log_density(x - e, sigma)) / 2e-2)
-      np.testing.assert_allclose(toy_mixture.true_score(x, sigma),
+        fd.append((toy.log_density(x + e, sigma) -
+                   toy.log_density(x - e, sigma)) / 2e-2)
+      np.testing.assert_allclose(toy.true_score(x, sigma),
                                  jnp.stack(fd, -1), atol=2e-2)
     # Normalised: integrates to 1 on a grid.
     axis = jnp.linspace(-12, 12, 241)
     grid = jnp.stack(jnp.meshgrid(axis, axis), -1).reshape(-1, 2)
     self.assertAlmostEqual(
-        float(jnp.exp(toy_mixture.log_density(grid)).sum() * 0.1**2), 1.0,
+        float(jnp.exp(toy.log_density(grid)).sum() * 0.1**2), 1.0,
         places=3)
-    samples = toy_mixture.sample_data(jax.random.key(1), 20_000)
-    self.assertAlmostEqual(toy_mixture.upper_mode_fraction(samples), 0.8,
+    samples = toy.sample_data(jax.random.key(1), 20_000)
+    self.assertAlmostEqual(toy.upper_mode_fraction(samples), 0.8,
                            delta=0.01)
 
   def test_paper_result_with_learned_scores(self):

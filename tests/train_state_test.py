@@ -7,7 +7,7 @@ import numpy as np
 
 from configs import tiny
 from ncsn_jax import models
-from ncsn_jax.training import train_state
+from ncsn_jax import train_state
 
 
 class OptimizerTest(absltest.TestCase):

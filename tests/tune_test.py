@@ -11,7 +11,7 @@ import numpy as np
 from scipy import spatial
 
 from configs import digits
-from ncsn_jax import distances
+from ncsn_jax.data import distances
 from ncsn_jax.data import input_pipeline
 from ncsn_jax.experiments import tune
 

@@ -28,8 +28,8 @@ import torch_fixture_train as train_fixture
 from configs import tiny  # pylint: disable=g-bad-import-order
 from ncsn_jax import models
 from ncsn_jax.interop import export
-from ncsn_jax.training import checkpointing
-from ncsn_jax.training import train_state
+from ncsn_jax import checkpoints
+from ncsn_jax import train_state
 
 NGF, LEVELS, SIZE, BATCH = 2, 4, 32, 4
 OFFICIAL_CLASS = {'ncsnv2': 'NCSNv2', 'ncsnv2_deeper': 'NCSNv2Deeper',
@@ -107,7 +107,7 @@ def check(name: str, mods) -> dict:
   jax_model, state = jax_state(config)
   oconfig = official_config(config)
   with tempfile.TemporaryDirectory() as workdir:
-    checkpointing.save(checkpointing.create_manager(workdir), 3, state)
+    checkpoints.save(checkpoints.create_manager(workdir), 3, state)
     path = os.path.join(workdir, 'exported.pth')
     export.export_checkpoint(config, workdir, path)
     size = os.path.getsize(path)

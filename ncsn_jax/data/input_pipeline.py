@@ -2,14 +2,14 @@
 
 Data sets (`config.data.dataset`), each read by its own module:
 
-* `digits` (`digits.py`): scikit-learn's 8x8 digits, embedded, offline.
+* `digits` (`sources.py`): scikit-learn's 8x8 digits, embedded, offline.
 * `mnist`, `cifar10`, `celeba`, `lsun` (`tfds_source.py`): tfds data sets in
   `config.data.data_dir`, downloaded only with `config.data.download=True`.
-* `image_folder` (`image_folder.py`): PNG/JPEG files under
+* `image_folder` (`sources.py`): PNG/JPEG files under
   `config.data.data_dir`, read lazily.
 
 Geometry and dequantisation are the pure functions of `preprocessing.py`; the
-config is checked by `checks.py` before anything is read, and every bad input
+config is checked by `config_checks.py` before anything is read, and every bad input
 fails with one `errors.ConfigError` line.
 
 Each process reads its own equal-sized shard of a split (up to
@@ -28,14 +28,12 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from ncsn_jax import errors
-from ncsn_jax.data import checks
-from ncsn_jax.data import digits
-from ncsn_jax.data import image_folder
+from ncsn_jax import config_checks
 from ncsn_jax.data import preprocessing
-from ncsn_jax.data import splits
+from ncsn_jax.data import sources
 from ncsn_jax.data import tfds_source
 
-digits_split = digits.digits_split  # Public entry point, kept here.
+digits_split = sources.digits_split  # Public entry point, kept here.
 
 
 def _images(config, split, process_index, process_count, seeds, batch_size):
@@ -56,10 +54,10 @@ def _images(config, split, process_index, process_count, seeds, batch_size):
   """
   dataset = config.data.dataset
   if dataset == 'digits':
-    return digits.digits_images(config, split, process_index, process_count,
+    return sources.digits_images(config, split, process_index, process_count,
                                 seeds[1] if seeds else None, batch_size)
   if dataset == 'image_folder':
-    return image_folder.folder_images(config, split, process_index,
+    return sources.folder_images(config, split, process_index,
                                       process_count, seeds, batch_size)
   return tfds_source.tfds_images(config, split, process_index, process_count,
                                  seeds, batch_size)
@@ -115,7 +113,7 @@ def create_dataset(config, split: str, *, batch_size: int, shuffle: bool,
     repeat: repeat forever.
     augment: apply the random flip (if `config.data.random_flip`).
       Dequantisation (`config.data.{uniform,gaussian}_dequantization`) is
-      applied whenever enabled, to both splits.
+      applied whenever enabled, to both sources.
     seed: seed of shuffling and augmentation (folded with the process index).
 
   Returns:
@@ -123,14 +121,14 @@ def create_dataset(config, split: str, *, batch_size: int, shuffle: bool,
     Gaussian dequantisation), S = image_size, C = channels; the last partial
     batch is dropped.
   """
-  checks.validate(config, split)
+  config_checks.validate(config, split)
   if batch_size <= 0:
     raise errors.ConfigError(
-        f'{checks.batch_field(config, split, batch_size)} gives '
+        f'{config_checks.batch_field(config, split, batch_size)} gives '
         f'{batch_size} images per process; it must be at least '
         f'{jax.process_count()} (one per process).')
   process_index, process_count = jax.process_index(), jax.process_count()
-  file_seed, shuffle_seed, aug_seed = splits.seeds(seed, process_index)
+  file_seed, shuffle_seed, aug_seed = sources.seeds(seed, process_index)
   seeds = (file_seed, shuffle_seed) if shuffle else None
   ds, _ = _images(config, split, process_index, process_count, seeds,
                   batch_size)
@@ -166,7 +164,7 @@ def iterate_split(config, split: str, batch_size: int,
     dequantisation; b = batch_size except for a smaller last batch. An empty
     split is an `errors.ConfigError`.
   """
-  checks.validate(config, split)
+  config_checks.validate(config, split)
   ds, _ = _images(config, split, 0, 1, None, 0)
   if max_examples is not None:
     ds = ds.take(max_examples)

@@ -17,7 +17,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from ncsn_jax import errors
-from ncsn_jax.data import checks
+from ncsn_jax import config_checks
 from ncsn_jax.data import preprocessing
 
 _TFDS_NAMES = {'mnist': 'mnist', 'cifar10': 'cifar10', 'celeba': 'celeb_a'}
@@ -176,7 +176,7 @@ def tfds_images(config, split, process_index, process_count, seeds,
     raise errors.ConfigError(missing_message(config, builder)) from None
   n = int(ds.cardinality())
   n = n if n >= 0 else None
-  checks.check_split_size(
+  config_checks.check_split_size(
       config, split, n, batch_size,
       f'tfds {builder.info.full_name} in {builder.data_dir_root}', '')
   ds = ds.map(lambda ex: _preprocess(ex['image'], data),

@@ -19,19 +19,16 @@ import numpy as np
 
 from ncsn_jax import config_checks
 from ncsn_jax import errors
-from ncsn_jax import files
-from ncsn_jax import image_io
 from ncsn_jax import models
 from ncsn_jax import parallel
-from ncsn_jax import progress
-from ncsn_jax import summaries
+from ncsn_jax import console
+from ncsn_jax import outputs
 from ncsn_jax.data import input_pipeline
 from ncsn_jax.evaluation import digits_metrics
 from ncsn_jax.evaluation import metrics
-from ncsn_jax.evaluation.inception import sample_quality
-from ncsn_jax.sampling import generate
+from ncsn_jax.evaluation import sample_quality
 from ncsn_jax.sampling import langevin
-from ncsn_jax.training import checkpointing
+from ncsn_jax import checkpoints
 from ncsn_jax.training import losses
 from ncsn_jax.training import step as step_lib
 
@@ -47,7 +44,7 @@ def test_loss(config, p_eval, params, key) -> float:
       config, 'test', batch_size=per_process, shuffle=False, repeat=False,
       augment=False, seed=config.seed + 1)
   total, count = 0.0, 0
-  batches = progress.track(input_pipeline.numpy_iterator(ds),
+  batches = console.track(input_pipeline.numpy_iterator(ds),
                            max(int(ds.cardinality()), 0), 'test loss',
                            unit='batches')
   for i, batch in enumerate(batches):
@@ -123,7 +120,7 @@ def evaluate_checkpoint(config, workdir: str, step: int,
   Writes `WORKDIR/eval/report_<step>.json` and returns the report.
   """
   parallel.check_divisible(config.eval.batch_size, 'config.eval.batch_size')
-  _, params, step = checkpointing.load_params(config, workdir, step)
+  _, params, step = checkpoints.load_params(config, workdir, step)
   key = jax.random.fold_in(jax.random.key(config.seed + 2), step)
   eval_key, sample_key = jax.random.split(key)
   report = {
@@ -134,12 +131,12 @@ def evaluate_checkpoint(config, workdir: str, step: int,
       'quantisation': 'uint8, round(clip(x, 0, 1) * 255)',
   }
   if config.eval.num_samples > 0:
-    images = generate.generate(config, programs.p_sample, params, sample_key,
+    images = langevin.generate(config, programs.p_sample, params, sample_key,
                                config.eval.num_samples)
-    images = image_io.to_uint8(images).astype(np.float32) / 255.0
+    images = outputs.to_uint8(images).astype(np.float32) / 255.0
     report.update(programs.scorer(images))
   path = os.path.join(workdir, 'eval', f'report_{step}.json')
-  files.save_text(path, json.dumps(report, indent=2))
+  outputs.save_text(path, json.dumps(report, indent=2))
   logging.info('Eval report of checkpoint %d: %s', step, path)
   return report
 
@@ -166,7 +163,7 @@ def best_step(rows: list[dict]) -> tuple[int, str]:
 def _swept_steps(config, workdir: str) -> list[int]:
   """Checkpoint steps in [eval.begin_ckpt, eval.end_ckpt], every `every`."""
   e = config.eval
-  manager = checkpointing.create_manager(workdir, create=False)
+  manager = checkpoints.create_manager(workdir, create=False)
   all_steps = sorted(manager.all_steps())
   manager.close()
   end = e.end_ckpt or float('inf')
@@ -191,7 +188,7 @@ def sweep(config, workdir: str, programs: Programs) -> str:
   e = config.eval
   steps = _swept_steps(config, workdir)
   rows = [_flatten(evaluate_checkpoint(config, workdir, s, programs))
-          for s in progress.track(steps, len(steps), 'eval sweep',
+          for s in console.track(steps, len(steps), 'eval sweep',
                                   unit='checkpoints')]
   best, criterion = best_step(rows)
   columns = sorted({k for r in rows for k in r}, key=lambda k: (k != 'step',
@@ -199,9 +196,9 @@ def sweep(config, workdir: str, programs: Programs) -> str:
   csv = [','.join(columns)] + [
       ','.join(str(r.get(c, '')) for c in columns) for r in rows]
   root = os.path.join(workdir, 'eval')
-  files.save_text(os.path.join(root, 'sweep.csv'), '\n'.join(csv) + '\n')
+  outputs.save_text(os.path.join(root, 'sweep.csv'), '\n'.join(csv) + '\n')
   if jax.process_index() == 0:
-    summaries.write_sweep(root, rows, criterion)
+    outputs.write_sweep(root, rows, criterion)
   path = os.path.join(root, 'sweep.json')
   summary = {'best_step': best, 'criterion': criterion}
   fast = e.num_samples < sample_quality.PAPER_NUM_SAMPLES
@@ -209,7 +206,7 @@ def sweep(config, workdir: str, programs: Programs) -> str:
     summary['note'] = (
         f'fast FID from {e.num_samples} samples per checkpoint: good for '
         'ranking, not comparable to the papers\' 50000-sample FID.')
-  files.save_text(path, json.dumps(dict(summary, rows=rows), indent=2))
+  outputs.save_text(path, json.dumps(dict(summary, rows=rows), indent=2))
   logging.info('Best checkpoint by %s: %d', criterion, best)
   return path
 

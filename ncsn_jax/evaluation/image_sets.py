@@ -22,9 +22,9 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ncsn_jax import errors
-from ncsn_jax.data import image_folder
+from ncsn_jax.data import sources
 from ncsn_jax.evaluation import metrics
-from ncsn_jax.evaluation.inception import sample_quality
+from ncsn_jax.evaluation import sample_quality
 
 KINDS = ('folder', 'images', 'stats')
 _WHAT = ('a folder of PNG/JPEG images, an .npz with uint8 [N,H,W,C] '
@@ -52,12 +52,12 @@ def kind_of(path: str, what: str) -> str:
 
 def folder_files(folder: str, what: str) -> list[str]:
   """The folder's image files; ConfigError naming any that cannot be read."""
-  paths = image_folder.list_image_files(folder, what)
-  bad = [(p, why) for p in paths if (why := image_folder.why_unusable(p))]
+  paths = sources.list_image_files(folder, what)
+  bad = [(p, why) for p in paths if (why := sources.why_unusable(p))]
   if bad:
     raise errors.ConfigError(
         f'{what}={folder}: {len(bad)} of {len(paths)} image files cannot be '
-        f'read: {image_folder.describe(bad, folder)}.')
+        f'read: {sources.describe(bad, folder)}.')
   return paths
 
 
@@ -72,7 +72,7 @@ def folder_chunks(paths: list[str], folder: str, what: str,
   first = None
   for i, path in enumerate(paths):
     try:
-      image = image_folder.read_image(path)
+      image = sources.read_image(path)
     except (OSError, SyntaxError, ValueError) as e:
       raise errors.ConfigError(f'{what}={folder}: cannot decode '
                                f'{os.path.relpath(path, folder)} ({e}).') from e

@@ -26,25 +26,23 @@ import json
 import os
 import time
 from typing import Optional
-
 from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-
 from ncsn_jax import config_checks
 from ncsn_jax import errors
-from ncsn_jax import files
-from ncsn_jax import image_io
+from ncsn_jax import outputs
 from ncsn_jax import models
-from ncsn_jax import noise
-from ncsn_jax import random_utils
-from ncsn_jax.experiments import toy_mixture as mixture
-from ncsn_jax.experiments import toy_plots
+from ncsn_jax.models import score
+from ncsn_jax import parallel
 from ncsn_jax.sampling import langevin
 from ncsn_jax.training import losses
+import io
+from matplotlib import figure
+from matplotlib.backends import backend_agg
 
 
 class ToyScoreNet(nn.Module):
@@ -94,8 +92,8 @@ def get_train_fn(loss_fn, tx, n_iters: int, batch_size: int,
     def step(carry, t):
       params, opt_state, ema = carry
       data_key, loss_key = jax.random.split(jax.random.fold_in(key, t))
-      x = mixture.sample_data(data_key, batch_size)
-      keys = random_utils.per_example_keys(loss_key, batch_size)
+      x = sample_data(data_key, batch_size)
+      keys = parallel.per_example_keys(loss_key, batch_size)
       (loss, _), grads = grad_fn(params, x, keys)
       updates, opt_state = tx.update(grads, opt_state, params)
       params = optax.apply_updates(params, updates)
@@ -140,15 +138,15 @@ def score_errors(score_fn, sigma=0.0, size: int = 161, extent: float = 8.0):
 
   @jax.jit
   def squared_norms(grid):
-    true = mixture.true_score(grid, sigma)
+    true = true_score(grid, sigma)
     return (jnp.sum((score_fn(grid) - true)**2, axis=-1),
             jnp.sum(true**2, axis=-1))
 
   err, ref = (np.asarray(v) for v in squared_norms(grid))
-  means = np.asarray(mixture.MEANS)
+  means = np.asarray(MEANS)
   dist = np.min(np.linalg.norm(grid[:, None] - means[None], axis=-1), axis=-1)
-  high = dist <= mixture.HIGH_DENSITY_RADIUS
-  low = dist >= mixture.LOW_DENSITY_RADIUS
+  high = dist <= HIGH_DENSITY_RADIUS
+  low = dist >= LOW_DENSITY_RADIUS
   return {'high_density': float(err[high].mean()),
           'low_density': float(err[low].mean()),
           'true_score_sq_high_density': float(ref[high].mean()),
@@ -187,8 +185,8 @@ def _weights(config, plain_score, cond_score, sigmas, keys) -> dict:
   s, toy = config.sampling, config.toy
   x0 = jax.random.uniform(keys['init'], (s.batch_size, 2),
                           minval=-toy.init_range, maxval=toy.init_range)
-  plain_keys = random_utils.per_example_keys(keys['langevin'], s.batch_size)
-  annealed_keys = random_utils.per_example_keys(keys['annealed'],
+  plain_keys = parallel.per_example_keys(keys['langevin'], s.batch_size)
+  annealed_keys = parallel.per_example_keys(keys['annealed'],
                                                 s.batch_size)
   run_plain = jax.jit(lambda score_fn, x0: langevin.langevin(
       score_fn, x0, plain_keys, toy.langevin_step, toy.langevin_steps),
@@ -196,11 +194,11 @@ def _weights(config, plain_score, cond_score, sigmas, keys) -> dict:
   run_annealed = jax.jit(lambda score_fn, x0: langevin.annealed_langevin(
       score_fn, x0, annealed_keys, sigmas, s.n_steps_each, s.step_lr)[0],
                          static_argnums=0)
-  exact_plain = lambda x, y: mixture.true_score(x)
-  exact_cond = lambda x, y: mixture.true_score(x, sigmas[y][:, None])
+  exact_plain = lambda x, y: true_score(x)
+  exact_cond = lambda x, y: true_score(x, sigmas[y][:, None])
   out = {'plain': run_plain(plain_score, x0),
          'annealed': run_annealed(cond_score, x0)}
-  fraction = mixture.upper_mode_fraction
+  fraction = upper_mode_fraction
   out.update(
       langevin_weight=fraction(out['plain']),
       annealed_weight=fraction(out['annealed']),
@@ -213,14 +211,14 @@ def _write_figures(config, root: str, plain_score, samples, data_key,
                    histories) -> None:
   """scores.png, samples.png and loss_curves.png under `root`."""
   t, toy = config.training, config.toy
-  toy_plots.plot_scores(os.path.join(root, 'scores.png'), plain_score)
-  data = jax.jit(mixture.sample_data, static_argnums=1)(
+  plot_scores(os.path.join(root, 'scores.png'), plain_score)
+  data = jax.jit(sample_data, static_argnums=1)(
       data_key, config.sampling.batch_size)
-  toy_plots.plot_samples(os.path.join(root, 'samples.png'), [
+  plot_samples(os.path.join(root, 'samples.png'), [
       ('data', data), ('Langevin dynamics', samples['plain']),
       ('annealed Langevin dynamics', samples['annealed'])])
   steps = np.arange(1, t.n_iters + 1)
-  image_io.save_loss_curve(
+  outputs.save_loss_curve(
       os.path.join(root, 'loss_curves.png'), steps, np.asarray(histories[0]),
       title='toy training losses', test_steps=steps,
       test_losses=np.asarray(histories[1]),
@@ -242,7 +240,7 @@ def run_toy(config, workdir: str) -> dict:
   config_checks.check_config(config, 'toy')
   start = time.time()
   root = os.path.join(workdir, 'toy')
-  sigmas = jnp.asarray(noise.get_sigmas(config))
+  sigmas = jnp.asarray(score.get_sigmas(config))
   names = ('plain', 'cond', 'init', 'langevin', 'annealed', 'data')
   keys = dict(zip(names, jax.random.split(jax.random.key(config.seed), 6)))
   plain_score, cond_score, *histories = _train(config, keys['plain'],
@@ -252,7 +250,7 @@ def run_toy(config, workdir: str) -> dict:
   last = jnp.full((1,), sigmas.shape[0] - 1, jnp.int32)
   report = {k: v for k, v in samples.items() if k.endswith('weight')}
   report.update({
-      'true_weight': mixture.WEIGHTS[1],
+      'true_weight': WEIGHTS[1],
       'score_error': score_errors(plain_score),
       'annealed_score_error_at_sigma_L': score_errors(
           lambda x: cond_score(x, jnp.broadcast_to(last, x.shape[:1])),
@@ -268,6 +266,103 @@ def run_toy(config, workdir: str) -> dict:
   _write_figures(config, root, plain_score, samples, keys['data'], histories)
   report['seconds'] = round(time.time() - start, 2)
   path = os.path.join(root, 'report.json')
-  files.save_text(path, json.dumps(report, indent=2))
+  outputs.save_text(path, json.dumps(report, indent=2))
   logging.info('Toy report: %s', report)
   return report
+
+
+# ----------------------------------------------------------- toy_mixture
+# The 2-D Gaussian mixture of the NCSN toy experiments, with exact scores.
+
+
+WEIGHTS = (0.2, 0.8)
+MEANS = ((-5.0, -5.0), (5.0, 5.0))
+# Score-error regions: within HIGH of a mode, farther than LOW from both.
+HIGH_DENSITY_RADIUS = 2.0
+LOW_DENSITY_RADIUS = 4.0
+
+
+def sample_data(key: jax.Array, n: int) -> jax.Array:
+  """`n` i.i.d. draws `[n, 2]` from the mixture."""
+  comp_key, noise_key = jax.random.split(key)
+  comp = jax.random.choice(comp_key, 2, (n,), p=jnp.asarray(WEIGHTS))
+  return jnp.asarray(MEANS)[comp] + jax.random.normal(noise_key, (n, 2))
+
+
+def log_density(x: jax.Array, sigma=0.0) -> jax.Array:
+  """log of the mixture convolved with N(0, sigma^2 I), `[N, 2]` -> `[N]`."""
+  var = 1.0 + jnp.asarray(sigma)**2
+  sq = jnp.sum((x[:, None, :] - jnp.asarray(MEANS)[None])**2, axis=-1)
+  log_comp = jnp.log(jnp.asarray(WEIGHTS)) - 0.5 * sq / var - jnp.log(
+      2 * jnp.pi * var)
+  return jax.nn.logsumexp(log_comp, axis=-1)
+
+
+def true_score(x: jax.Array, sigma=0.0) -> jax.Array:
+  """grad_x log of the (perturbed) mixture density, `[N, 2]`."""
+  return jax.grad(lambda x: jnp.sum(log_density(x, sigma)))(x)
+
+
+def upper_mode_fraction(x) -> float:
+  """Share of points closer to (5, 5) than to (-5, -5)."""
+  return float(np.mean(np.asarray(x).sum(axis=-1) > 0))
+
+
+# ------------------------------------------------------------- toy_plots
+# Figures of the toy experiments: score fields and sample scatter plots.
+
+
+def save_figure(fig, path: str) -> None:
+  """Writes a matplotlib figure as PNG (atomically)."""
+  buffer = io.BytesIO()
+  backend_agg.FigureCanvasAgg(fig).print_png(buffer)
+  outputs.save_bytes(path, buffer.getvalue())
+
+
+def plot_scores(path: str, score_fn, extent: float = 8.0) -> None:
+  """True and estimated score fields over the data density (paper Fig. 2)."""
+  fine = np.linspace(-extent, extent, 200)
+  xx, yy = np.meshgrid(fine, fine)
+  coarse = np.linspace(-extent, extent, 21)
+  grid = np.stack(np.meshgrid(coarse, coarse), -1).reshape(-1, 2)
+  density, true, estimated = jax.jit(lambda points, grid: (
+      jnp.exp(log_density(points)), true_score(grid),
+      score_fn(grid)))(np.stack([xx, yy], -1).reshape(-1, 2), grid)
+  density = np.asarray(density).reshape(xx.shape)
+  fields = (('data scores', np.asarray(true)),
+            ('estimated scores (SSM)', np.asarray(estimated)))
+  fig = figure.Figure(figsize=(10, 5), dpi=100)
+  for i, (title, field) in enumerate(fields):
+    ax = fig.add_subplot(1, 2, i + 1)
+    ax.imshow(density, extent=(-extent, extent, -extent, extent),
+              origin='lower', cmap='Blues')
+    ax.quiver(grid[:, 0], grid[:, 1], field[:, 0], field[:, 1], angles='xy',
+              color='k', width=0.003)
+    for mean in MEANS:
+      for radius, style in ((HIGH_DENSITY_RADIUS, '-'),
+                            (LOW_DENSITY_RADIUS, '--')):
+        t = np.linspace(0, 2 * np.pi, 100)
+        ax.plot(mean[0] + radius * np.cos(t), mean[1] + radius * np.sin(t),
+                style, color='tab:red', lw=0.8)
+    ax.set_xlim(-extent, extent)
+    ax.set_ylim(-extent, extent)
+    ax.set_title(title)
+    ax.set_aspect('equal')
+  fig.tight_layout()
+  save_figure(fig, path)
+
+
+def plot_samples(path: str, panels, extent: float = 9.0) -> None:
+  """Scatter plots `[(title, points [N, 2])]` side by side (paper Fig. 3)."""
+  fig = figure.Figure(figsize=(4 * len(panels), 4), dpi=100)
+  for i, (title, points) in enumerate(panels):
+    ax = fig.add_subplot(1, len(panels), i + 1)
+    points = np.asarray(points)
+    ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.5)
+    ax.set_xlim(-extent, extent)
+    ax.set_ylim(-extent, extent)
+    ax.set_aspect('equal')
+    fraction = upper_mode_fraction(points)
+    ax.set_title(f'{title}\n(5,5) mode: {fraction:.3f}')
+  fig.tight_layout()
+  save_figure(fig, path)

@@ -26,11 +26,11 @@ from scipy import optimize
 from scipy import stats
 
 from ncsn_jax import config_checks
-from ncsn_jax import distances
+from ncsn_jax.data import distances
 from ncsn_jax import errors
-from ncsn_jax import files
-from ncsn_jax import progress
-from ncsn_jax import transforms
+from ncsn_jax import outputs
+from ncsn_jax import console
+from ncsn_jax.models import score
 from ncsn_jax.data import input_pipeline
 
 # The target of technique 2: the probability mass of the shell test.
@@ -131,7 +131,7 @@ def training_images(config, seed: int) -> tuple[np.ndarray, int]:
   elif total < 0:
     logging.warning('Unknown split size: using every training image.')
   out, offset = [], 0
-  with progress.Progress(max(total, 0), 'reading training images',
+  with console.Progress(max(total, 0), 'reading training images',
                          unit='images') as bar:
     for batch in input_pipeline.numpy_iterator(ds):
       n = len(batch)
@@ -140,7 +140,7 @@ def training_images(config, seed: int) -> tuple[np.ndarray, int]:
       bar.update(n)
   if not out:
     return np.zeros((0, 1), np.float32), 0
-  images = transforms.data_transform(np.concatenate(out), config)
+  images = score.data_transform(np.concatenate(out), config)
   return np.asarray(images, np.float32), offset
 
 
@@ -213,9 +213,9 @@ def tune(config, workdir: str) -> dict:
   result = recommend(sigma_begin, dim, config.model.sigma_end,
                      config.sampling.n_steps_each)
   result.update(source)
-  files.save_text(os.path.join(workdir, 'tune.json'),
+  outputs.save_text(os.path.join(workdir, 'tune.json'),
                         json.dumps(result, indent=2))
-  files.save_text(os.path.join(workdir, 'tune_config.py'),
+  outputs.save_text(os.path.join(workdir, 'tune_config.py'),
                         config_snippet(result))
   logging.info('Tuned hyperparameters: %s', result)
   return result

@@ -38,12 +38,12 @@ import optax
 
 from ncsn_jax import errors
 from ncsn_jax import models
-from ncsn_jax import noise
-from ncsn_jax import progress
+from ncsn_jax.models import score
+from ncsn_jax import console
 from ncsn_jax.interop import param_mapping
 from ncsn_jax.interop import torch_pickle
-from ncsn_jax.training import checkpointing
-from ncsn_jax.training import train_state
+from ncsn_jax import checkpoints
+from ncsn_jax import train_state
 
 # A checkpoint holds at most four copies of the parameters (weights, EMA
 # shadow, Adam's two moments), at most 8 bytes each, plus small buffers.
@@ -208,7 +208,7 @@ def convert(config, states, step: Optional[int] = None, path: str = ''):
   tx, abstract = _abstract_state(config)
   parts = split_official(states)
   params, ema_params = _convert_params(parts, abstract.params,
-                                       noise.get_sigmas(config))
+                                       score.get_sigmas(config))
   for candidate in (step, parts['step'], _step_from_name(path), 0):
     if candidate is not None:
       step = candidate
@@ -243,20 +243,20 @@ def import_checkpoint(config, workdir: str, path: str,
     The step of the written checkpoint.
   """
   # Stages: read the .pth, convert it, write the checkpoint.
-  with progress.Progress(3, 'import', unit='stages') as bar:
+  with console.Progress(3, 'import', unit='stages') as bar:
     states = read_checkpoint(config, path)
     bar.update()
     state, info = convert(config, states, step, path)
     bar.update()
-    manager = checkpointing.create_manager(workdir)
+    manager = checkpoints.create_manager(workdir)
     try:
       if info['step'] in manager.all_steps():
         raise errors.ConfigError(
-            f'{os.path.join(workdir, checkpointing.CHECKPOINT_DIR)} already '
+            f'{os.path.join(workdir, checkpoints.CHECKPOINT_DIR)} already '
             f'has a checkpoint at step {info["step"]}; import into another '
             '--workdir or choose another step.')
       # No input position: a run resumed from it says it is not exact.
-      checkpointing.save(manager, info['step'], state, config)
+      checkpoints.save(manager, info['step'], state, config)
     finally:
       manager.close()
     bar.update()

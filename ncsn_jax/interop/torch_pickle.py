@@ -10,7 +10,7 @@ ids, at raw storages kept outside the pickle. Two layouts exist:
 * legacy (torch <= 1.5 default), one stream: see `legacy_pth`.
 
 The pickles go through `unpickler.Unpickler` (a whitelist; nothing from the
-file runs), their tensors are copied out by `torch_objects.materialise`.
+file runs), their tensors are copied out by `unpickler.materialise`.
 Memory is bounded: the storages a file declares and the tensors it
 materialises may not exceed the caller's `max_bytes` (what the target
 network can hold), a zip member is decompressed in 1 MiB chunks and never
@@ -27,12 +27,8 @@ import struct
 import zipfile
 import zlib
 from typing import Any
-
 import numpy as np
-
 from ncsn_jax import errors
-from ncsn_jax.interop import legacy_pth
-from ncsn_jax.interop import torch_objects
 from ncsn_jax.interop import unpickler
 
 _CHUNK = 1 << 20
@@ -55,7 +51,7 @@ def _refusals(where: str):
     raise errors.ConfigError(
         f'{where}: not a readable PyTorch file; it is truncated, corrupt or '
         f'not written by torch ({type(e).__name__}: '
-        f'{torch_objects.printable(e, 120)}).') from e
+        f'{unpickler.printable(e, 120)}).') from e
 
 
 def _read_member(archive: zipfile.ZipFile, name: str, nbytes: int,
@@ -81,9 +77,9 @@ def _read_member(archive: zipfile.ZipFile, name: str, nbytes: int,
 
 
 def _read_small(archive: zipfile.ZipFile, name: str, where: str) -> bytes:
-  """A pickle or text record, refused past `torch_objects.MAX_PICKLE_BYTES`."""
+  """A pickle or text record, refused past `unpickler.MAX_PICKLE_BYTES`."""
   info = archive.getinfo(name)
-  if info.file_size > torch_objects.MAX_PICKLE_BYTES:
+  if info.file_size > unpickler.MAX_PICKLE_BYTES:
     raise errors.ConfigError(f'{where}: record {name!r} declares '
                              f'{info.file_size:,} bytes, more than any '
                              'PyTorch file\'s pickles.')
@@ -97,7 +93,7 @@ def _zip_byteorder(archive: zipfile.ZipFile, prefix: str, where: str) -> str:
   if text not in ('little', 'big'):
     raise errors.ConfigError(
         f'{where}: unknown byteorder record '
-        f'{torch_objects.printable(text)!r}.')
+        f'{unpickler.printable(text)!r}.')
   return '<' if text == 'little' else '>'
 
 
@@ -106,8 +102,8 @@ def _load_zip(archive: zipfile.ZipFile, record: str, where: str,
   """The object pickled in `record` of a zip-layout file, tensors copied."""
   prefix = record[:-len('data.pkl')]
   order = _zip_byteorder(archive, prefix, where)
-  budget = torch_objects.Budget(where, max_bytes)
-  storages: dict[str, torch_objects.Storage] = {}
+  budget = unpickler.Budget(where, max_bytes)
+  storages: dict[str, unpickler.Storage] = {}
   names = set(archive.namelist())
 
   def storage_fn(storage_type, key, numel, unused_view):
@@ -116,7 +112,7 @@ def _load_zip(archive: zipfile.ZipFile, record: str, where: str,
     name = f'{prefix}data/{key}'
     if name not in names:
       raise errors.ConfigError(
-          f'{where}: storage record {torch_objects.printable(name)!r} is '
+          f'{where}: storage record {unpickler.printable(name)!r} is '
           'missing; the file is truncated or corrupt.')
     dtype = storage_type.dtype.newbyteorder(order)
     budget.declare(numel * dtype.itemsize)
@@ -124,7 +120,7 @@ def _load_zip(archive: zipfile.ZipFile, record: str, where: str,
     array = np.frombuffer(raw, dtype)
     if not dtype.isnative:
       array = array.byteswap().view(dtype.newbyteorder('='))
-    storage = torch_objects.Storage(key, array.dtype, numel, where)
+    storage = unpickler.Storage(key, array.dtype, numel, where)
     storage.array = array
     storages[key] = storage
     return storage
@@ -132,7 +128,7 @@ def _load_zip(archive: zipfile.ZipFile, record: str, where: str,
   data = _read_small(archive, record, where)
   obj = unpickler.Unpickler(io.BytesIO(data), where, storage_fn,
                             torchscript).load()
-  return torch_objects.materialise(obj, budget)
+  return unpickler.materialise(obj, budget)
 
 
 def load_pth(path: str, max_bytes: int) -> Any:
@@ -172,7 +168,7 @@ def load_pth(path: str, max_bytes: int) -> Any:
             f'{path}: not a PyTorch checkpoint (neither a zip archive nor a '
             'legacy torch pickle).')
       f.seek(0)
-      return legacy_pth.load(f, path, max_bytes)
+      return load(f, path, max_bytes)
 
 
 def _collect_tensors(obj, prefix: str, out: dict[str, np.ndarray]) -> None:
@@ -180,7 +176,7 @@ def _collect_tensors(obj, prefix: str, out: dict[str, np.ndarray]) -> None:
   for name, value in obj.state.items():
     if isinstance(value, np.ndarray):
       out[prefix + name] = value
-    elif isinstance(value, torch_objects.ScriptObject):
+    elif isinstance(value, unpickler.ScriptObject):
       _collect_tensors(value, f'{prefix}{name}.', out)
 
 
@@ -215,10 +211,112 @@ def load_torchscript(source, max_bytes: int,
             f'{where}: not a TorchScript archive (data.pkl and '
             'constants.pkl expected at its root).')
       root = _load_zip(archive, pickles[0], where, max_bytes, True)
-    if not isinstance(root, torch_objects.ScriptObject):
+    if not isinstance(root, unpickler.ScriptObject):
       raise errors.ConfigError(
           f'{where}: the root object of the TorchScript archive is not a '
           'module.')
     out: dict[str, np.ndarray] = {}
     _collect_tensors(root, '', out)
   return out
+
+
+# ------------------------------------------------------------ legacy_pth
+# The legacy stream layout of `torch.save`, read with NumPy only.
+
+
+LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
+LEGACY_PROTOCOL = 1001
+
+
+class _LimitedReader:
+  """The stream of a legacy file's pickles, refused past MAX_PICKLE_BYTES."""
+
+  def __init__(self, f, where: str):
+    self._f, self._where = f, where
+    self._left = unpickler.MAX_PICKLE_BYTES
+
+  def _take(self, data: bytes) -> bytes:
+    self._left -= len(data)
+    if self._left < 0:
+      raise errors.ConfigError(
+          f'{self._where}: its pickles run past '
+          f'{unpickler.MAX_PICKLE_BYTES:,} bytes, more than any PyTorch '
+          'checkpoint\'s.')
+    return data
+
+  def read(self, n: int = -1) -> bytes:
+    limit = self._left + 1
+    return self._take(self._f.read(limit if n < 0 else min(n, limit)))
+
+  def readline(self) -> bytes:
+    return self._take(self._f.readline(self._left + 1))
+
+
+def _legacy_header(f, where: str) -> str:
+  """Reads magic, protocol and sys info; returns the byte order."""
+  header = unpickler.Unpickler(f, where)
+  if header.load() != LEGACY_MAGIC:
+    raise errors.ConfigError(
+        f'{where}: not a PyTorch checkpoint (bad magic number).')
+  protocol = header.load()
+  if protocol != LEGACY_PROTOCOL:
+    raise errors.ConfigError(f'{where}: unsupported legacy protocol '
+                             f'{unpickler.printable(repr(protocol))}.')
+  sys_info = header.load()
+  if isinstance(sys_info, dict) and not sys_info.get('little_endian', True):
+    return '>'
+  return '<'
+
+
+def _read_legacy_storage(f, storage, order: str, end: int, where: str):
+  """Reads one storage's element count and data from the stream."""
+  count = f.read(8)
+  if len(count) != 8:
+    raise errors.ConfigError(
+        f'{where}: truncated before storage {storage.key!r}.')
+  (numel,) = struct.unpack(order + 'q', count)
+  dtype = storage.dtype.newbyteorder(order)
+  nbytes = numel * dtype.itemsize
+  if numel != storage.numel or nbytes > end - f.tell():
+    raise errors.ConfigError(
+        f'{where}: storage {storage.key!r} holds {numel:,} elements where '
+        f'its tensors declare {storage.numel:,}, or fewer bytes follow; the '
+        'file is truncated or corrupt.')
+  storage.array = np.frombuffer(f.read(nbytes), dtype).astype(
+      dtype.newbyteorder('='))
+
+
+def load(f, where: str, max_bytes: int) -> Any:
+  """The object of a legacy-layout stream, tensors copied (`torch_pickle`)."""
+  pickles = _LimitedReader(f, where)
+  order = _legacy_header(pickles, where)
+  budget = unpickler.Budget(where, max_bytes)
+  storages: dict[str, unpickler.Storage] = {}
+  views: dict[str, tuple[str, int, int]] = {}
+
+  def storage_fn(storage_type, key, numel, view):
+    dtype = storage_type.dtype
+    if key not in storages:
+      budget.declare(numel * dtype.itemsize)
+      storages[key] = unpickler.Storage(key, dtype, numel, where)
+    if view is None:
+      return storages[key]
+    view_key, offset, size = str(view[0]), view[1], view[2]
+    views[view_key] = (key, int(offset), int(size))
+    return storages.setdefault(
+        view_key, unpickler.Storage(view_key, dtype, int(size), where))
+
+  obj = unpickler.Unpickler(pickles, where, storage_fn).load()
+  keys = unpickler.Unpickler(pickles, where).load()
+  if not isinstance(keys, list) or any(str(k) not in storages for k in keys):
+    raise errors.ConfigError(f'{where}: malformed storage key list.')
+  end = os.fstat(f.fileno()).st_size
+  for key in keys:
+    _read_legacy_storage(f, storages[str(key)], order, end, where)
+  for view_key, (root, offset, size) in views.items():
+    base = storages[root].array
+    if base is None or offset < 0 or offset + size > base.size:
+      raise errors.ConfigError(
+          f'{where}: storage view {view_key!r} is out of range.')
+    storages[view_key].array = base[offset:offset + size]
+  return unpickler.materialise(obj, budget)

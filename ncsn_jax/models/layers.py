@@ -13,14 +13,12 @@ normalisation (the NCSNv2 refine blocks).
 
 import functools
 from typing import Any, Callable, Optional, Sequence
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from ncsn_jax import bilinear
-from ncsn_jax.models import pooling
+from typing import Optional
+from ncsn_jax import backend
 
 NormFactory = Optional[Callable[..., nn.Module]]
 
@@ -103,7 +101,7 @@ def resize_bilinear_align_corners(x: jax.Array, size: Sequence[int]):
   h, w = x.shape[1:3]
   if (h, w) == tuple(size):
     return x
-  rows, cols = (jnp.asarray(bilinear.matrix(n, m, 'align_corners').astype(
+  rows, cols = (jnp.asarray(matrix(n, m, 'align_corners').astype(
       np.float32), x.dtype) for n, m in ((h, size[0]), (w, size[1])))
   x = jnp.einsum('oh,bhwc->bowc', rows, x)
   return jnp.einsum('pw,bowc->bopc', cols, x)
@@ -188,7 +186,7 @@ class CRPBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
-    pool = {'max': pooling.max_pool, 'avg': pooling.avg_pool}[self.pool]
+    pool = {'max': max_pool, 'avg': avg_pool}[self.pool]
     x = self.act(x)
     path = x
     for k in range(self.n_stages):
@@ -253,3 +251,116 @@ class RefineBlock(nn.Module):
     n_out = 3 if self.end else 1
     return RCUBlock(self.features, n_out, 2, name='output_convs',
                     **blocks)(h, y)
+
+
+# --------------------------------------------------------------- pooling
+# Square max and average pooling, NHWC, in the form the backend runs best.
+
+
+def _window(x: jax.Array, op, size: int, stride: int) -> jax.Array:
+  """op-reduction over size x size windows (VALID): [B,H,W,C] -> [B,H',W',C]."""
+  ho = (x.shape[1] - size) // stride + 1
+  wo = (x.shape[2] - size) // stride + 1
+  rows = x[:, :stride * (ho - 1) + 1:stride]
+  for k in range(1, size):
+    rows = op(rows, x[:, k:k + stride * (ho - 1) + 1:stride])
+  out = rows[:, :, :stride * (wo - 1) + 1:stride]
+  for k in range(1, size):
+    out = op(out, rows[:, :, k:k + stride * (wo - 1) + 1:stride])
+  return out
+
+
+def _pad(x: jax.Array, padding: int, value) -> jax.Array:
+  if not padding:
+    return x
+  return jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)),
+                 constant_values=value)
+
+
+def _check_fits(x: jax.Array, size: int, padding: int) -> None:
+  h, w = x.shape[1] + 2 * padding, x.shape[2] + 2 * padding
+  if h < size or w < size:
+    raise ValueError(f'a {size}x{size} window does not fit in a {h}x{w} map '
+                     '(after padding).')
+
+
+def _use_shifted_views(shifted_views: Optional[bool]) -> bool:
+  return (backend.shifted_view_pools() if shifted_views is None else
+          shifted_views)
+
+
+def max_pool(x: jax.Array, size: int, stride: int = 1, padding: int = 0,
+             shifted_views: Optional[bool] = None) -> jax.Array:
+  """Max over size x size windows; padding is -inf (never wins).
+
+  [B,H,W,C] -> [B,(H + 2 padding - size) // stride + 1, ...,C].
+  """
+  _check_fits(x, size, padding)
+  if not _use_shifted_views(shifted_views):
+    return nn.max_pool(x, (size, size), (stride, stride),
+                       ((padding, padding), (padding, padding)))
+  return _window(_pad(x, padding, -jnp.inf), jnp.maximum, size, stride)
+
+
+def avg_pool(x: jax.Array, size: int, stride: int = 1, padding: int = 0,
+             count_include_pad: bool = True,
+             shifted_views: Optional[bool] = None) -> jax.Array:
+  """Mean over size x size windows of the zero-padded input.
+
+  With `count_include_pad` (PyTorch's default) every window divides by
+  size^2; without it, by the number of its pixels inside the input (the
+  TF 'SAME' average of the Inception graph).
+  """
+  _check_fits(x, size, padding)
+  if not _use_shifted_views(shifted_views):
+    return nn.avg_pool(x, (size, size), (stride, stride),
+                       ((padding, padding), (padding, padding)),
+                       count_include_pad=count_include_pad)
+  sums = _window(_pad(x, padding, 0), jnp.add, size, stride)
+  if count_include_pad or not padding:
+    return sums / (size * size)
+  inside = np.pad(np.ones(x.shape[1:3], np.float32), padding)[None, ..., None]
+  counts = _window(inside, np.add, size, stride)
+  return sums / counts[0].astype(sums.dtype)
+
+
+# -------------------------------------------------------------- bilinear
+# Bilinear interpolation as matrices: one builder, three sampling rules.
+
+
+RULES = ('align_corners', 'half_pixel', 'asymmetric')
+
+
+def _sources(in_size: int, out_size: int, rule: str) -> np.ndarray:
+  """Source coordinate [out_size] of each output pixel, in the rule's dtype."""
+  if rule == 'align_corners':
+    if out_size == 1 or in_size == 1:
+      return np.zeros(out_size)
+    return np.arange(out_size) * (in_size - 1) / (out_size - 1)
+  scale = np.float32(in_size) / np.float32(out_size)
+  dst = np.arange(out_size, dtype=np.float32)
+  if rule == 'asymmetric':
+    return dst * scale
+  return np.maximum((dst + np.float32(0.5)) * scale - np.float32(0.5),
+                    np.float32(0))
+
+
+def matrix(in_size: int, out_size: int, rule: str) -> np.ndarray:
+  """Interpolation matrix [out_size, in_size], float64 weights.
+
+  Row i is (1 - f) at i0 = floor(src) and f at min(i0 + 1, in - 1), with
+  f = src - i0 computed in the source coordinate's dtype; rows sum to 1.
+  """
+  if rule not in RULES:
+    raise ValueError(f'bilinear rule {rule!r} is unknown; use one of {RULES}.')
+  if in_size < 1 or out_size < 1:
+    raise ValueError(f'sizes must be >= 1, got {in_size} -> {out_size}.')
+  src = _sources(in_size, out_size, rule)
+  i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+  i1 = np.minimum(i0 + 1, in_size - 1)
+  frac = (src - i0.astype(src.dtype)).astype(np.float64)
+  m = np.zeros((out_size, in_size), np.float64)
+  rows = np.arange(out_size)
+  np.add.at(m, (rows, i0), 1.0 - frac)
+  np.add.at(m, (rows, i1), frac)
+  return m

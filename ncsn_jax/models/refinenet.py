@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ncsn_jax import errors
-from ncsn_jax import noise
+from ncsn_jax.models import score
 from ncsn_jax.models import layers
 from ncsn_jax.models import normalization
 
@@ -170,7 +170,7 @@ def create_model(config) -> nn.Module:
     raise errors.ConfigError(
         f'config.data.channels={config.data.channels} must be '
         '1 or 3.')
-  sigmas = noise.get_sigmas(config)
+  sigmas = score.get_sigmas(config)
   dtype = {
       'float32': jnp.float32,
       'bfloat16': jnp.bfloat16

@@ -4,7 +4,7 @@ As NCSNv2's `anneal_Langevin_dynamics_inpainting`: before every update of
 level c the known pixels (mask = 1) are replaced by reference + sigma_c z',
 with fresh z' at every step; the output carries the reference's known pixels
 exactly. The draws of example i at step t come from fold_in(key_i, t), split
-into the key of z' and the key of the Langevin noise.
+into the key of z' and the key of the Langevin score.
 """
 
 from typing import Optional
@@ -14,8 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ncsn_jax import errors
-from ncsn_jax import noise
-from ncsn_jax import random_utils
+from ncsn_jax import parallel
 from ncsn_jax.models import score
 from ncsn_jax.sampling import langevin
 
@@ -61,14 +60,14 @@ def make_mask(kind: str, shape, key=None) -> np.ndarray:
 
 def default_known_noise(keys, t, x) -> jax.Array:
   """z' of step t: N(0, I) from the first half of split(fold_in(key_i, t))."""
-  known_keys, _ = random_utils.split_each(random_utils.step_keys(keys, t))
-  return random_utils.per_example_normal(known_keys, x.shape[1:], x.dtype)
+  known_keys, _ = parallel.split_each(parallel.step_keys(keys, t))
+  return parallel.per_example_normal(known_keys, x.shape[1:], x.dtype)
 
 
 def default_noise(keys, t, x) -> jax.Array:
   """Langevin noise of step t: the second half of that split."""
-  _, langevin_keys = random_utils.split_each(random_utils.step_keys(keys, t))
-  return random_utils.per_example_normal(langevin_keys, x.shape[1:], x.dtype)
+  _, langevin_keys = parallel.split_each(parallel.step_keys(keys, t))
+  return parallel.per_example_normal(langevin_keys, x.shape[1:], x.dtype)
 
 
 def annealed_langevin_inpainting(
@@ -135,7 +134,7 @@ def get_inpainting_sampler(
   to `annealed_langevin_inpainting`; the settings come from
   `config.sampling`.
   """
-  sigmas = jnp.asarray(noise.get_sigmas(config))
+  sigmas = jnp.asarray(score.get_sigmas(config))
   s = config.sampling
 
   def sample_fn(params, x0, keys, reference, mask):

@@ -11,8 +11,7 @@ at step t come from the two halves of split(fold_in(key_r, t)).
 import jax
 import jax.numpy as jnp
 
-from ncsn_jax import noise
-from ncsn_jax import random_utils
+from ncsn_jax import parallel
 from ncsn_jax.models import score
 from ncsn_jax.sampling import langevin
 
@@ -35,9 +34,9 @@ def rotated_noise(n: int) -> langevin.NoiseFn:
   def noise_fn(keys, t, x):
     shape = x.shape[1:]
     cos, sin = rotation(n, len(shape))
-    p_keys, q_keys = random_utils.split_each(random_utils.step_keys(keys, t))
-    p = random_utils.per_example_normal(p_keys, shape, x.dtype)[:, None]
-    q = random_utils.per_example_normal(q_keys, shape, x.dtype)[:, None]
+    p_keys, q_keys = parallel.split_each(parallel.step_keys(keys, t))
+    p = parallel.per_example_normal(p_keys, shape, x.dtype)[:, None]
+    q = parallel.per_example_normal(q_keys, shape, x.dtype)[:, None]
     return (cos * p + sin * q).reshape(x.shape)
 
   return noise_fn
@@ -80,7 +79,7 @@ def get_interpolation_sampler(config, model):
   n = `config.sampling.n_interpolations`; the other settings come from
   `config.sampling` too.
   """
-  sigmas = jnp.asarray(noise.get_sigmas(config))
+  sigmas = jnp.asarray(score.get_sigmas(config))
   s = config.sampling
 
   def sample_fn(params, x0, keys):

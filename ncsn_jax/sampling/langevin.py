@@ -18,14 +18,13 @@ before each update.
 """
 
 from typing import Callable, Optional
-
 import jax
 import jax.numpy as jnp
-
-from ncsn_jax import noise
-from ncsn_jax import random_utils
-from ncsn_jax import transforms
 from ncsn_jax.models import score
+from typing import Optional
+import numpy as np
+from ncsn_jax import parallel
+from ncsn_jax import console
 
 # noise_fn(keys [B], t, x [N,...]) -> z [N,...], the Langevin noise of step t.
 NoiseFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
@@ -35,7 +34,7 @@ ProjectFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
 
 def default_noise(keys: jax.Array, t: jax.Array, x: jax.Array) -> jax.Array:
   """N(0, I) per example from fold_in(key_i, t), shaped like `x`."""
-  return random_utils.per_example_normal(random_utils.step_keys(keys, t),
+  return parallel.per_example_normal(parallel.step_keys(keys, t),
                                          x.shape[1:], x.dtype)
 
 
@@ -141,11 +140,11 @@ def init_samples(keys: jax.Array, config,
   shape = (config.data.image_size, config.data.image_size,
            config.data.channels)
   if data is None:
-    return transforms.data_transform(
-        random_utils.per_example_uniform(keys, shape), config)
-  sigma_1 = float(noise.get_sigmas(config)[0])
-  z = random_utils.per_example_normal(keys, shape)
-  return transforms.data_transform(data, config) + sigma_1 * z
+    return score.data_transform(
+        parallel.per_example_uniform(keys, shape), config)
+  sigma_1 = float(score.get_sigmas(config)[0])
+  z = parallel.per_example_normal(keys, shape)
+  return score.data_transform(data, config) + sigma_1 * z
 
 
 def get_sampler(config, model, noise_fn: Optional[NoiseFn] = None):
@@ -155,7 +154,7 @@ def get_sampler(config, model, noise_fn: Optional[NoiseFn] = None):
   `noise_fn` is passed to `annealed_langevin`. The function is pure: jit it,
   or pmap it once with `parallel.pmap_sampler` and reuse the result.
   """
-  sigmas = jnp.asarray(noise.get_sigmas(config))
+  sigmas = jnp.asarray(score.get_sigmas(config))
   s = config.sampling
 
   def sample_fn(params, x0, keys):
@@ -164,3 +163,51 @@ def get_sampler(config, model, noise_fn: Optional[NoiseFn] = None):
                              s.record_every, noise_fn)
 
   return sample_fn
+
+
+# -------------------------------------------------------------- generate
+# Host-side sample drawing with a sampler pmapped once.
+
+
+def sample_batch(config, p_sample, params, key: jax.Array, n: int,
+                 data: Optional[np.ndarray] = None):
+  """`n` chains from `key`: (samples, trajectory) in data space (NumPy).
+
+  Args:
+    config: run config (data transform, `sampling.data_init` handled by the
+      caller through `data`).
+    p_sample: `p_sample(params, x0, keys) -> (x, trajectory or None)`.
+    params: the model parameters (usually the EMA ones).
+    key: root key of the batch.
+    n: number of chains (divisible by the local device count).
+    data: data-space images `[n,H,W,C]` to start from (NCSNv2's data_init).
+
+  Returns:
+    (samples float `[n,H,W,C]`, trajectory `[m, n,H,W,C]` or None).
+  """
+  keys = parallel.per_example_keys(key, n)
+  x0 = init_samples(keys, config, data)
+  x, trajectory = p_sample(params, x0, keys)
+  images = np.asarray(score.inverse_data_transform(x, config))
+  if trajectory is not None:
+    trajectory = np.asarray(
+        score.inverse_data_transform(trajectory, config))
+  return images, trajectory
+
+
+def generate(config, p_sample, params, key: jax.Array, n: int) -> np.ndarray:
+  """`n` samples in data space, float `[n,H,W,C]`, in sampler-sized batches.
+
+  Every batch has `config.sampling.batch_size` chains (the last one padded),
+  so the sampler runs one compiled shape; batch i uses fold_in(key, i).
+  Reports progress per batch (`console.Progress`).
+  """
+  batch = config.sampling.batch_size
+  parallel.check_divisible_local(batch, 'config.sampling.batch_size')
+  out = []
+  with console.Progress(n, 'sampling', unit='samples') as bar:
+    for i in range(-(-n // batch)):
+      out.append(sample_batch(config, p_sample, params,
+                              jax.random.fold_in(key, i), batch)[0])
+      bar.update(min(batch, n - i * batch))
+  return np.concatenate(out)[:n]

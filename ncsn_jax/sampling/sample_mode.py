@@ -9,22 +9,23 @@ the inpainting, interpolation and nearest-neighbour figures when
 
 import os
 from typing import Optional
-
 from absl import logging
 import jax
 import numpy as np
-
 from ncsn_jax import config_checks
-from ncsn_jax import image_io
-from ncsn_jax import parallel
-from ncsn_jax import progress
+from ncsn_jax import console
 from ncsn_jax.data import input_pipeline
-from ncsn_jax.sampling import figures
-from ncsn_jax.sampling import generate
 from ncsn_jax.sampling import inpainting
 from ncsn_jax.sampling import interpolation
 from ncsn_jax.sampling import langevin
-from ncsn_jax.training import checkpointing
+from ncsn_jax import checkpoints
+import json
+import jax.numpy as jnp
+from ncsn_jax.data import distances
+from ncsn_jax import errors
+from ncsn_jax import outputs
+from ncsn_jax import parallel
+from ncsn_jax.models import score
 
 
 def build_samplers(config, model,
@@ -57,15 +58,15 @@ def build_samplers(config, model,
 
 def _write_process(config, frames: np.ndarray, root: str) -> dict[str, str]:
   """The kept chain states: a PNG (row = sample, column = state) and a GIF."""
-  tag, sc = config.sampling.tag, figures.scale(frames[0])
+  tag, sc = config.sampling.tag, scale(frames[0])
   n_show = min(8, frames.shape[1])
   process = frames[:, :n_show].swapaxes(0, 1).reshape((-1,) +
                                                        frames.shape[2:])
   paths = {'process': os.path.join(root, f'{tag}_process.png'),
            'gif': os.path.join(root, f'{tag}_process.gif')}
-  image_io.save_image_grid(paths['process'], process, ncol=frames.shape[0],
+  outputs.save_image_grid(paths['process'], process, ncol=frames.shape[0],
                            scale=sc)
-  figures.save_process_gif(paths['gif'], frames)
+  save_process_gif(paths['gif'], frames)
   return paths
 
 
@@ -77,26 +78,189 @@ def sample(config, workdir: str) -> dict[str, str]:
   """
   config_checks.check_config(config, 'sample')
   s = config.sampling
-  model, params, step = checkpointing.load_params(config, workdir, s.ckpt_id)
+  model, params, step = checkpoints.load_params(config, workdir, s.ckpt_id)
   parallel.check_divisible_local(s.batch_size, 'config.sampling.batch_size')
   samplers = build_samplers(config, model)
   key = jax.random.fold_in(jax.random.key(config.seed), step)
   data = None
   if s.data_init:
     data = input_pipeline.load_split_arrays(config, 'test', s.batch_size)
-  with progress.Progress(s.batch_size, 'sampling', unit='samples') as bar:
-    images, frames = generate.sample_batch(config, samplers['plain'], params,
+  with console.Progress(s.batch_size, 'sampling', unit='samples') as bar:
+    images, frames = langevin.sample_batch(config, samplers['plain'], params,
                                            key, s.batch_size, data)
     bar.update(s.batch_size)
   root = os.path.join(workdir, 'samples')
   paths = {'grid': os.path.join(root, f'{s.tag}.png'),
            'npz': os.path.join(root, f'{s.tag}.npz')}
-  image_io.save_image_grid(paths['grid'], images,
-                           scale=figures.scale(images))
-  image_io.save_npz_images(paths['npz'], images)
+  outputs.save_image_grid(paths['grid'], images,
+                           scale=scale(images))
+  outputs.save_npz_images(paths['npz'], images)
   if frames is not None:
     paths.update(_write_process(config, frames, root))
-  paths.update(figures.write_figures(config, samplers, params, key, images,
+  paths.update(write_figures(config, samplers, params, key, images,
                                      root))
   logging.info('Sampled checkpoint %d: %s', step, paths)
+  return paths
+
+
+# --------------------------------------------------------------- figures
+# Inpainting, interpolation and nearest-neighbour figures of sample mode.
+
+
+def _rows(config, per_row: int, field: str) -> int:
+  """Grid rows of `sampling.batch_size` chains with `per_row` per row."""
+  batch = config.sampling.batch_size
+  if per_row < 1 or batch % per_row or batch < per_row:
+    raise errors.ConfigError(
+        f'config.sampling.{field}={per_row} must divide '
+        f'config.sampling.batch_size={batch}.')
+  return batch // per_row
+
+
+def scale(images: np.ndarray) -> int:
+  """Upscaling factor that shows `[N,H,W,C]` images at least 64 px wide."""
+  return max(1, 64 // images.shape[1])
+
+
+def save_process_gif(path: str, frames: np.ndarray,
+                     ncol: Optional[int] = None) -> None:
+  """GIF of the chain states `[m, N,H,W,C]` (data space), one grid a frame."""
+  grids = [outputs.make_grid(f, ncol=ncol) for f in frames]
+  outputs.save_gif(path, np.stack(grids), scale=scale(frames[0]))
+
+
+def _trajectory_images(trajectory, config):
+  return np.asarray(score.inverse_data_transform(trajectory, config))
+
+
+def inpaint(config, p_inpaint, params, key, root: str) -> dict[str, str]:
+  """Completes test images; writes `<tag>_inpainting.png` (and `.gif`).
+
+  `p_inpaint(params, x0, keys, reference, mask)` is the pmapped
+  `inpainting.get_inpainting_sampler`. Grid row r: the masked test image r
+  (unknown pixels black), its `sampling.completions` completions, then the
+  original.
+  """
+  s = config.sampling
+  n_refs = _rows(config, s.completions, 'completions')
+  parallel.check_divisible_local(s.batch_size, 'config.sampling.batch_size')
+  refs = input_pipeline.load_split_arrays(config, 'test', n_refs)
+  if len(refs) < n_refs:
+    raise errors.ConfigError(
+        f'inpainting needs {n_refs} test images, the test split '
+        f'has {len(refs)}.')
+  shape = refs.shape[1:]
+  mask_key, init_key, chain_key = jax.random.split(key, 3)
+  mask = inpainting.make_mask(s.inpainting_mask, shape, mask_key)
+  reference = jnp.repeat(score.data_transform(jnp.asarray(refs), config),
+                         s.completions, axis=0)
+  x0 = langevin.init_samples(
+      parallel.per_example_keys(init_key, s.batch_size), config)
+  x, trajectory = p_inpaint(
+      params, x0, parallel.per_example_keys(chain_key, s.batch_size),
+      reference, jnp.broadcast_to(mask, reference.shape))
+  filled = np.asarray(score.inverse_data_transform(x, config))
+  filled = filled.reshape((n_refs, s.completions) + shape)
+  rows = np.concatenate([(refs * mask)[:, None], filled, refs[:, None]],
+                        axis=1)
+  paths = {'inpainting': os.path.join(root, f'{s.tag}_inpainting.png')}
+  outputs.save_image_grid(paths['inpainting'], rows.reshape((-1,) + shape),
+                           ncol=s.completions + 2, scale=scale(refs))
+  if trajectory is not None:
+    paths['inpainting_gif'] = os.path.join(root, f'{s.tag}_inpainting.gif')
+    save_process_gif(paths['inpainting_gif'],
+                     _trajectory_images(trajectory, config), s.completions)
+  return paths
+
+
+def interpolate(config, p_interpolate, params, key,
+                root: str) -> dict[str, str]:
+  """Interpolation grid `<tag>_interpolation.png` (and `.gif`).
+
+  `p_interpolate(params, x0 [R,...], keys [R])` is the pmapped
+  `interpolation.get_interpolation_sampler`. Each row starts from one
+  initial state (uniform, or a noised test image with `sampling.data_init`)
+  and runs `sampling.n_interpolations` chains whose noises rotate from p
+  (left) to q (right).
+  """
+  s = config.sampling
+  rows = _rows(config, s.n_interpolations, 'n_interpolations')
+  parallel.check_divisible_local(rows, 'config.sampling.batch_size / '
+                                 'config.sampling.n_interpolations')
+  init_key, chain_key = jax.random.split(key)
+  data = None
+  if s.data_init:
+    data = input_pipeline.load_split_arrays(config, 'test', rows)
+  x0 = langevin.init_samples(parallel.per_example_keys(init_key, rows),
+                             config, data)
+  x, trajectory = p_interpolate(params, x0,
+                                parallel.per_example_keys(chain_key, rows))
+  images = np.asarray(score.inverse_data_transform(x, config))
+  paths = {'interpolation': os.path.join(root,
+                                         f'{s.tag}_interpolation.png')}
+  outputs.save_image_grid(paths['interpolation'], images,
+                           ncol=s.n_interpolations, scale=scale(images))
+  if trajectory is not None:
+    paths['interpolation_gif'] = os.path.join(root,
+                                              f'{s.tag}_interpolation.gif')
+    save_process_gif(paths['interpolation_gif'],
+                     _trajectory_images(trajectory, config),
+                     s.n_interpolations)
+  return paths
+
+
+def nearest_neighbor_figure(config, samples: np.ndarray, root: str,
+                            max_rows: int = 10) -> dict[str, str]:
+  """Samples beside their closest training images (pixel L2, data space).
+
+  Writes `<tag>_nearest.png` (row r: sample r, then its k nearest training
+  images, closest first) and `<tag>_nearest.json` (indices into the
+  training split in `input_pipeline.load_split_arrays` order, distances).
+  """
+  s = config.sampling
+  k = s.nearest_neighbors
+  train = input_pipeline.load_split_arrays(config, 'train')
+  queries = samples[:max_rows]
+  dist, idx = distances.nearest_neighbors(queries, train, k)
+  rows = np.concatenate([queries[:, None], train[idx]], axis=1)
+  paths = {'nearest': os.path.join(root, f'{s.tag}_nearest.png'),
+           'nearest_json': os.path.join(root, f'{s.tag}_nearest.json')}
+  outputs.save_image_grid(paths['nearest'],
+                           rows.reshape((-1,) + samples.shape[1:]),
+                           ncol=k + 1, scale=scale(samples))
+  report = {'metric': 'L2 distance of [0, 1] pixels',
+            'indices': idx.tolist(), 'distances': dist.tolist()}
+  outputs.save_text(paths['nearest_json'], json.dumps(report))
+  return paths
+
+
+def write_figures(config, samplers: dict, params, key, samples: np.ndarray,
+                  root: str) -> dict[str, str]:
+  """The optional sample-mode figures selected in `config.sampling`.
+
+  Args:
+    config: run config (`sampling.inpainting`, `sampling.interpolation`,
+      `sampling.nearest_neighbors`).
+    samplers: the pmapped samplers of `sample_mode.build_samplers`
+      ('inpainting', 'interpolation' where the config asks for them).
+    params: the (EMA) parameters.
+    key: the sample-mode key (each figure folds in its own constant).
+    samples: the plain samples of sample mode, data space `[B,H,W,C]`.
+    root: output folder.
+
+  Returns:
+    {name: path} of the files written.
+  """
+  s = config.sampling
+  paths = {}
+  if s.inpainting:
+    paths.update(inpaint(config, samplers['inpainting'], params,
+                         jax.random.fold_in(key, 1), root))
+  if s.interpolation:
+    paths.update(interpolate(config, samplers['interpolation'], params,
+                             jax.random.fold_in(key, 2), root))
+  if s.nearest_neighbors > 0:
+    paths.update(nearest_neighbor_figure(config, samples, root))
+  if paths:
+    logging.info('Sample-mode figures: %s', paths)
   return paths

@@ -25,17 +25,14 @@ from ncsn_jax import config_checks
 from ncsn_jax import errors
 from ncsn_jax import models
 from ncsn_jax import parallel
-from ncsn_jax import progress
+from ncsn_jax import console
 from ncsn_jax.data import input_pipeline
 from ncsn_jax.sampling import langevin
-from ncsn_jax.training import checkpointing
 from ncsn_jax.training import losses
-from ncsn_jax.training import outputs
-from ncsn_jax.training import preemption
-from ncsn_jax.training import resume
+from ncsn_jax import outputs
 from ncsn_jax.training import step as step_lib
-from ncsn_jax.training import train_state
-from ncsn_jax.training import workdir_lock
+from ncsn_jax import train_state
+from ncsn_jax import checkpoints
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))
@@ -160,7 +157,7 @@ def _initial_state(ctx: _Context) -> tuple[train_state.TrainState, int]:
                                          ctx.keys['init'])
   if ctx.manager.latest_step() is None:
     return state, 0
-  return resume.resume(ctx.manager, ctx.workdir, ctx.config, state,
+  return checkpoints.resume(ctx.manager, ctx.workdir, ctx.config, state,
                        ctx.datasets, ctx.iters, ctx.is_main)
 
 
@@ -188,7 +185,7 @@ def _snapshot(ctx: _Context, state, step: int, inexact: int):
   positions = {'train': (ctx.iters['train'], step),
                'test': (ctx.iters['test'],
                         step // ctx.config.training.eval_freq)}
-  checkpointing.save(ctx.manager, step, host, ctx.config, positions, inexact)
+  checkpoints.save(ctx.manager, step, host, ctx.config, positions, inexact)
   if ctx.is_main:
     if ctx.config.training.snapshot_sampling:
       path = outputs.snapshot_samples(
@@ -230,7 +227,7 @@ def _train_steps(ctx: _Context, state, inexact: int) -> tuple[Any, bool]:
   t = ctx.config.training
   step, skipped = int(parallel.unreplicate(state).step), 0
   hooks, pending = _hooks(ctx), []
-  with preemption.PreemptionWatcher() as watcher, progress.Progress(
+  with checkpoints.PreemptionWatcher() as watcher, console.Progress(
       t.n_iters, 'training', unit='steps', every_s=30, initial=step) as bar:
     while step < t.n_iters:
       k = min(t.n_jitted_steps, t.n_iters - step)
@@ -250,7 +247,7 @@ def _train_steps(ctx: _Context, state, inexact: int) -> tuple[Any, bool]:
       if stop or _crossed(step, k, t.snapshot_freq) or step == t.n_iters:
         _snapshot(ctx, state, step, inexact)
       if stop:
-        logging.warning('Stopped at step %d on request; rerun to resume.',
+        logging.warning('Stopped at step %d on request; rerun to checkpoints.',
                         step)
         return state, True
   return state, False
@@ -266,8 +263,8 @@ def train(config, workdir: str) -> TrainResult:
   second run in the same workdir is refused (`workdir_lock`).
   """
   ctx = _build(config, workdir)  # Bad config fails here, lock-free.
-  with workdir_lock.hold(workdir):
-    ctx = dataclasses.replace(ctx, manager=checkpointing.create_manager(
+  with checkpoints.hold(workdir):
+    ctx = dataclasses.replace(ctx, manager=checkpoints.create_manager(
         workdir, config.training.keep_checkpoints))
     try:
       state, inexact = _initial_state(ctx)

@@ -2,7 +2,7 @@
 
 A score function here is `score_fn(x, labels) -> scores` with `x` `[B,...]`
 and integer noise labels `[B]` (`models.score.ScoreFn`); `keys` `[B]` are
-per-example keys (see `random_utils.per_example_keys`), so each example's
+per-example keys (see `parallel.per_example_keys`), so each example's
 draws depend only on its own key. The annealed losses draw their noise
 labels and noise through one replaceable function, `perturb_fn(keys, x,
 sigmas) -> (labels [B], z [B,...])` (default `perturb`): a test can feed
@@ -19,8 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from ncsn_jax import errors
-from ncsn_jax import noise
-from ncsn_jax import random_utils
+from ncsn_jax import parallel
 from ncsn_jax.models import score
 
 # perturb_fn(keys [B], x [B,...], sigmas [L]) -> (labels int32 [B], z [B,...]).
@@ -43,10 +42,10 @@ def perturb(keys: jax.Array, x: jax.Array, sigmas: jax.Array):
   Returns:
     (labels int32 `[B]`, noise z `[B,...]` ~ N(0, I)).
   """
-  label_keys, noise_keys = random_utils.split_each(keys)
+  label_keys, noise_keys = parallel.split_each(keys)
   labels = jax.vmap(
       lambda k: jax.random.randint(k, (), 0, sigmas.shape[0]))(label_keys)
-  z = random_utils.per_example_normal(noise_keys, x.shape[1:], x.dtype)
+  z = parallel.per_example_normal(noise_keys, x.shape[1:], x.dtype)
   return labels.astype(jnp.int32), z
 
 
@@ -185,7 +184,7 @@ def annealed_ssm_loss(score_fn: score.ScoreFn, x: jax.Array,
   Returns:
     (mean loss over the batch, {'losses': `[B]`, 'labels': `[B]`}).
   """
-  noise_keys, projection_keys = random_utils.split_each(keys)
+  noise_keys, projection_keys = parallel.split_each(keys)
   labels, z = perturb_fn(noise_keys, x, sigmas)
   sigma = sigmas[labels].reshape((-1,) + (1,) * (x.ndim - 1))
   x_tilde = x + sigma * z
@@ -214,7 +213,7 @@ def get_loss_fn(config, model, perturb_fn: Optional[PerturbFn] = None):
     annealed sliced score matching 'ssm' / 'ssm_vr' (with
     `training.n_particles` projections of kind `training.projection`).
   """
-  sigmas = jnp.asarray(noise.get_sigmas(config))
+  sigmas = jnp.asarray(score.get_sigmas(config))
   perturb_fn = perturb_fn or perturb
   t = config.training
   name, power = t.loss, t.anneal_power

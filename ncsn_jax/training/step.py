@@ -17,8 +17,8 @@ import optax
 
 from ncsn_jax import backend
 from ncsn_jax import errors
-from ncsn_jax import transforms
-from ncsn_jax.training import train_state
+from ncsn_jax.models import score
+from ncsn_jax import train_state
 
 
 def _pmean(x, axis_name: Optional[str]):
@@ -100,7 +100,7 @@ def train_step(state: train_state.TrainState, images, keys, *, config,
   Returns:
     (new state, metrics), identical on every device.
   """
-  x = transforms.data_transform(images, config)
+  x = score.data_transform(images, config)
   (loss, aux), grads = accumulated_grads(loss_fn, state.params, x, keys,
                                          config.training.grad_accum_steps)
   grads = _pmean(grads, axis_name)
@@ -157,5 +157,5 @@ def multi_train_step(state, images, keys, **kwargs):
 def eval_step(params, images, keys, *, config, loss_fn,
               axis_name: Optional[str] = None):
   """Mean loss of `params` on test images `[B,...]` with keys `[B]`."""
-  loss, _ = loss_fn(params, transforms.data_transform(images, config), keys)
+  loss, _ = loss_fn(params, score.data_transform(images, config), keys)
   return _pmean(loss, axis_name)

@@ -9,18 +9,16 @@ the device it runs on.
 """
 
 from typing import Callable, Optional
-
 import flax
 import jax
 from jax import lax
 import jax.numpy as jnp
 import numpy as np
-
 from ncsn_jax import backend
 from ncsn_jax import errors
-from ncsn_jax.evaluation.inception import network
-from ncsn_jax.evaluation.inception import preprocessing
 from ncsn_jax.evaluation.inception import weight_files
+from ncsn_jax.models import layers
+from ncsn_jax.evaluation.inception import network
 
 
 def load_params(path: str) -> tuple[dict, dict]:
@@ -48,17 +46,17 @@ def get_features_fn(model: network.InceptionV3, mode: str = 'tf',
 
   Args:
     model: the network (`network.create_model`).
-    mode: preprocessing mode (`preprocessing.MODES`).
+    mode: preprocessing mode (`MODES`).
     micro_batch: run the network on this many images at a time, in a
       `lax.map` inside the one program (B must be a multiple). XLA:CPU's
       convolutions are faster per image at batch 1 (cache-resident
       activations); accelerators want None (the whole batch at once).
   """
-  preprocessing.check_mode(mode)
+  check_mode(mode)
 
   def features(params, images):
     return model.apply({'params': params},
-                       preprocessing.preprocess(images, mode))
+                       preprocess(images, mode))
 
   if not micro_batch:
     return features
@@ -97,7 +95,7 @@ def create_extractor(params, mode: str = 'tf', batch_size: int = 50,
   the padding dropped), so each input shape compiles once. 'logits' [N,1008]
   are returned when `params` hold the fc head. `micro_batch` (see
   `get_features_fn`) and `winograd_min_pixels` (see
-  `convolution.conv2d`): -1 lets `backend` pick by the device's platform,
+  `network.conv2d`): -1 lets `backend` pick by the device's platform,
   which also picks the pools' form.
   """
   if batch_size < 1:
@@ -127,3 +125,53 @@ def create_extractor(params, mode: str = 'tf', batch_size: int = 50,
             for k in outs[0]}
 
   return extract
+
+
+# --------------------------------------------------------- preprocessing
+# uint8 images of any size -> the FID Inception's input, two conventions.
+
+
+MODES = ('tf', 'pytorch')
+# Preprocessing mode -> its `bilinear` sampling rule.
+RESIZE_RULES = {'tf': 'asymmetric', 'pytorch': 'half_pixel'}
+
+
+def check_mode(mode: str) -> None:
+  """Raises ConfigError unless `mode` is one of `MODES`."""
+  if mode not in MODES:
+    raise errors.ConfigError(
+        f'config.eval.inception_preprocessing={mode!r} is unknown; use one '
+        f'of {MODES}.')
+
+
+def _resize_matrix(in_size: int, mode: str):
+  """float32 [299, in_size] resize matrix of a preprocessing mode."""
+  check_mode(mode)
+  return jnp.asarray(
+      layers.matrix(in_size, network.INPUT_SIZE, RESIZE_RULES[mode]),
+      jnp.float32)
+
+
+def preprocess(images, mode: str = 'tf'):
+  """uint8 (or 0..255 float) [B,H,W,C] -> float32 [B,299,299,3] net input.
+
+  C may be 1 (repeated to RGB) or 3. Resizing is on the 0..255 scale; then
+  'tf' maps x -> (x - 128) / 128 and 'pytorch' x -> x / 127.5 - 1.
+  """
+  check_mode(mode)
+  if images.ndim != 4 or images.shape[-1] not in (1, 3):
+    raise ValueError(f'images must be [B,H,W,C] with C in (1, 3), got '
+                     f'{images.shape}.')
+  x = jnp.asarray(images).astype(jnp.float32)
+  h, w = x.shape[1:3]
+  size = network.INPUT_SIZE
+  if (h, w) != (size, size):  # At 299 both modes are the identity.
+    x = jnp.einsum('bhwc,pw->bhpc', x, _resize_matrix(w, mode),
+                   precision=network.HIGHEST)
+    x = jnp.einsum('bhpc,oh->bopc', x, _resize_matrix(h, mode),
+                   precision=network.HIGHEST)
+  if x.shape[-1] == 1:
+    x = jnp.repeat(x, 3, axis=-1)
+  if mode == 'tf':
+    return (x - 128.0) / 128.0
+  return x / 127.5 - 1.0

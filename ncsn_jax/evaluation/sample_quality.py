@@ -22,16 +22,12 @@ import functools
 import json
 import os
 from typing import Callable, Optional
-
 from absl import logging
 import jax
 import numpy as np
-
-from ncsn_jax import cache_dirs
 from ncsn_jax import errors
-from ncsn_jax import files
-from ncsn_jax import image_io
-from ncsn_jax import progress
+from ncsn_jax import outputs
+from ncsn_jax import console
 from ncsn_jax.data import input_pipeline
 from ncsn_jax.evaluation import metrics
 from ncsn_jax.evaluation.inception import extractor as inception_extractor
@@ -50,7 +46,7 @@ KID_SCHEME = ('tf-gan blocks: cubic kernel, unbiased MMD^2, contiguous '
 FID_METHOD = ('float64; tr sqrt(S1 S2) from symmetric eigendecompositions '
               '(= scipy sqrtm to ~1e-12 for PSD covariances)')
 QUANTISATION = ('uint8 = floor(clip(x, 0, 1) * 255 + 0.5), '
-                'image_io.to_uint8 (torchvision save_image rounding, as the '
+                'outputs.to_uint8 (torchvision save_image rounding, as the '
                 'NCSN and NCSNv2 code saves samples)')
 PAPER_NUM_SAMPLES = 50_000  # The papers' IS/FID sample count.
 
@@ -70,10 +66,10 @@ def load_extractor(weights: str, preprocessing: str, batch_size: int,
       `weight_files.resolve_weights`).
     preprocessing: 'tf' or 'pytorch'.
     batch_size: images per forward pass.
-    folder: the Inception cache folder ('' = `cache_dirs.inception_dir()`).
+    folder: the Inception cache folder ('' = `outputs.inception_dir()`).
   """
   path = weight_files.resolve_weights(weights,
-                                      cache_dirs.inception_dir(folder))
+                                      outputs.inception_dir(folder))
   params, meta = inception_extractor.load_params(path)
   extract = inception_extractor.create_extractor(params, preprocessing,
                                                  batch_size)
@@ -89,8 +85,8 @@ def create_extractor(config) -> tuple[Callable, dict]:
 
 def cache_dir(config) -> str:
   """The Inception folder of a run: `config.eval.cache_dir`, else the user
-  cache's (`cache_dirs.inception_dir`)."""
-  return cache_dirs.inception_dir(config.eval.get('cache_dir', ''))
+  cache's (`outputs.inception_dir`)."""
+  return outputs.inception_dir(config.eval.get('cache_dir', ''))
 
 
 def default_stats_path(config, split: str) -> str:
@@ -117,13 +113,13 @@ def split_features(config, split: str, extract: Callable,
   """pool_3 [N,2048] (and nothing else) of a whole split, in order."""
   feats = []
   batch = config.eval.inception_batch_size * 8
-  with progress.Progress(max_examples, f'Inception features of {split}',
+  with console.Progress(max_examples, f'Inception features of {split}',
                          unit='images') as bar:
     for images in input_pipeline.iterate_split(config, split, batch):
       if max_examples is not None:
         images = images[:max_examples - sum(f.shape[0] for f in feats)]
       if images.shape[0]:
-        feats.append(extract(image_io.to_uint8(images))['pool_3'])
+        feats.append(extract(outputs.to_uint8(images))['pool_3'])
         bar.update(images.shape[0])
   if not feats:
     raise errors.ConfigError(
@@ -135,7 +131,7 @@ def save_reference(path: str, pool_3: np.ndarray, meta: dict) -> dict:
   """Writes pool_3 [N,2048] float32, mu [D], sigma [D,D] float64 and meta."""
   mu, sigma = metrics.mean_and_covariance(pool_3)
   meta = dict(meta, num_examples=int(pool_3.shape[0]))
-  with files.atomic_open(path) as f:
+  with outputs.atomic_open(path) as f:
     np.savez(f, pool_3=np.asarray(pool_3, np.float32), mu=mu, sigma=sigma,
              meta=np.array(json.dumps(meta)))
   return meta
@@ -289,7 +285,7 @@ def sample_metrics(config, images: np.ndarray,
   Args:
     config: the run config (`config.eval` inception fields, `config.data`).
     images: uint8 [N,H,W,C] samples (C = 1 or 3), or floats in [0, 1]
-      (rounded by `image_io.to_uint8`).
+      (rounded by `outputs.to_uint8`).
     extractor: (extract, weights meta) to use instead of the config's.
     reference: `_reference`'s (stats, description, notes) for this
       extractor, to reuse instead of loading or computing them.
@@ -300,7 +296,7 @@ def sample_metrics(config, images: np.ndarray,
     {N, reference, preprocessing, quantisation, weights hashes, schemes,
     notes}}.
   """
-  images = image_io.to_uint8(images)
+  images = outputs.to_uint8(images)
   extract, weights = extractor or create_extractor(config)
   feats = extract(images)
   ref, ref_desc, ref_notes = reference or _reference(config, extract, weights)

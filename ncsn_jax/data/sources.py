@@ -12,16 +12,14 @@ alpha channel is dropped, as torchvision's `ImageFolder` does).
 
 import io
 import os
-
 from absl import logging
 import numpy as np
 from PIL import Image
 import tensorflow as tf
-
 from ncsn_jax import errors
-from ncsn_jax.data import checks
+from ncsn_jax import config_checks
 from ncsn_jax.data import preprocessing
-from ncsn_jax.data import splits
+import sklearn.datasets
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
 _MAX_NAMED = 10  # Skipped files named in the warning; the rest are counted.
@@ -181,9 +179,9 @@ def folder_images(config, split, process_index, process_count, seeds,
   """
   data = config.data
   paths = np.array(usable_image_files(config))
-  indices = splits.split_indices(len(paths), config, split)
-  indices = splits.process_shard(indices, process_index, process_count)
-  checks.check_split_size(
+  indices = split_indices(len(paths), config, split)
+  indices = process_shard(indices, process_index, process_count)
+  config_checks.check_split_size(
       config, split, len(indices), batch_size,
       f'the image folder {data.data_dir} ({len(paths)} usable images, '
       f'config.data.test_fraction={data.test_fraction})',
@@ -207,3 +205,101 @@ def _decoded(image, ok):
 def _image(image, ok):
   del ok
   return image
+
+
+# ---------------------------------------------------------------- digits
+# scikit-learn's 8x8 handwritten digits, embedded and offline.
+
+
+def _digits_arrays(config) -> tuple[np.ndarray, np.ndarray]:
+  """All 1797 digits as float32 `[N, S, S, C]` in [0, 1] and int labels."""
+  bunch = sklearn.datasets.load_digits()
+  images = (bunch.images.astype(np.float32) / 16.0)[..., None]
+  size = config.data.image_size
+  if size != images.shape[1]:
+    images = tf.image.resize(images, [size, size], 'bilinear', antialias=True)
+    images = np.clip(images.numpy(), 0.0, 1.0).astype(np.float32)
+  if config.data.channels == 3:
+    images = np.repeat(images, 3, axis=-1)
+  return images, bunch.target.astype(np.int64)
+
+
+def digits_split(config):
+  """The fixed digits train/test split.
+
+  Args:
+    config: config with the `data` fields image_size, channels, split_seed and
+      test_fraction.
+
+  Returns:
+    `(x_train, y_train, x_test, y_test)`: images float32 `[N, S, S, C]` in
+    [0, 1] (S = image_size, C = channels, 1 for digits configs) and int64
+    labels `[N]`.
+  """
+  images, labels = _digits_arrays(config)
+  train = split_indices(len(images), config, 'train')
+  test = split_indices(len(images), config, 'test')
+  return images[train], labels[train], images[test], labels[test]
+
+
+def digits_images(config, split, process_index, process_count, shuffle_seed,
+                  batch_size):
+  """Digits shard as a dataset of float32 `[S, S, C]` images.
+
+  Args:
+    config: the run config.
+    split: 'train' or 'test'.
+    process_index: index of this process's shard.
+    process_count: number of shards.
+    shuffle_seed: seed of a full shuffle reshuffled every epoch, or None.
+    batch_size: the shard must hold one batch (0: must not be empty).
+
+  Returns:
+    `(ds, n)`: the dataset and its size.
+  """
+  images, _ = _digits_arrays(config)
+  indices = split_indices(len(images), config, split)
+  indices = process_shard(indices, process_index, process_count)
+  config_checks.check_split_size(
+      config, split, len(indices), batch_size,
+      f'the digits ({len(images)} images, config.data.test_fraction='
+      f'{config.data.test_fraction})', 'change config.data.test_fraction')
+  ds = tf.data.Dataset.from_tensor_slices(images[indices])
+  if shuffle_seed is not None:
+    ds = ds.shuffle(len(indices), seed=shuffle_seed,
+                    reshuffle_each_iteration=True)
+  return ds, len(indices)
+
+
+# ---------------------------------------------------------------- splits
+# Seeds, fixed train/test splits and per-process shards of a data set.
+
+
+def seeds(seed: int, process_index: int) -> tuple[int, int, int]:
+  """Three independent 32-bit seeds (file order, shuffle, augmentation)."""
+  entropy = [int(seed) & 0xFFFFFFFFFFFFFFFF, int(process_index)]
+  states = np.random.SeedSequence(entropy).generate_state(3, np.uint32)
+  return tuple(int(s) for s in states)
+
+
+def split_indices(n: int, config, split: str) -> np.ndarray:
+  """Indices of `split` in a fixed permutation of `n` examples.
+
+  The permutation comes from `np.random.RandomState(config.data.split_seed)`;
+  the last `round(n * config.data.test_fraction)` entries form the test split.
+  """
+  perm = np.random.RandomState(config.data.split_seed).permutation(n)
+  n_test = int(round(n * config.data.test_fraction))
+  return perm[n - n_test:] if split == 'test' else perm[:n - n_test]
+
+
+def process_shard(indices: np.ndarray, process_index: int,
+                  process_count: int) -> np.ndarray:
+  """Contiguous equal-sized shard of `indices` for one process.
+
+  Like `tfds.split_for_jax_process(..., drop_remainder=True)`: the last
+  `len(indices) % process_count` entries are dropped so that every process
+  yields the same number of batches and multi-host steps stay in lockstep.
+  """
+  size = len(indices) // process_count
+  return indices[process_index * size:(process_index + 1) * size]

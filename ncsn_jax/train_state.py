@@ -7,12 +7,10 @@ resumed run continues exactly.
 """
 
 from typing import Any
-
 import flax
 import jax
 import jax.numpy as jnp
 import optax
-
 from ncsn_jax import errors
 
 

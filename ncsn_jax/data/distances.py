@@ -8,12 +8,10 @@ Rows are flattened to vectors; squared distances are computed as
 """
 
 import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from ncsn_jax import progress
+from ncsn_jax import console
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -70,7 +68,7 @@ def max_pairwise_distance(x, block_size: int = 1000,
   x, n = _pad_rows(x, block)  # Repeated rows do not change the maximum.
   norms = jnp.sum(x * x, axis=1)
   best = 0.0
-  with progress.Progress(n, desc, unit='rows') as bar:
+  with console.Progress(n, desc, unit='rows') as bar:
     for start in range(0, x.shape[0], block):
       best = max(best, float(_block_max(x, norms, start, block)))
       bar.update(min(block, n - start))
