@@ -19,9 +19,9 @@ from ncsn_jax import console
 sys.argv = console.normalize_argv(sys.argv)
 console.set_environment(console.verbosity(sys.argv) > 0)
 
+# pylint: disable=g-import-not-at-top,g-bad-import-order
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from ncsn_jax import errors
@@ -34,10 +34,9 @@ flags.DEFINE_enum('mode', 'train',
                   ['train', 'sample', 'eval', 'import', 'export', 'toy',
                    'tune', 'fid_stats'],
                   'What to do (import: convert an official PyTorch '
-                  'checkpoint, see --checkpoint; export: write one; '
-                  'toy: the NCSN paper\'s '
-                  '2-D experiments; tune: NCSNv2 sigma_1, L and eps; '
-                  'fid_stats: Inception reference stats of the data set).')
+                  'checkpoint, see --checkpoint; export: write one; toy: the '
+                  'NCSN paper\'s 2-D experiments; tune: NCSNv2 sigma_1, L and '
+                  'eps; fid_stats: Inception reference stats of the data set).')
 flags.DEFINE_string('checkpoint', None,
                     'Official NCSN/NCSNv2 .pth file to import (--mode=import) '
                     'or to write (--mode=export).')
@@ -57,37 +56,6 @@ flags.DEFINE_string('compilation_cache_dir', '',
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def check_workdir(workdir: str) -> None:
-  """Creates the workdir and fails early, naming it, if it is not writable."""
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, '.write_probe')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
-  except OSError as e:
-    raise errors.ConfigError(
-        f'--workdir={workdir} is not writable ({e.strerror}); '
-        'choose another --workdir.') from e
-
-
-def _unknown_field(argv, error: Exception) -> str:
-  """The one-line message of a misspelt --config.<field> override."""
-  text = str(error)
-  hint = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
-  name = hint.group(2) if hint else re.search(r"'([^'\\]+)", text + "''")[1]
-  for arg in argv:
-    match = re.match(r'--?config\.([^=]+)', arg)
-    if match and name in match.group(1).split('.'):
-      path = match.group(1)
-      if hint:
-        parts = [hint.group(1) if p == name else p for p in path.split('.')]
-        return (f'unknown config field {path} (did you mean '
-                f'{".".join(parts)}?); see configs/default.py.')
-      return f'unknown config field {path}; see configs/default.py.'
-  return f'unknown config field {name!r}; see configs/default.py.'
-
-
 def parse_flags(argv):
   """absl flag parsing; bad flags and config overrides exit 2 in one line."""
   try:
@@ -99,73 +67,42 @@ def parse_flags(argv):
       kind = type(FLAGS[field.group(1)].default).__name__
       message += f'; {field.group(1)} takes {kind} values'
   except (AttributeError, KeyError) as e:  # A --config.<field> that is not.
-    message = _unknown_field(argv, e)
+    message = console.unknown_field(argv, e)
   print(f'error: {message}', file=sys.stderr)
   sys.exit(2)
 
 
-class _QuietLibraries:
-  """Drops the INFO chatter of checkpointing libraries from the log.
-
-  Also the per-thread copies of a failed checkpoint write (orbax's writer
-  threads, asyncio's unretrieved tasks): the failure itself is reported.
-  """
-
-  def filter(self, record) -> bool:
-    if '/asyncio/' in record.pathname:
-      return 'exception was never retrieved' not in str(record.msg)
-    if '/orbax/' in record.pathname:
-      return record.levelno >= 30 and 'raised an exception' not in str(
-          record.msg)  # 30 = Python logging.WARNING
-    return True
+def _checkpoint_flag(mode: str, what: str) -> str:
+  if not FLAGS.checkpoint:
+    raise errors.ConfigError(f'--mode={mode} needs --checkpoint=PATH.pth '
+                             f'({what}).')
+  return FLAGS.checkpoint
 
 
-def _exit_now(status: int) -> None:
-  """Exits at once, skipping interpreter teardown (tens of seconds of GC).
-
-  After a SIGTERM / SIGINT stop (the checkpoint is committed and the
-  writers are flushed) or an input error: nothing is left to clean up.
-  """
-  logging.flush()
-  sys.stdout.flush()
-  sys.stderr.flush()
-  os._exit(status)  # pylint: disable=protected-access
-
-
-# pylint: disable=g-import-not-at-top
 # Each mode imports what it needs: a bad flag fails before TF or JAX loads.
-
-
 def run_train(config, workdir: str) -> None:
   from ncsn_jax.training import loop
   result = loop.train(config, workdir)
   print(f'Checkpoints: {os.path.join(workdir, "checkpoints")}\n'
         f'Sample grids: {os.path.join(workdir, "samples")}\n'
-        f'Loss curve: {os.path.join(workdir, "loss_curve.png")}\n'
-        f'{result.summary()}')
+        f'Loss curve: {os.path.join(workdir, "loss_curve.png")}')
   if result.stopped_early:
-    _exit_now(0)
+    console.exit_now(0)
 
 
 def run_import(config, workdir: str) -> None:
   from ncsn_jax.interop import official_checkpoint
-  if not FLAGS.checkpoint:
-    raise errors.ConfigError('--mode=import needs --checkpoint=PATH.pth (an '
-                             'official NCSN/NCSNv2 checkpoint).')
-  step = official_checkpoint.import_checkpoint(config, workdir,
-                                               FLAGS.checkpoint)
-  print(f'Imported {FLAGS.checkpoint} as step {step} into '
+  path = _checkpoint_flag('import', 'an official NCSN/NCSNv2 checkpoint')
+  step = official_checkpoint.import_checkpoint(config, workdir, path)
+  print(f'Imported {path} as step {step} into '
         f'{os.path.join(workdir, "checkpoints")}')
 
 
 def run_export(config, workdir: str) -> None:
   from ncsn_jax.interop import export
-  if not FLAGS.checkpoint:
-    raise errors.ConfigError(
-        '--mode=export needs --checkpoint=OUT.pth (the file to write).')
-  step = export.export_checkpoint(config, workdir, FLAGS.checkpoint,
-                                  FLAGS.overwrite)
-  print(f'Exported step {step} of {workdir} as {FLAGS.checkpoint}')
+  path = _checkpoint_flag('export', 'the file to write')
+  step = export.export_checkpoint(config, workdir, path, FLAGS.overwrite)
+  print(f'Exported step {step} of {workdir} as {path}')
 
 
 def run_sample(config, workdir: str) -> None:
@@ -206,44 +143,33 @@ MODES = {'train': run_train, 'import': run_import, 'export': run_export,
          'tune': run_tune, 'fid_stats': run_fid_stats}
 
 
-def dispatch(config, workdir: str) -> None:
-  """Runs --mode on a checked config and prints where its outputs are."""
-  # TF only feeds data: keep it off the accelerators JAX uses.
-  import tensorflow as tf
-  tf.config.set_visible_devices([], 'GPU')
-  MODES[FLAGS.mode](config, workdir)
-
-
 def main(argv):
-  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     raise app.UsageError('Too many command-line arguments.')
-  logging.get_absl_handler().python_handler.addFilter(_QuietLibraries())
   console.quiet_logging(FLAGS.verbosity > 0)
   import jax
   if FLAGS.compilation_cache_dir:
     jax.config.update('jax_compilation_cache_dir', FLAGS.compilation_cache_dir)
+  from ncsn_jax import config_checks
   from ncsn_jax import parallel
   if FLAGS.multihost:
     parallel.initialize_distributed(FLAGS.coordinator_address,
-                                    FLAGS.num_processes,
-                                    FLAGS.process_id,
+                                    FLAGS.num_processes, FLAGS.process_id,
                                     timeout_s=FLAGS.distributed_timeout)
-  from ncsn_jax import config_checks
-
   config, workdir = FLAGS.config, FLAGS.workdir
   try:
     # Every field first: nothing is read or written for a config that fails.
     config_checks.check_config(config, FLAGS.mode)
     print(console.header(config_flags.get_config_filename(FLAGS['config']),
                          FLAGS.mode, workdir), flush=True)
-    check_workdir(workdir)
-    dispatch(config, workdir)
-  except (errors.ConfigError, errors.NonFiniteLossError) as e:
+    import tensorflow as tf  # It only feeds data: keep it off accelerators.
+    tf.config.set_visible_devices([], 'GPU')
+    MODES[FLAGS.mode](config, workdir)
+  except (errors.InputError, errors.NonFiniteLossError) as e:
     print(f'error: {e}', file=sys.stderr)
     # Past the one line, the teardown of a failed checkpoint write would
     # print its worker threads' tracebacks.
-    _exit_now(2)
+    console.exit_now(2)
 
 
 if __name__ == '__main__':

@@ -1,26 +1,47 @@
-"""The whole config, checked per mode before a run does any work.
+"""Every config check, per mode, before a run does any work.
 
 `check_config(config, mode)` raises `errors.ConfigError` with one line that
 names the field and the fix, so a bad value fails in seconds instead of
 after data loading, compilation or hours of training (or never, giving
-silently wrong numbers). `config.data` is checked by `data.checks`. Batch
-sizes are checked against the devices of this process group, so call it
-after `jax.distributed` is initialised.
+silently wrong numbers). This is the one place the config is validated: the
+modules that use a field trust it. Batch sizes are checked against the
+devices of this process group, so call it after `jax.distributed` is
+initialised. The data sources call `check_split_size` once they know how
+many examples a split has.
+
+The names a field may take (data sets, losses, masks, ...) are listed here;
+the modules that implement them read these lists.
 """
 
 import math
+
 import jax
+
 from ncsn_jax import errors
-from ncsn_jax.models import score
-from ncsn_jax.evaluation.inception import extractor as inception_prep
 from ncsn_jax.models import refinenet
-from ncsn_jax.sampling import inpainting
-from ncsn_jax.training import losses
 
 MODES = ('train', 'sample', 'eval', 'import', 'export', 'toy', 'tune',
          'fid_stats')
-LOSSES = ('dsm',) + losses.SSM_LOSSES
 DTYPES = ('float32', 'bfloat16')
+SIGMA_DISTS = ('geometric', 'uniform')  # Noise-level spacings.
+SSM_LOSSES = ('ssm', 'ssm_vr')  # Sliced score matching (plain, variance-red.).
+LOSSES = ('dsm',) + SSM_LOSSES
+PROJECTIONS = ('gaussian', 'rademacher')  # SSM projection vectors.
+# Inpainting regions to fill in (sampling.inpainting_mask).
+MASKS = ('right_half', 'left_half', 'top_half', 'bottom_half', 'center',
+         'random')
+INCEPTION_PREPROCESSING = ('tf', 'pytorch')  # TTUR / pytorch-fid inputs.
+# Channels each data set provides; image_folder converts to either 1 or 3.
+NATIVE_CHANNELS = {'digits': 1, 'mnist': 1, 'cifar10': 3, 'celeba': 3,
+                   'lsun': 3, 'image_folder': None}
+DATASETS = tuple(NATIVE_CHANNELS)
+# (height, width) of every image of a data set; LSUN and folders vary.
+IMAGE_SHAPES = {'digits': (8, 8), 'mnist': (28, 28), 'cifar10': (32, 32),
+                'celeba': (218, 178)}
+# LSUN scene categories: the ones with both a train and a validation split.
+LSUN_SCENES = ('bedroom', 'bridge', 'church_outdoor', 'classroom',
+               'conference_room', 'dining_room', 'kitchen', 'living_room',
+               'restaurant', 'tower')
 
 
 def _value(config, field: str):
@@ -87,17 +108,28 @@ def _local_devices():
 
 
 def check_model(config) -> None:
-  """The network, its noise levels and its EMA."""
-  _choice(config, 'model.name', refinenet.MODELS)
-  refinenet.check_image_size(config)
+  """The network, its image size, its noise levels and its EMA."""
+  _choice(config, 'model.name', tuple(refinenet.MODELS))
+  check_image_size(config)
   _choice(config, 'model.dtype', DTYPES)
   _at_least(config, 'model.ngf', 1)
   check_noise(config)
 
 
+def check_image_size(config) -> None:
+  """config.data.image_size must fit the model's downsampling."""
+  name, size = config.model.name, config.data.image_size
+  factor = refinenet.downsampling_factor(refinenet.MODELS[name][1])
+  if size < 2 * factor or size % factor:
+    raise errors.ConfigError(
+        f'config.data.image_size={size} does not fit model {name!r}: it '
+        f'must be a multiple of {factor} and at least {2 * factor}; '
+        f'set config.data.image_size accordingly.')
+
+
 def check_noise(config) -> None:
   """Noise levels sigma_1 > ... > sigma_L > 0 (L >= 2) and the EMA rate."""
-  _choice(config, 'model.sigma_dist', score.SIGMA_DISTS)
+  _choice(config, 'model.sigma_dist', SIGMA_DISTS)
   _at_least(config, 'model.num_classes', 2)
   _in_range(config, 'model.sigma_end', 0.0)
   m = config.model
@@ -127,8 +159,8 @@ def check_training(config) -> None:
         '(config.training.batch_size / devices)')
   _in_range(config, 'training.anneal_power', -math.inf)
   _choice(config, 'training.loss', LOSSES)
-  if t.loss in losses.SSM_LOSSES:
-    _choice(config, 'training.projection', losses.PROJECTIONS)
+  if t.loss in SSM_LOSSES:
+    _choice(config, 'training.projection', PROJECTIONS)
     _at_least(config, 'training.n_particles', 1)
   check_optimizer(config)
 
@@ -160,7 +192,7 @@ def check_sampling(config) -> None:
     _fail('sampling.tag', s.tag, 'must be a non-empty file name stem')
   _at_least(config, 'sampling.nearest_neighbors', 0)
   if s.inpainting:
-    _choice(config, 'sampling.inpainting_mask', inpainting.MASKS)
+    _choice(config, 'sampling.inpainting_mask', MASKS)
   for flag, field in (('inpainting', 'completions'), ('interpolation',
                                                       'n_interpolations')):
     value = s[field]
@@ -169,6 +201,13 @@ def check_sampling(config) -> None:
       _fail(
           f'sampling.{field}', value, 'must be >= 1 and divide '
           f'config.sampling.batch_size={s.batch_size}')
+  d = jax.local_device_count()
+  if s.interpolation and (s.batch_size // s.n_interpolations) % d:
+    _fail('sampling.n_interpolations', s.n_interpolations,
+          f'gives {s.batch_size // s.n_interpolations} grid rows '
+          f'(config.sampling.batch_size / n_interpolations), which the {d} '
+          'local devices do not divide; make the rows a multiple of '
+          f'{d}')
 
 
 def check_eval(config, mode: str) -> None:
@@ -190,7 +229,8 @@ def check_eval(config, mode: str) -> None:
 
 def check_inception(config) -> None:
   _at_least(config, 'eval.inception_batch_size', 1)
-  _choice(config, 'eval.inception_preprocessing', inception_prep.MODES)
+  _choice(config, 'eval.inception_preprocessing',
+          INCEPTION_PREPROCESSING)
   _choice(config, 'eval.stats_split', ('train', 'test'))
 
 
@@ -215,8 +255,8 @@ def check_toy(config) -> None:
   _at_least(config, 'training.batch_size', 1)
   _at_least(config, 'training.n_iters', 1)
   _choice(config, 'training.loss', LOSSES)
-  _choice(config, 'toy.plain_loss', losses.SSM_LOSSES)
-  _choice(config, 'training.projection', losses.PROJECTIONS)
+  _choice(config, 'toy.plain_loss', SSM_LOSSES)
+  _choice(config, 'training.projection', PROJECTIONS)
   _at_least(config, 'training.n_particles', 1)
   check_optimizer(config)
   _at_least(config, 'sampling.batch_size', 1)
@@ -226,6 +266,33 @@ def check_toy(config) -> None:
     _at_least(config, f'toy.{field}', 1)
   for field in ('langevin_step', 'init_range'):
     _in_range(config, f'toy.{field}', 0.0)
+
+
+def check_data(config) -> None:
+  """`config.data`: the data set, its geometry, channels and input space."""
+  data = config.data
+  if data.dataset not in NATIVE_CHANNELS:
+    raise errors.ConfigError(
+        f'config.data.dataset={data.dataset!r} is unknown; use one of '
+        f'{", ".join(NATIVE_CHANNELS)}.')
+  _check_geometry(data)
+  _check_channels(data)
+  if data.dataset == 'lsun' and data.category not in LSUN_SCENES:
+    raise errors.ConfigError(
+        f'config.data.category={data.category!r} is not an LSUN scene '
+        f'category with a validation split; use one of '
+        f'{", ".join(LSUN_SCENES)}.')
+  if data.shuffle_buffer <= 0:
+    raise errors.ConfigError(
+        f'config.data.shuffle_buffer={data.shuffle_buffer} must be positive.')
+  if data.dataset in ('digits', 'image_folder') and not (
+      0.0 < data.test_fraction < 1.0):
+    raise errors.ConfigError(
+        f'config.data.test_fraction={data.test_fraction} must lie in (0, 1).')
+  if data.rescaled and data.logit_transform:
+    raise errors.ConfigError(
+        'config.data.rescaled and config.data.logit_transform are both set; '
+        'choose one input space (set the other to False).')
 
 
 def check_config(config, mode: str) -> None:
@@ -245,8 +312,7 @@ def check_config(config, mode: str) -> None:
     _at_least(config, 'data.image_size', 1)  # Only D = size^2 channels.
     _choice(config, 'data.channels', (1, 3))
   else:
-    validate(config, 'train')
-  score.check_config(config)
+    check_data(config)
   if mode in ('train', 'sample', 'eval', 'import', 'export'):
     check_model(config)
   if mode == 'train':
@@ -265,20 +331,7 @@ def check_config(config, mode: str) -> None:
     check_tune(config)
 
 
-# ---------------------------------------------------------------- checks
-# Checks of `config.data` and of split sizes, each failing in one line.
-
-
-# Channels each data set provides; image_folder converts to either 1 or 3.
-NATIVE_CHANNELS = {'digits': 1, 'mnist': 1, 'cifar10': 3, 'celeba': 3,
-                   'lsun': 3, 'image_folder': None}
-# (height, width) of every image of a data set; LSUN and folders vary.
-IMAGE_SHAPES = {'digits': (8, 8), 'mnist': (28, 28), 'cifar10': (32, 32),
-                'celeba': (218, 178)}
-# LSUN scene categories: the ones with both a train and a validation split.
-LSUN_SCENES = ('bedroom', 'bridge', 'church_outdoor', 'classroom',
-               'conference_room', 'dining_room', 'kitchen', 'living_room',
-               'restaurant', 'tower')
+# ------------------------------------------------------------------ data
 
 
 def _check_geometry(data) -> None:
@@ -309,32 +362,6 @@ def _check_channels(data) -> None:
     raise errors.ConfigError(
         f'config.data.channels={data.channels}, but {data.dataset} images '
         'have 3 channels; set config.data.channels=3.')
-
-
-def validate(config, split: str) -> None:
-  """Raises `errors.ConfigError` for an unusable `config.data` or split."""
-  data = config.data
-  if data.dataset not in NATIVE_CHANNELS:
-    raise errors.ConfigError(
-        f'config.data.dataset={data.dataset!r} is unknown; use one of '
-        f'{", ".join(NATIVE_CHANNELS)}.')
-  if split not in ('train', 'test'):
-    raise errors.ConfigError(
-        f"split={split!r} is unknown; use 'train' or 'test'.")
-  _check_geometry(data)
-  _check_channels(data)
-  if data.dataset == 'lsun' and data.category not in LSUN_SCENES:
-    raise errors.ConfigError(
-        f'config.data.category={data.category!r} is not an LSUN scene '
-        f'category with a validation split; use one of '
-        f'{", ".join(LSUN_SCENES)}.')
-  if data.shuffle_buffer <= 0:
-    raise errors.ConfigError(
-        f'config.data.shuffle_buffer={data.shuffle_buffer} must be positive.')
-  if data.dataset in ('digits', 'image_folder') and not (
-      0.0 < data.test_fraction < 1.0):
-    raise errors.ConfigError(
-        f'config.data.test_fraction={data.test_fraction} must lie in (0, 1).')
 
 
 def batch_field(config, split: str, batch_size: int) -> str:

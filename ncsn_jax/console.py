@@ -1,23 +1,44 @@
-"""A quiet console: what run.py prints by default, and what it hides.
+"""What a run shows on the console, and what it hides.
 
-By default a run prints the config name, the devices, progress lines, where
-the outputs went and a summary. TensorFlow's and XLA's C++ start-up notices
-and the INFO logs of JAX, TensorFlow, orbax, clu and our own modules stay
-hidden unless `--verbosity=1` (or `-v`) is given; the metrics are in
-TensorBoard and `metrics.jsonl`. The environment variables must be set
-before TensorFlow or JAX is imported, so this module imports neither.
+By default a run prints the config name, the devices, progress lines with
+rate and ETA (`Progress`), where the outputs went and a summary.
+TensorFlow's and XLA's C++ start-up notices, XLA's autotuning warnings and
+the INFO logs of JAX, TensorFlow, orbax, clu and our own modules stay hidden
+unless `--verbosity=1` (or `-v`) is given; the metrics are in TensorBoard and
+`metrics.jsonl`. The environment variables must be set before TensorFlow or
+JAX is imported, so this module imports neither at the top.
+
+This is the one module that touches process-wide state for the console:
+environment variables, absl's log handler and verbosity, `sys.stderr` and
+`threading.excepthook` (each function says which).
+
+  with console.Progress(50_000, 'sampling', unit='samples') as bar:
+    for batch in batches:
+      ...
+      bar.update(len(batch))
 """
 
+import contextlib
+import io
 import os
-from typing import Sequence
+import re
 import sys
+import threading
 import time
-from typing import Callable, Iterable, Iterator, Optional, TextIO, TypeVar
+import traceback
+from typing import Callable
+from typing import Iterable
+from typing import Iterator
+from typing import Optional
+from typing import Sequence
+from typing import TextIO
+from typing import TypeVar
 
 # Start-up settings of the C++ runtimes, applied unless already set.
 # oneDNN's custom ops are off for TensorFlow, which here only feeds data:
 # that also drops its start-up notice. TF_CPP_MIN_LOG_LEVEL=2 keeps TF's
-# and XLA's C++ logs to errors.
+# and XLA's C++ logs (XLA's autotuning "Delay kernel timed out" warnings
+# among them) to errors.
 _ALWAYS = {'TF_ENABLE_ONEDNN_OPTS': '0'}
 _QUIET = {'TF_CPP_MIN_LOG_LEVEL': '2'}
 
@@ -43,16 +64,103 @@ def verbosity(argv: Sequence[str]) -> int:
 
 
 def set_environment(verbose: bool, environ=os.environ) -> None:
-  """Sets the C++ runtimes' log variables; call before TF/JAX imports."""
+  """Sets the C++ runtimes' log variables; call before TF/JAX imports.
+
+  Global state: `environ` (default `os.environ`), only variables not set.
+  """
   for k, v in dict(_ALWAYS, **({} if verbose else _QUIET)).items():
     environ.setdefault(k, v)
 
 
+class _QuietLibraries:
+  """A log filter: drops the INFO chatter of checkpointing libraries.
+
+  Also the per-thread copies of a failed checkpoint write (orbax's writer
+  threads, asyncio's unretrieved tasks): the failure itself is reported in
+  one line. Records are told apart by the file that logged them, the only
+  mark these libraries leave (orbax-checkpoint 0.12).
+  """
+
+  def filter(self, record) -> bool:
+    if '/asyncio/' in record.pathname:
+      return 'exception was never retrieved' not in str(record.msg)
+    if '/orbax/' in record.pathname:
+      return record.levelno >= 30 and 'raised an exception' not in str(
+          record.msg)  # 30 = Python logging.WARNING
+    return True
+
+
 def quiet_logging(verbose: bool) -> None:
-  """absl (and Python) logging at WARNING unless verbose; after flags."""
+  """absl (and Python) logging at WARNING unless verbose; after flags.
+
+  Global state: absl's verbosity, and a filter on absl's Python handler.
+  """
   from absl import logging  # pylint: disable=g-import-not-at-top
+  logging.get_absl_handler().python_handler.addFilter(_QuietLibraries())
   if not verbose:
     logging.set_verbosity(logging.WARNING)
+
+
+@contextlib.contextmanager
+def held_stderr():
+  """Holds what other threads print to stderr inside the block.
+
+  A checkpoint write that the storage refuses makes every orbax writer
+  thread print its own traceback; the caller reports the failure in one line
+  instead. When the block succeeds, anything held is printed as usual.
+
+  Global state: `sys.stderr` and `threading.excepthook`, restored on exit.
+  """
+  real, held = sys.stderr, io.StringIO()
+  hook = threading.excepthook
+  sys.stderr = held
+  threading.excepthook = lambda args: traceback.print_exception(
+      args.exc_type, args.exc_value, args.exc_traceback, file=held)
+  ok = False
+  try:
+    yield
+    ok = True
+  finally:
+    sys.stderr, threading.excepthook = real, hook
+    if ok and held.getvalue():
+      real.write(held.getvalue())
+
+
+def exit_now(status: int) -> None:
+  """Exits at once, skipping interpreter teardown (tens of seconds of GC).
+
+  For after a SIGTERM / SIGINT stop (the checkpoint is committed and the
+  writers are flushed) or an input error: nothing is left to clean up.
+  Flushes absl's log, stdout and stderr first.
+  """
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  logging.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(status)  # pylint: disable=protected-access
+
+
+def unknown_field(argv: Sequence[str], error: Exception) -> str:
+  """The one-line message of a misspelt `--config.<field>` override.
+
+  Args:
+    argv: the command line.
+    error: what ml_collections raised for the override (its text holds the
+      field and, when one is close, a "Did you mean" suggestion).
+  """
+  text = str(error)
+  hint = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
+  name = hint.group(2) if hint else re.search(r"'([^'\\]+)", text + "''")[1]
+  for arg in argv:
+    match = re.match(r'--?config\.([^=]+)', arg)
+    if match and name in match.group(1).split('.'):
+      path = match.group(1)
+      if hint:
+        parts = [hint.group(1) if p == name else p for p in path.split('.')]
+        return (f'unknown config field {path} (did you mean '
+                f'{".".join(parts)}?); see configs/default.py.')
+      return f'unknown config field {path}; see configs/default.py.'
+  return f'unknown config field {name!r}; see configs/default.py.'
 
 
 def devices_line() -> str:
@@ -71,9 +179,24 @@ def header(config_path: str, mode: str, workdir: str) -> str:
   return (f'{mode}: {config_path}, workdir {workdir}\n' + devices_line())
 
 
-# -------------------------------------------------------------- progress
-# Progress lines with rate and ETA for long host loops.
-
+# ------------------------ Progress lines with rate and ETA for long host loops
+#
+#   with progress.Progress(50_000, 'sampling', unit='samples') as bar:
+#     for batch in batches:
+#       ...
+#       bar.update(len(batch))
+#
+# On a terminal the line is rewritten in place (`\r`) a few times a second;
+# otherwise (logs, pipes, CI) one full line is printed every `every_s`
+# seconds. `close` (or leaving the `with` block) prints the final count, the
+# time taken and the mean rate. The rate and ETA of the lines before count
+# from the first update, so a first unit that compiles does not skew them. Only one process of a multi-process run
+# should report: pass `enabled=False` elsewhere.
+# second; otherwise (logs, pipes, CI) one full line is printed every
+# `every_s` seconds. `close` (or leaving the `with` block) prints the final
+# count, the time taken and the mean rate. Rate and ETA count from the first
+# update, so a first unit that compiles does not skew them. Only one process
+# of a multi-process run reports (`enabled`).
 
 T = TypeVar('T')
 
@@ -150,6 +273,13 @@ class Progress:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+  def rate(self) -> float:
+    """Units per second since the first update (0.0 until there is one)."""
+    if self._mark is None:
+      return 0.0
+    elapsed = self.clock() - self._mark[0]
+    return (self.n - self._mark[1]) / elapsed if elapsed > 0 else 0.0
 
   def line(self) -> str:
     """The current progress line (no newline)."""

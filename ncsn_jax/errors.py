@@ -1,19 +1,24 @@
 """The project's exception types.
 
-`run.py` turns `ConfigError` (and its subclass `CheckpointError`) and
-`NonFiniteLossError` into one line on stderr and exit status 2; every other
-exception is a bug and keeps its traceback.
+`run.py` and `python -m ncsn_jax.fid` turn `InputError` (and its subclasses)
+and `NonFiniteLossError` into one line on stderr and exit status 2; every
+other exception is a bug and keeps its traceback.
 """
 
 
-class ConfigError(ValueError):
-  """Bad input: a config field, flag or file the run cannot use.
+class InputError(ValueError):
+  """Bad input: a file, folder or flag the run cannot use.
 
-  The message names the field (or file) and the fix.
+  The message names the file (or flag) and the fix: an unreadable image, a
+  corrupt `.pth`, an unwritable output path.
   """
 
 
-class CheckpointError(ConfigError):
+class ConfigError(InputError):
+  """A config field (or a flag) the run cannot use; the message names it."""
+
+
+class CheckpointError(InputError):
   """A checkpoint is missing, unreadable or does not fit the config."""
 
 

@@ -7,13 +7,14 @@ A and B are each a folder of PNG/JPEG images (searched recursively), an
 `.npz` with uint8 [N,H,W,C] `images` (as `--mode=sample` writes) or a
 reference-statistics `.npz` (`--mode=fid_stats`'s, TTUR / pytorch-fid's
 `mu` and `sigma`, score_sde's `pool_3`); see `evaluation.image_sets`.
-Images of any size are resized to 299 by the chosen preprocessing
-(`inception.preprocessing`), grey ones repeated to RGB. It prints N of each
-side, the preprocessing, the Inception weights' hash and the FID; with
+Images of any size are resized to 299 by the chosen preprocessing; every
+folder file is converted to RGB, as pytorch-fid reads it. It prints N of
+each side, the preprocessing, the Inception weights' hash and the FID; with
 `--kid` the KID when both sides have features (images or `pool_3`); the
-Inception Score of A when A is images and the weights have the fc head.
-The numbers are those of `sample_quality.sample_metrics` for the same
-images. Bad input ends with one `error:` line and exit status 2.
+Inception Score of A when A is images and the weights have the fc head. The
+numbers come from the report builder eval mode uses
+(`sample_quality.scores`). Bad input ends with one `error:` line and exit
+status 2.
 """
 
 import os
@@ -25,53 +26,42 @@ os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 import argparse  # pylint: disable=g-import-not-at-top,g-bad-import-order
 import json
 import sys
-from typing import Callable, Optional, TextIO
+from typing import Optional, TextIO
 
+from ncsn_jax import config_checks
+from ncsn_jax import console
 from ncsn_jax import errors
 from ncsn_jax import outputs
-from ncsn_jax import console
 from ncsn_jax.evaluation import image_sets
-from ncsn_jax.evaluation import metrics
-from ncsn_jax.evaluation.inception import extractor as inception_prep
 from ncsn_jax.evaluation import sample_quality
 from ncsn_jax.evaluation.inception import weight_files
 
 PROGRESS_SECONDS = 5.0  # At most one progress line this often.
+HEAD_HINT = ('pass --weights=download (online) or a path to pytorch-fid\'s '
+             f'{weight_files.PYTORCH_FID_NAME}')
 
 
 def parse_args(argv) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog='python -m ncsn_jax.fid',
                                    description=__doc__.split('\n')[0])
-  parser.add_argument('a',
-                      metavar='A',
-                      help='folder, images .npz or stats '
+  parser.add_argument('a', metavar='A', help='folder, images .npz or stats '
                       '.npz (the samples: IS is of A)')
-  parser.add_argument('b',
-                      metavar='B',
-                      help='folder, images .npz or stats '
+  parser.add_argument('b', metavar='B', help='folder, images .npz or stats '
                       '.npz (the reference)')
-  parser.add_argument('--kid',
-                      action='store_true',
+  parser.add_argument('--kid', action='store_true',
                       help='also the KID (needs features on both sides)')
-  parser.add_argument('--json',
-                      default='',
-                      metavar='OUT',
+  parser.add_argument('--json', default='', metavar='OUT',
                       help='write the full report as JSON here')
-  parser.add_argument('--preprocessing',
-                      default='tf',
-                      choices=inception_prep.MODES,
+  parser.add_argument('--preprocessing', default='tf',
+                      choices=config_checks.INCEPTION_PREPROCESSING,
                       help='tf: TTUR / improved-gan (default); pytorch: '
                       'pytorch-fid')
-  parser.add_argument('--batch_size',
-                      type=int,
-                      default=50,
+  parser.add_argument('--batch_size', type=int, default=50,
                       help='images per Inception forward pass')
-  parser.add_argument('--weights',
-                      default='',
+  parser.add_argument('--weights', default='',
                       help="'' = the cached conversion, 'download', or a "
                       'path (as config.eval.inception_weights)')
-  parser.add_argument('--cache_dir',
-                      default='',
+  parser.add_argument('--cache_dir', default='',
                       help='Inception cache folder (default: the user cache)')
   args = parser.parse_args(argv)
   if args.batch_size < 1:
@@ -79,142 +69,61 @@ def parse_args(argv) -> argparse.Namespace:
   return args
 
 
-def _open(path: str, what: str, args) -> dict:
-  """Checks one side and reads what is cheap: statistics, file lists."""
-  kind = image_sets.kind_of(path, what)
-  side = {'what': what, 'info': {'path': path, 'kind': kind}}
-  if kind == 'stats':
-    side['stats'] = image_sets.statistics(path, what, args.preprocessing)
-  else:
-    side['n'], side['chunks'] = image_sets.image_chunks(path, kind, what,
-                                                        args.batch_size * 4)
-  return side
+def _side_info(side: image_sets.Side, stats: dict) -> dict:
+  info = {'path': side.path, 'kind': side.kind,
+          'num': stats['meta'].get('num_examples'),
+          'features': stats['pool_3'] is not None}
+  if side.converted:
+    info['converted_to_rgb'] = dict(sorted(side.converted.items()))
+  return info
 
 
-def _statistics(side: dict, extractor: Callable, stream) -> dict:
-  """mu, sigma, pool_3, logits and meta of an opened side (images: now)."""
-  if 'stats' in side:
-    stats = side['stats']
-  else:
-    n, what = side['n'], side['what']
-    # Not a `with`: a side that fails prints its error line only.
-    bar = console.Progress(n, what, unit='images', stream=stream,
-                            every_s=PROGRESS_SECONDS, enabled=True)
-    feats = image_sets.features(side['chunks'], n,
-                                lambda x: extractor()[0](x), bar.update)
-    bar.close()
-    stats = image_sets.from_features(feats, what, side['info']['path'])
-  info = dict(side['info'],
-              num=stats['meta'].get('num_examples'),
-              features=stats['pool_3'] is not None)
-  return dict(stats, info=info)
-
-
-def _kid(a: dict, b: dict) -> dict:
-  if a['pool_3'] is None or b['pool_3'] is None:
-    which = 'A' if a['pool_3'] is None else 'B'
-    return {
-        'kid_note': f'KID not computed: {which} holds mu and sigma only, '
-                    'not pool_3 features.'
-    }
-  try:
-    kid, std = metrics.kernel_inception_distance(b['pool_3'], a['pool_3'])
-  except ValueError as e:
-    return {'kid_note': f'KID not computed: {e}'}
-  return {'kid': kid, 'kid_std': metrics.finite_or_none(std)}
-
-
-def _inception_score(a: dict, weights: Optional[dict]) -> dict:
-  if a['info']['kind'] == 'stats':
-    return {}
-  if a['logits'] is None:
-    return {
-        'inception_score_note':
-            (f'IS of A not computed: the weights ({weights["source"]}) have no '
-             "1008-way fc head; pass --weights=download (online) or a path to "
-             f'pytorch-fid\'s {weight_files.PYTORCH_FID_NAME}.')
-    }
-  if a['logits'].shape[0] < 10:
-    return {'inception_score_note': 'IS of A needs >= 10 images (10 splits).'}
-  score, std = metrics.inception_score(a['logits'], from_logits=True)
-  return {'inception_score': score, 'inception_score_std': std}
-
-
-def _weights_notes(sides: dict, weights: Optional[dict]) -> list[str]:
-  """Notes where a stats side was made with other Inception weights."""
-  hashes = {
-      k: s['meta'].get('weights_trunk_sha256')
-      for k, s in sides.items()
-      if s['info']['kind'] == 'stats'
-  }
-  if weights:
-    hashes['the weights in use'] = weights['trunk_sha256']
-  known = {k: h for k, h in hashes.items() if h}
-  if len(set(known.values())) <= 1:
-    return []
-  return [
-      'the Inception weights differ: ' +
-      ', '.join(f'{k} {h[:12]}...' for k, h in known.items()) +
-      '; the numbers are not '
-      'comparable (recompute the statistics with the same weights).'
-  ]
-
-
-def compute(args,
-            extractor_and_meta: Optional[tuple] = None,
-            stream: Optional[TextIO] = None) -> dict:
+def compute(a: str, b: str, *, kid: bool = False, preprocessing: str = 'tf',
+            batch_size: int = 50, weights: str = '', cache_dir: str = '',
+            extractor=None, stream: Optional[TextIO] = None) -> dict:
   """The report: FID (KID, IS), both sides' N, preprocessing, weights.
 
   Args:
-    args: `parse_args`'s namespace.
-    extractor_and_meta: (extract, weights meta) to use instead of loading
-      `args.weights` (made only if a side has images).
+    a: the samples (folder, images npz or statistics npz).
+    b: the reference, the same kinds.
+    kid: also the KID.
+    preprocessing: 'tf' or 'pytorch'.
+    batch_size: images per Inception forward pass.
+    weights: the Inception weights spec (as config.eval.inception_weights).
+    cache_dir: the Inception cache folder ('' = the user cache).
+    extractor: an `inception.extractor.Extractor` to use instead of loading
+      `weights` (loaded only if a side has images).
     stream: where progress lines go (default stderr).
   """
-  stream = stream or sys.stderr
-  made = {'extractor': extractor_and_meta} if extractor_and_meta else {}
-
-  def extractor():
-    if 'extractor' not in made:
-      made['extractor'] = sample_quality.load_extractor(args.weights,
-                                                        args.preprocessing,
-                                                        args.batch_size,
-                                                        args.cache_dir)
-    return made['extractor']
-
-  opened = [_open(args.a, 'A', args), _open(args.b, 'B', args)]
-  sides = {s['what']: _statistics(s, extractor, stream) for s in opened}
-  a, b = sides['A'], sides['B']
-  weights = made['extractor'][1] if made and any(
-      'stats' not in s for s in opened) else None
-  try:
-    out = {
-        'fid':
-            metrics.frechet_distance(a['mu'],
-                                     a['sigma'],
-                                     b['mu'],
-                                     b['sigma'],
-                                     method='eigh')
-    }
-  except ValueError as e:
-    raise errors.ConfigError(f'A and B cannot be compared: {e}') from e
-  if args.kid:
-    out.update(_kid(a, b))
-  out.update(_inception_score(a, weights))
-  mode = args.preprocessing
-  out.update({
-      'a': a['info'],
-      'b': b['info'],
-      'preprocessing': f'{mode}: {sample_quality.PREPROCESSING[mode]}',
-      'weights_source': weights and weights['source'],
-      'weights_trunk_sha256': weights and weights['trunk_sha256'],
-      'weights_source_sha256': weights and weights['source_sha256'],
-      'fid_method': sample_quality.FID_METHOD,
-      'kid_scheme': sample_quality.KID_SCHEME,
-      'is_scheme': sample_quality.IS_SCHEME,
-      'notes': _weights_notes(sides, weights),
-  })
-  return out
+  sides = [image_sets.open_side(path, what, preprocessing, batch_size * 4)
+           for path, what in ((a, 'A'), (b, 'B'))]
+  if any(s.stats is None for s in sides) and extractor is None:
+    extractor = sample_quality.load_extractor(weights, preprocessing,
+                                              batch_size, cache_dir)
+  stats = []
+  for side in sides:
+    # Not a `with`: a side that fails prints its error line only.
+    bar = console.Progress(side.n, side.what, unit='images',
+                           stream=stream or sys.stderr,
+                           every_s=PROGRESS_SECONDS, enabled=True)
+    stats.append(image_sets.side_statistics(side, extractor, bar.update))
+    if side.stats is None:
+      bar.close()
+  used = extractor if any(s.stats is None for s in sides) else None
+  out = sample_quality.scores(stats[0], stats[1], kid=kid,
+                              inception_score=sides[0].kind != 'stats',
+                              names=('A', 'B'), head_hint=HEAD_HINT)
+  trunks = {s.what: st['meta'].get('weights_trunk_sha256')
+            for s, st in zip(sides, stats) if s.kind == 'stats'}
+  if used:
+    trunks['the weights in use'] = used.trunk_sha256
+  notes = sample_quality.weights_notes(trunks)
+  notes += [f'{s.what}: converted {sum(s.converted.values())} file(s) to '
+            'RGB (' + ', '.join(f'{n} {m}' for m, n in sorted(
+                s.converted.items())) + ')' for s in sides if s.converted]
+  return dict(out, a=_side_info(sides[0], stats[0]),
+              b=_side_info(sides[1], stats[1]),
+              **sample_quality.describe(preprocessing, used), notes=notes)
 
 
 def summary(report: dict) -> list[str]:
@@ -243,22 +152,36 @@ def summary(report: dict) -> list[str]:
   return lines
 
 
-def main(argv, extractor_and_meta: Optional[tuple] = None) -> int:
+def main(argv, extractor=None) -> int:
   """The command: prints the summary (and writes --json); 2 on bad input.
 
-  `extractor_and_meta` as in `compute` (one network for many calls).
+  `extractor` as in `compute` (one network for many calls).
   """
   args = parse_args(argv)
   try:
-    report = compute(args, extractor_and_meta)
-  except errors.ConfigError as e:
+    if args.json:  # Before the work, not after it.
+      outputs.check_writable(os.path.dirname(os.path.abspath(args.json)),
+                             '--json')
+      if os.path.isdir(args.json):
+        raise errors.InputError(f'--json={args.json} is a folder; give a '
+                                'file path.')
+    report = compute(args.a, args.b, kid=args.kid,
+                     preprocessing=args.preprocessing,
+                     batch_size=args.batch_size, weights=args.weights,
+                     cache_dir=args.cache_dir, extractor=extractor)
+    lines = summary(report)
+    if args.json:
+      try:
+        outputs.save_text(args.json, json.dumps(report, indent=2,
+                                                allow_nan=False))
+      except OSError as e:
+        raise errors.InputError(f'cannot write --json={args.json} '
+                                f'({e.strerror or e}).') from e
+      lines.append(f'report: {args.json}')
+  except errors.InputError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  print('\n'.join(summary(report)))
-  if args.json:
-    with outputs.atomic_open(args.json) as f:
-      f.write(json.dumps(report, indent=2, allow_nan=False).encode())
-    print(f'report: {args.json}')
+  print('\n'.join(lines))
   return 0
 
 

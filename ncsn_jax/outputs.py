@@ -1,28 +1,40 @@
-"""Atomic file writes (a reader never sees a half-written file) and hashes.
+"""Everything the project writes besides checkpoints, written atomically.
 
-Every file the project writes (images, reports, weights, reference
-statistics, downloads) goes through `atomic_open`: the bytes go to a
-temporary file in the target directory, are flushed to disk, and the file is
-then `os.replace`d into place. `sha256_of` identifies weights and their
-sources.
+Every file goes through `atomic_open`: the bytes go to a temporary file in
+the target folder, are flushed to disk, and the file is then `os.replace`d
+into place, so a reader never sees a half-written file. This module holds
+the writers of
+
+* image grids (PNG), sample arrays (uint8 `.npz`) and GIFs, NHWC, float in
+  [0, 1] or uint8; floats are quantised by `to_uint8` (torchvision
+  `save_image` rounding), so a PNG and the npz used for metrics hold the same
+  pixel values, and single-channel images stay single-channel;
+* plots (loss curve, checkpoint sweep, the toy experiment's figures) through
+  `save_figure`;
+* `WORKDIR/metrics.jsonl` (append, read, truncate on resume) and TensorBoard
+  (clu writers: scalars, sample grids, an eval sweep's numbers);
+* and it knows the per-user cache folder (`cache_root`): Inception weights,
+  reference statistics and JAX's compilation cache live there, never inside
+  the package.
 """
 
 import contextlib
 import hashlib
-import os
-import uuid
 import io
+import json
 import math
+import os
 from typing import Optional, Sequence
+import uuid
+
 from matplotlib import figure
 from matplotlib.backends import backend_agg
 import numpy as np
 from PIL import Image
-from typing import Sequence
-from clu import metric_writers
-import json
-import jax
-from ncsn_jax.sampling import langevin
+
+from ncsn_jax import errors
+
+METRICS_FILE = 'metrics.jsonl'
 
 
 @contextlib.contextmanager
@@ -49,6 +61,25 @@ def atomic_open(path: str):
     raise
 
 
+def check_writable(folder: str, field: str) -> None:
+  """Creates `folder` and writes a probe file there now, not after the work.
+
+  Raises `errors.InputError` (one line, naming the folder and `field`, the
+  flag or config field that chose it) when the folder cannot be made or
+  written.
+  """
+  try:
+    os.makedirs(folder, exist_ok=True)
+    probe = os.path.join(folder, f'.write_probe.{uuid.uuid4().hex}')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise errors.InputError(
+        f'cannot write to {folder} ({e.strerror or e}); fix its permissions, '
+        f'free disk space or choose another {field}.') from e
+
+
 def save_bytes(path: str, data: bytes) -> None:
   """Writes `data` to `path` atomically."""
   with atomic_open(path) as f:
@@ -72,9 +103,18 @@ def sha256_of(path_or_bytes) -> str:
   return digest.hexdigest()
 
 
-# -------------------------------------------------------------- image_io
-# Image grids, PNG/GIF/npz files and loss-curve plots, NumPy on the host.
+def save_figure(fig: figure.Figure, path: str) -> None:
+  """Writes a matplotlib `Figure` as PNG (atomically).
 
+  Figures are standalone (`figure.Figure` with the Agg canvas), so pyplot's
+  global state and the process-wide backend are untouched.
+  """
+  buffer = io.BytesIO()
+  backend_agg.FigureCanvasAgg(fig).print_png(buffer)
+  save_bytes(path, buffer.getvalue())
+
+
+# ------------------------------------------------------ images, npz, GIFs
 
 _PIL_MODES = {1: 'L', 3: 'RGB', 4: 'RGBA'}
 
@@ -162,9 +202,14 @@ def _to_pil(image: np.ndarray) -> Image.Image:
   return Image.fromarray(image[..., 0] if c == 1 else image, _PIL_MODES[c])
 
 
+def display_scale(images) -> int:
+  """Upscaling factor that shows `[N,H,W,C]` images at least 64 px wide."""
+  return max(1, 64 // np.shape(images)[1])
+
+
 def save_image_grid(path: str, images, ncol: Optional[int] = None,
                     padding: int = 2, pad_value: float = 0.0,
-                    scale: int = 1) -> np.ndarray:
+                    scale: Optional[int] = None) -> np.ndarray:
   """Writes `make_grid(images, ...)` as a PNG at `path` (atomically).
 
   Args:
@@ -173,11 +218,14 @@ def save_image_grid(path: str, images, ncol: Optional[int] = None,
     ncol: images per row; default ceil(sqrt(N)).
     padding: gap in pixels.
     pad_value: gap intensity in [0, 1].
-    scale: integer nearest-neighbour upscaling of the whole grid.
+    scale: integer nearest-neighbour upscaling of the whole grid (default
+      `display_scale(images)`).
 
   Returns:
     The uint8 grid [GH,GW,C] as written (after upscaling).
   """
+  if scale is None:
+    scale = display_scale(images)
   grid = _upscale(make_grid(images, ncol, padding, pad_value), scale)
   image = _to_pil(grid)
   with atomic_open(path) as f:
@@ -197,12 +245,62 @@ def save_npz_images(path: str, images, compressed: bool = False) -> None:
     save_fn(f, images=x)
 
 
-def load_npz_images(path: str) -> np.ndarray:
-  """Reads the uint8 [N,H,W,C] array written by `save_npz_images`."""
-  with np.load(path) as data:
-    if 'images' not in data:
-      raise KeyError(f"{path} has no 'images' array (keys: {data.files}).")
-    return data['images']
+def save_gif(path: str, frames, duration_ms: int = 100, loop: int = 0,
+             scale: int = 1) -> None:
+  """Writes frames [T,H,W,C] (float [0, 1] or uint8) as an animated GIF.
+
+  RGB frames are palettised by PIL (up to 256 colours per frame). PIL merges
+  identical consecutive frames into one longer frame, so the file can hold
+  fewer than T frames when some repeat.
+
+  Args:
+    path: output file; parent directories are created.
+    frames: [T,H,W,C], C in {1, 3}; e.g. one `make_grid` per sampling step.
+    duration_ms: display time of each frame.
+    loop: number of loops, 0 = forever.
+    scale: integer nearest-neighbour upscaling.
+  """
+  x = _upscale(_as_nhwc_uint8(frames), scale)
+  if x.shape[-1] not in (1, 3):
+    raise ValueError(f'GIF frames need 1 or 3 channels, got {x.shape[-1]}.')
+  images = [_to_pil(frame) for frame in x]
+  with atomic_open(path) as f:
+    images[0].save(f, format='GIF', save_all=True, append_images=images[1:],
+                   duration=duration_ms, loop=loop)
+
+
+def save_grid_gif(path: str, frames: np.ndarray,
+                  ncol: Optional[int] = None) -> None:
+  """GIF of chain states `[m, N,H,W,C]` (data space), one grid a frame."""
+  grids = [make_grid(f, ncol=ncol) for f in frames]
+  save_gif(path, np.stack(grids), scale=display_scale(frames[0]))
+
+
+# ------------------------------------------------ metrics.jsonl and plots
+
+
+def append_metrics(workdir: str, record: dict) -> None:
+  """Appends one JSON line to `WORKDIR/metrics.jsonl`."""
+  with open(os.path.join(workdir, METRICS_FILE), 'a') as f:
+    f.write(json.dumps(record) + '\n')
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """The records of `WORKDIR/metrics.jsonl` (none if it does not exist)."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def truncate_metrics(workdir: str, step: int) -> None:
+  """Drops `metrics.jsonl` records after `step` (a resume from `step`)."""
+  records = read_metrics(workdir)
+  kept = [r for r in records if r.get('step', 0) <= step]
+  if len(kept) != len(records):
+    save_text(os.path.join(workdir, METRICS_FILE),
+              ''.join(json.dumps(r) + '\n' for r in kept))
 
 
 def save_loss_curve(path: str, steps: Sequence[float],
@@ -232,7 +330,6 @@ def save_loss_curve(path: str, steps: Sequence[float],
   if test_steps is not None:
     series.append((test_steps, test_losses, labels[1]))
   fig = figure.Figure(figsize=(6, 4), dpi=100)
-  canvas = backend_agg.FigureCanvasAgg(fig)
   ax = fig.add_subplot(1, 1, 1)
   for x, y, label in series:
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
@@ -249,38 +346,31 @@ def save_loss_curve(path: str, steps: Sequence[float],
   if len(series) > 1:
     ax.legend()
   fig.tight_layout()
-  buffer = io.BytesIO()
-  canvas.print_png(buffer)
-  with atomic_open(path) as f:
-    f.write(buffer.getvalue())
+  save_figure(fig, path)
 
 
-def save_gif(path: str, frames, duration_ms: int = 100, loop: int = 0,
-             scale: int = 1) -> None:
-  """Writes frames [T,H,W,C] (float [0, 1] or uint8) as an animated GIF.
-
-  RGB frames are palettised by PIL (up to 256 colours per frame). PIL merges
-  identical consecutive frames into one longer frame, so the file can hold
-  fewer than T frames when some repeat.
-
-  Args:
-    path: output file; parent directories are created.
-    frames: [T,H,W,C], C in {1, 3}; e.g. one `make_grid` per sampling step.
-    duration_ms: display time of each frame.
-    loop: number of loops, 0 = forever.
-    scale: integer nearest-neighbour upscaling.
-  """
-  x = _upscale(_as_nhwc_uint8(frames), scale)
-  if x.shape[-1] not in (1, 3):
-    raise ValueError(f'GIF frames need 1 or 3 channels, got {x.shape[-1]}.')
-  images = [_to_pil(frame) for frame in x]
-  with atomic_open(path) as f:
-    images[0].save(f, format='GIF', save_all=True, append_images=images[1:],
-                   duration=duration_ms, loop=loop)
+def write_loss_curve(workdir: str) -> str:
+  """Plots `WORKDIR/metrics.jsonl` to `WORKDIR/loss_curve.png`."""
+  records = read_metrics(workdir)
+  train = [(r['step'], r['loss']) for r in records if 'loss' in r]
+  test = [(r['step'], r['test_loss']) for r in records if 'test_loss' in r]
+  out = os.path.join(workdir, 'loss_curve.png')
+  if train:
+    save_loss_curve(
+        out, *zip(*train), title='DSM loss',
+        test_steps=[s for s, _ in test] or None,
+        test_losses=[v for _, v in test] or None, log_y=True)
+  return out
 
 
-# ------------------------------------------------------------- summaries
-# TensorBoard images and scalars, and the sweep plot, of training and eval.
+# ------------------------------------------------------------ TensorBoard
+
+
+def create_writer(workdir: str, is_main: bool):
+  """clu's default writer of `workdir` (logging only on other processes)."""
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  return metric_writers.create_default_writer(
+      workdir, just_logging=not is_main, asynchronous=False)
 
 
 # Sweep columns that are settings, not results: never plotted or written.
@@ -312,6 +402,7 @@ def sweep_metrics(rows: Sequence[dict]) -> list[str]:
 
 def write_sweep_scalars(logdir: str, rows: Sequence[dict]) -> None:
   """Every row's numbers as scalars `eval/<name>` at the row's step."""
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
   writer = metric_writers.SummaryWriter(logdir)
   names = sweep_metrics(rows)
   for row in rows:
@@ -331,7 +422,6 @@ def save_sweep_plot(path: str, rows: Sequence[dict], criterion: str) -> list:
           ] + [k for k in _PLOTTED if k in available and k != criterion]
   names = [k for k in names if k in available][:3]
   fig = figure.Figure(figsize=(6, 2.6 * max(1, len(names))), dpi=100)
-  canvas = backend_agg.FigureCanvasAgg(fig)
   for i, name in enumerate(names):
     ax = fig.add_subplot(len(names), 1, i + 1)
     points = [(r['step'], r[name]) for r in rows if r.get(name) is not None]
@@ -343,10 +433,7 @@ def save_sweep_plot(path: str, rows: Sequence[dict], criterion: str) -> list:
   if names:
     fig.axes[-1].set_xlabel('step')
   fig.tight_layout()
-  buffer = io.BytesIO()
-  canvas.print_png(buffer)
-  with atomic_open(path) as f:
-    f.write(buffer.getvalue())
+  save_figure(fig, path)
   return names
 
 
@@ -358,9 +445,12 @@ def write_sweep(root: str, rows: Sequence[dict], criterion: str) -> str:
   return path
 
 
-# ------------------------------------------------------------ cache_dirs
-# Where downloaded and derived files live: a per-user cache folder.
-
+# ------------------------------------------------------------ cache folder
+# Inception weights (`evaluation.inception.weight_files`), reference
+# statistics and JAX's compilation cache are kept under one root:
+# `$NCSN_JAX_CACHE`, else `$XDG_CACHE_HOME/ncsn_jax`, else `~/.cache/ncsn_jax`.
+# The Inception files are in its `inception/` folder, or in
+# `$NCSN_JAX_INCEPTION_CACHE`; a config's `eval.cache_dir` overrides both.
 
 ROOT_ENV = 'NCSN_JAX_CACHE'
 INCEPTION_ENV = 'NCSN_JAX_INCEPTION_CACHE'
@@ -384,62 +474,3 @@ def inception_dir(override: str = '') -> str:
   if path:
     return os.path.abspath(os.path.expanduser(path))
   return os.path.join(cache_root(), 'inception')
-
-
-# --------------------------------------------------------------- outputs
-# What training writes besides checkpoints: metrics.jsonl, plots, grids.
-
-
-METRICS_FILE = 'metrics.jsonl'
-
-
-def host_metrics(metrics) -> dict[str, float]:
-  """Scalars of the last step of a `multi_train_step` metrics pytree."""
-  last = jax.tree.map(lambda x: np.asarray(x)[-1], metrics)
-  out = {k: float(last[k]) for k in ('loss', 'grad_norm', 'learning_rate')}
-  for g, (s, c) in enumerate(zip(last['group_loss_sums'],
-                                 last['group_counts'])):
-    if c > 0:
-      out[f'loss_sigma_group_{g}'] = float(s / c)
-  return out
-
-
-def append_jsonl(workdir: str, record: dict) -> None:
-  """Appends one JSON line to `WORKDIR/metrics.jsonl`."""
-  with open(os.path.join(workdir, METRICS_FILE), 'a') as f:
-    f.write(json.dumps(record) + '\n')
-
-
-def write_loss_curve(workdir: str) -> str:
-  """Plots `WORKDIR/metrics.jsonl` to `WORKDIR/loss_curve.png`."""
-  path = os.path.join(workdir, METRICS_FILE)
-  records = []
-  if os.path.exists(path):
-    with open(path) as f:
-      records = [json.loads(line) for line in f if line.strip()]
-  train = [(r['step'], r['loss']) for r in records if 'loss' in r]
-  test = [(r['step'], r['test_loss']) for r in records if 'test_loss' in r]
-  out = os.path.join(workdir, 'loss_curve.png')
-  if train:
-    save_loss_curve(
-        out, *zip(*train), title='DSM loss',
-        test_steps=[s for s, _ in test] or None,
-        test_losses=[v for _, v in test] or None, log_y=True)
-  return out
-
-
-def snapshot_samples(config, p_sample, params, key, workdir: str,
-                     step: int, writer=None) -> str:
-  """Samples a grid with `params`; writes `WORKDIR/samples/step_<k>.png`.
-
-  `p_sample` is the loop's sampler, pmapped once for every snapshot. With a
-  clu `writer` the grid also goes to TensorBoard (image 'samples').
-  """
-  images, _ = langevin.sample_batch(config, p_sample, params, key,
-                                    config.training.snapshot_n_samples)
-  path = os.path.join(workdir, 'samples', f'step_{step}.png')
-  grid = save_image_grid(path, images,
-                                  scale=max(1, 64 // images.shape[1]))
-  if writer is not None:
-    write_grid(writer, step, grid)
-  return path

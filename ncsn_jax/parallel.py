@@ -1,4 +1,5 @@
-"""Data parallelism over all local devices; the only user of `jax.pmap`.
+"""Data parallelism over all local devices (the only user of `jax.pmap`)
+and per-example random keys.
 
 Step and sampler functions stay device-agnostic: they see one device's slice
 of the batch and its per-example keys, and communicate only through
@@ -7,34 +8,19 @@ one that knows where a device's or a process's examples sit in the global
 batch (`process_keys`), so results match a single-device run of the same
 global batch. Each `pmap_*` builder is called once per process and its
 result reused: every call of a new pmapped closure compiles again.
+
+Every random draw that belongs to one example (its noise label, its noise,
+its Langevin noise) comes from a key that depends only on the root key and
+the example's global index, key_i = fold_in(root, i) (`keys_at`). The keys
+travel with the batch as data `[B]`, so a batch gives the same numbers on
+one device or split over many.
 """
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ncsn_jax import errors
 
 AXIS = 'batch'
-
-
-def check_divisible(batch_size: int, field: str) -> int:
-  """Per-device batch size; raises naming `field` if it does not divide."""
-  n = jax.device_count()
-  if batch_size % n:
-    raise errors.ConfigError(
-        f'{field}={batch_size} is not divisible by the {n} devices; set it '
-        f'to a multiple of {n}.')
-  return batch_size // n
-
-
-def check_divisible_local(batch_size: int, field: str) -> int:
-  """Per-device batch over local devices; raises naming `field`."""
-  d = jax.local_device_count()
-  if batch_size % d or batch_size <= 0:
-    raise errors.ConfigError(
-        f'{field}={batch_size} is not divisible by the {d} '
-        f'local devices; set it to a multiple of {d}.')
-  return batch_size // d
 
 
 def process_keys(key: jax.Array, n: int) -> jax.Array:
@@ -195,9 +181,11 @@ def connect_collectives(timeout_s: int) -> None:
   that waits up to `timeout_s`, then run one tiny psum over every device;
   later programs over the same devices reuse its connections.
   """
-  from jax._src import distributed  # pylint: disable=g-import-not-at-top
-  distributed.global_state.client.wait_at_barrier(
-      'ncsn_jax_connect_collectives', int(timeout_s * 1000))
+  # orbax's barrier waits on the coordination service (no device program),
+  # so its timeout is ours, unlike the first collective's.
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  ocp.multihost.get_barrier_sync_fn()(key='ncsn_jax_connect_collectives',
+                                      timeout_ms=int(timeout_s * 1000))
   ones = np.ones((jax.local_device_count(),), np.float32)
   total = jax.pmap(lambda x: jax.lax.psum(x, AXIS), axis_name=AXIS)(ones)
   count = float(np.asarray(total.addressable_shards[0].data).reshape(-1)[0])
@@ -205,8 +193,7 @@ def connect_collectives(timeout_s: int) -> None:
     raise RuntimeError(f'psum over {jax.device_count()} devices gave {count}.')
 
 
-# ---------------------------------------------------------- random_utils
-# Per-example random keys.
+# ------------------------------------------------------ per-example keys
 
 
 def keys_at(key: jax.Array, indices: jax.Array) -> jax.Array:

@@ -1,4 +1,4 @@
-"""The train state pytree, its optimiser and its initial value.
+"""The train state pytree, its optimiser and its initial (or abstract) value.
 
 The state is explicit (step, params, opt_state, ema_params); the
 hyperparameters live in the optimiser's closures and the per-step randomness
@@ -7,11 +7,13 @@ resumed run continues exactly.
 """
 
 from typing import Any
+
 import flax
 import jax
 import jax.numpy as jnp
 import optax
-from ncsn_jax import errors
+
+from ncsn_jax import models
 
 
 @flax.struct.dataclass
@@ -36,10 +38,6 @@ def create_learning_rate_fn(config):
 def create_optimizer(config) -> optax.GradientTransformation:
   """Adam of `config.optim` (PyTorch semantics: coupled L2 weight decay)."""
   o = config.optim
-  if o.optimizer != 'Adam':
-    raise errors.ConfigError(
-        f"config.optim.optimizer={o.optimizer!r} is unknown; "
-        "use 'Adam'.")
   adam = optax.scale_by_amsgrad if o.amsgrad else optax.scale_by_adam
   parts = []
   if o.grad_clip > 0:
@@ -63,3 +61,15 @@ def create_train_state(config, model, tx, key) -> TrainState:
   params = init_params(config, model, key)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=tx.init(params), ema_params=params)
+
+
+def abstract_train_state(config) -> TrainState:
+  """The config's train state as `jax.ShapeDtypeStruct`s (nothing computed).
+
+  The structure a checkpoint of this config holds: what restores, imports
+  and exports fill in, and what memory figures are taken of.
+  """
+  model = models.create_model(config)
+  tx = create_optimizer(config)
+  return jax.eval_shape(
+      lambda: create_train_state(config, model, tx, jax.random.key(0)))

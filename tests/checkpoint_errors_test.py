@@ -6,15 +6,15 @@ import subprocess
 import sys
 
 from absl.testing import absltest
+from configs import tiny
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import tensorflow as tf
 
-from configs import tiny
+from ncsn_jax import checkpoints
 from ncsn_jax import errors
 from ncsn_jax.training import loop
-from ncsn_jax import checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -3,8 +3,8 @@
 import collections
 import contextlib
 
-import jax
 from jax import monitoring
+import jax
 
 # Recorded once per backend compilation (a persistent-cache hit included).
 _EVENT = '/jax/core/compile/backend_compile_duration'

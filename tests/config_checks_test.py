@@ -13,9 +13,9 @@ import sys
 
 from absl.testing import absltest
 from absl.testing import parameterized
-
 from configs import digits
 from configs import toy_gmm
+
 from ncsn_jax import config_checks
 from ncsn_jax import errors
 

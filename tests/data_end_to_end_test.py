@@ -23,17 +23,17 @@ from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
+from configs import tiny
 import jax
 import numpy as np
 from PIL import Image
 from tensorflow_datasets.image_classification import cifar
 
-from configs import tiny
+from ncsn_jax import checkpoints
 from ncsn_jax import errors
 from ncsn_jax import models
-from ncsn_jax.data import input_pipeline
-from ncsn_jax import checkpoints
 from ncsn_jax import train_state
+from ncsn_jax.data import input_pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TRAIN_FILES = [f'data_batch_{i}.bin' for i in range(1, 6)]

@@ -12,13 +12,13 @@ from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
+from configs import default
 import jax
 import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import constants
 
-from configs import default
 from ncsn_jax import errors
 from ncsn_jax.data import input_pipeline
 

@@ -4,15 +4,15 @@ import json
 import os
 
 from absl.testing import absltest
+from configs import tiny
 import jax
 import numpy as np
-
-from configs import tiny
-from ncsn_jax import models
-from ncsn_jax.evaluation import evaluate
-from ncsn_jax import checkpoints
-from ncsn_jax import train_state
 from tests import compiles
+
+from ncsn_jax import checkpoints
+from ncsn_jax import models
+from ncsn_jax import train_state
+from ncsn_jax.evaluation import evaluate
 
 
 def digits_config():

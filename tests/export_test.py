@@ -15,18 +15,18 @@ import zipfile
 
 from absl.testing import absltest
 from absl.testing import parameterized
+from configs import tiny
 import flax
 import jax
 import numpy as np
 
-from configs import tiny
 from ncsn_jax import errors
 from ncsn_jax import models
-from ncsn_jax.models import score
+from ncsn_jax import train_state
+from ncsn_jax.interop import export
 from ncsn_jax.interop import official_checkpoint
 from ncsn_jax.interop import torch_pickle
-from ncsn_jax.interop import export
-from ncsn_jax import train_state
+from ncsn_jax.models import score
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, 'tests', 'testdata', 'torch_checkpoints')

@@ -12,15 +12,15 @@ import sys
 import tempfile
 
 from absl.testing import absltest
+from configs import tiny
 import numpy as np
 from PIL import Image
+from tests import inception_test
 
-from configs import tiny
 from ncsn_jax import fid
 from ncsn_jax import outputs
 from ncsn_jax.evaluation import metrics
 from ncsn_jax.evaluation import sample_quality
-from tests import inception_test
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 8

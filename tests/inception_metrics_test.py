@@ -11,14 +11,14 @@ import subprocess
 import sys
 
 from absl.testing import absltest
+from configs import tiny
 import numpy as np
 import tensorflow_datasets as tfds
+from tests import inception_test
 
-from configs import tiny
 from ncsn_jax.evaluation import metrics
 from ncsn_jax.evaluation import sample_quality as im
 from ncsn_jax.evaluation.inception import weight_files
-from tests import inception_test
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WEIGHTS_META = {'source': 'stub', 'source_sha256': 'a' * 64,

@@ -6,14 +6,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ncsn_jax.models import layers
 from ncsn_jax import errors
 from ncsn_jax.evaluation.inception import extractor
+from ncsn_jax.models import layers
 
 
 def _matrix(size: int, mode: str) -> np.ndarray:
   """The float64 [299, size] resize matrix of a preprocessing mode."""
-  return layers.matrix(size, 299, extractor.RESIZE_RULES[mode])
+  return layers.bilinear_matrix(size, 299, extractor.RESIZE_RULES[mode])
 
 
 def _tf_resize_oracle(image: np.ndarray, out: int) -> np.ndarray:

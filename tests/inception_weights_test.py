@@ -14,6 +14,8 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tests import inception_test
+from tests import torch_files
 
 from ncsn_jax import errors
 from ncsn_jax import outputs
@@ -21,8 +23,6 @@ from ncsn_jax.evaluation.inception import extractor
 from ncsn_jax.evaluation.inception import network
 from ncsn_jax.evaluation.inception import weight_files as wc
 from ncsn_jax.interop import torch_pickle
-from tests import inception_test
-from tests import torch_files
 
 
 class MappingTest(absltest.TestCase):

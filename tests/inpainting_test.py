@@ -2,16 +2,16 @@
 
 from absl.testing import absltest
 from absl.testing import parameterized
+from configs import tiny
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tests import score_models
 
-from configs import tiny
-from ncsn_jax.models import score as score_lib
 from ncsn_jax import parallel
+from ncsn_jax.models import score as score_lib
 from ncsn_jax.sampling import inpainting
 from ncsn_jax.sampling import langevin
-from tests import score_models
 
 zero_score = lambda x, y: jnp.zeros_like(x)
 

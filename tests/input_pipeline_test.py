@@ -7,6 +7,7 @@ from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
+from configs import default
 import jax
 import numpy as np
 from PIL import Image
@@ -14,10 +15,9 @@ import sklearn.datasets
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from configs import default
-from ncsn_jax.data import sources
 from ncsn_jax.data import input_pipeline
 from ncsn_jax.data import preprocessing
+from ncsn_jax.data import sources
 
 _TFDS_CASES = (
     # dataset, tfds name, test split, image_size, channels, crop, category

@@ -1,15 +1,15 @@
 """Tests of interpolation: chains of a row driven by rotated noises."""
 
 from absl.testing import absltest
+from configs import tiny
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tests import score_models
 
-from configs import tiny
 from ncsn_jax import parallel
 from ncsn_jax.sampling import interpolation
 from ncsn_jax.sampling import langevin
-from tests import score_models
 
 zero_score = lambda x, y: jnp.zeros_like(x)
 

@@ -2,17 +2,17 @@
 
 from absl.testing import absltest
 from absl.testing import parameterized
+from configs import tiny
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from configs import tiny
-from ncsn_jax import models
-from ncsn_jax.models import score as score_lib
-from ncsn_jax import parallel
-from ncsn_jax.sampling import langevin
 from tests import compiles
 from tests import score_models
+
+from ncsn_jax import models
+from ncsn_jax import parallel
+from ncsn_jax.models import score as score_lib
+from ncsn_jax.sampling import langevin
 
 MIX_WEIGHTS = jnp.array([0.2, 0.8])
 MIX_MEANS = jnp.array([[-5.0, -5.0], [5.0, 5.0]])

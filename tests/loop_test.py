@@ -4,16 +4,16 @@ import json
 import os
 
 from absl.testing import absltest
+from configs import tiny
 import jax
 import numpy as np
+from tests import compiles
 
-from configs import tiny
+from ncsn_jax import checkpoints
 from ncsn_jax import errors
 from ncsn_jax import models
-from ncsn_jax import checkpoints
-from ncsn_jax.training import loop
 from ncsn_jax import train_state
-from tests import compiles
+from ncsn_jax.training import loop
 
 
 def assert_trees_close(test, a, b, rtol=1e-5, atol=1e-6):

@@ -1,16 +1,16 @@
 """Tests of the denoising score-matching loss."""
 
 from absl.testing import absltest
+from configs import tiny
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from configs import tiny
-from ncsn_jax import models
-from ncsn_jax.models import score
-from ncsn_jax import parallel
-from ncsn_jax.training import losses
 from tests import score_models
+
+from ncsn_jax import models
+from ncsn_jax import parallel
+from ncsn_jax.models import score
+from ncsn_jax.training import losses
 
 
 class DsmLossTest(absltest.TestCase):

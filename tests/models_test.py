@@ -2,11 +2,11 @@
 
 from absl.testing import absltest
 from absl.testing import parameterized
+from configs import default
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import default
 from ncsn_jax import models
 from ncsn_jax.models import score
 

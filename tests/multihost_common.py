@@ -2,16 +2,16 @@
 
 import functools
 
+from configs import tiny
 import jax
 import numpy as np
 
-from configs import tiny
 from ncsn_jax import models
 from ncsn_jax import parallel
+from ncsn_jax import train_state
 from ncsn_jax.training import loop
 from ncsn_jax.training import losses
 from ncsn_jax.training import step as step_lib
-from ncsn_jax import train_state
 
 N_STEPS = 3
 

@@ -8,13 +8,13 @@ from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import flagsaver
+from configs import digits
 import jax
 import numpy as np
-
-from configs import digits
-from ncsn_jax import parallel
-from ncsn_jax import checkpoints
 from tests import multihost_common
+
+from ncsn_jax import checkpoints
+from ncsn_jax import parallel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, 'tests', 'multihost_worker.py')

@@ -6,11 +6,11 @@ import tomllib
 from unittest import mock
 
 from absl.testing import absltest
+from configs import tiny
 
 from ncsn_jax import outputs
 from ncsn_jax.evaluation import sample_quality
 from ncsn_jax.evaluation.inception import weight_files
-from configs import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, 'ncsn_jax')

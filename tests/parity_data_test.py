@@ -16,14 +16,14 @@ u / 256 bit for bit (scaling by 1/256 is exact), x + 0.01 n as well.
 
 from absl.testing import absltest
 from absl.testing import parameterized
+from configs import celeba_ncsn
+from configs import celeba_ncsnv2
 import numpy as np
 from PIL import Image
 import tensorflow as tf
-
-from configs import celeba_ncsn
-from configs import celeba_ncsnv2
-from ncsn_jax.data import preprocessing
 from tests import parity_common as pc
+
+from ncsn_jax.data import preprocessing
 
 REF = pc.load('transforms.npz')
 CONFIGS = {64: celeba_ncsnv2, 32: celeba_ncsn}

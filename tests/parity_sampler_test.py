@@ -23,17 +23,17 @@ alpha = 0.2 (v1) multiplies score differences of a few ulps.
 
 
 from absl.testing import absltest
+from configs import cifar10_ncsn
+from configs import cifar10_ncsnv2
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tests import parity_common as pc
 
-from configs import cifar10_ncsn
-from configs import cifar10_ncsnv2
 from ncsn_jax import models
 from ncsn_jax.models import score
 from ncsn_jax.sampling import inpainting
 from ncsn_jax.sampling import langevin
-from tests import parity_common as pc
 
 STATE_ULPS = 16  # Of each state's largest magnitude (measured: <= 6).
 HALF = 16  # Known columns of the right_half mask at 32 px.

@@ -31,21 +31,21 @@ import functools
 
 from absl.testing import absltest
 from absl.testing import parameterized
+from configs import cifar10_ncsn
+from configs import cifar10_ncsnv2
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from tests import parity_common as pc
 
-from configs import cifar10_ncsn
-from configs import cifar10_ncsnv2
 from ncsn_jax import models
-from ncsn_jax.models import score
+from ncsn_jax import train_state
 from ncsn_jax.data import preprocessing
 from ncsn_jax.interop import param_mapping
+from ncsn_jax.models import score
 from ncsn_jax.training import losses
 from ncsn_jax.training import step as step_lib
-from ncsn_jax import train_state
-from tests import parity_common as pc
 
 CONFIGS = {'ncsn': cifar10_ncsn, 'ncsnv2': cifar10_ncsnv2}
 LOSS_ULPS = 8  # Of the largest loss.

@@ -11,10 +11,10 @@ import os
 
 from absl.testing import absltest
 from absl.testing import parameterized
+from configs import default
 import jax.numpy as jnp
 import numpy as np
 
-from configs import default
 from ncsn_jax.models import score
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'testdata',

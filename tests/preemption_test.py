@@ -10,8 +10,8 @@ import sys
 import time
 
 from absl.testing import absltest
-
 from configs import tiny
+
 from ncsn_jax import checkpoints
 from ncsn_jax.training import loop
 

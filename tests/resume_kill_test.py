@@ -17,15 +17,15 @@ import sys
 import time
 
 from absl.testing import absltest
+from configs import tiny
 import jax
 import numpy as np
 
-from configs import tiny
-from ncsn_jax import models
 from ncsn_jax import checkpoints
+from ncsn_jax import models
+from ncsn_jax import train_state
 from ncsn_jax.training import kill_points
 from ncsn_jax.training import loop
-from ncsn_jax import train_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_ITERS, EVERY, KEEP = 40, 4, 3

@@ -55,8 +55,7 @@ class RunTest(absltest.TestCase):
 
     result = run(workdir, 'sample', '--config.sampling.tag=grid')
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
-    images = outputs.load_npz_images(
-        os.path.join(workdir, 'samples', 'grid.npz'))
+    images = np.load(os.path.join(workdir, 'samples', 'grid.npz'))['images']
     self.assertEqual(images.shape, (4, 8, 8, 3))
     self.assertEqual(images.dtype, np.uint8)
     self.assertTrue(os.path.exists(os.path.join(workdir, 'samples',

@@ -3,18 +3,18 @@
 import json
 
 from absl.testing import absltest
+from configs import tiny
 import jax
 import numpy as np
 from PIL import Image
+from tests import compiles
 
-from configs import tiny
-from ncsn_jax import outputs
+from ncsn_jax import checkpoints
 from ncsn_jax import models
+from ncsn_jax import outputs
+from ncsn_jax import train_state
 from ncsn_jax.data import input_pipeline
 from ncsn_jax.sampling import sample_mode
-from ncsn_jax import checkpoints
-from ncsn_jax import train_state
-from tests import compiles
 
 
 class SampleModeFiguresTest(absltest.TestCase):
@@ -66,7 +66,7 @@ class SampleModeFiguresTest(absltest.TestCase):
     # Nearest neighbours are the closest training images.
     with open(paths['nearest_json']) as f:
       report = json.load(f)
-    samples = outputs.load_npz_images(paths['npz']) / 255.0
+    samples = np.load(paths['npz'])['images'] / 255.0
     train_images = input_pipeline.load_split_arrays(config, 'train')
     d = np.sqrt(((samples[:, None] - train_images[None])**2).sum((2, 3, 4)))
     for i, (idx, dist) in enumerate(zip(report['indices'],

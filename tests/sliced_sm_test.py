@@ -2,16 +2,16 @@
 
 from absl.testing import absltest
 from absl.testing import parameterized
+from configs import tiny
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from configs import tiny
-from ncsn_jax import models
-from ncsn_jax.models import score as score_lib
-from ncsn_jax import parallel
-from ncsn_jax.training import losses
 from tests import score_models
+
+from ncsn_jax import models
+from ncsn_jax import parallel
+from ncsn_jax.models import score as score_lib
+from ncsn_jax.training import losses
 
 DIM = 4
 A = np.array([[1.5, 0.3, -0.2, 0.0],

@@ -3,18 +3,18 @@
 import functools
 
 from absl.testing import absltest
+from configs import tiny
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import tiny
 from ncsn_jax import models
-from ncsn_jax.models import score
 from ncsn_jax import parallel
+from ncsn_jax import train_state
+from ncsn_jax.models import score
 from ncsn_jax.training import loop
 from ncsn_jax.training import losses
 from ncsn_jax.training import step as step_lib
-from ncsn_jax import train_state
 
 
 def assert_trees_close(test, a, b, rtol=1e-5, atol=1e-6):

@@ -6,9 +6,9 @@ from absl.testing import absltest
 from clu import metric_writers
 import numpy as np
 from PIL import Image
+from tests import console_test
 
 from ncsn_jax import outputs
-from tests import console_test
 
 
 class SummariesTest(absltest.TestCase):

@@ -11,11 +11,11 @@ import zipfile
 
 from absl.testing import absltest
 import numpy as np
+from tests import torch_files as tf
 
 from ncsn_jax import errors
-from ncsn_jax.interop import unpickler
 from ncsn_jax.interop import torch_pickle
-from tests import torch_files as tf
+from ncsn_jax.interop import unpickler
 
 MIB = 1 << 20
 

@@ -4,11 +4,11 @@ import json
 import os
 
 from absl.testing import absltest
+from configs import toy_gmm
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import toy_gmm
 from ncsn_jax.experiments import toy
 
 

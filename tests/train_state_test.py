@@ -1,11 +1,11 @@
 """Tests of the optimiser, the learning-rate schedule and the initial state."""
 
 from absl.testing import absltest
+from configs import tiny
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import tiny
 from ncsn_jax import models
 from ncsn_jax import train_state
 

@@ -7,10 +7,10 @@ import sys
 
 from absl.testing import absltest
 from absl.testing import parameterized
+from configs import digits
 import numpy as np
 from scipy import spatial
 
-from configs import digits
 from ncsn_jax.data import distances
 from ncsn_jax.data import input_pipeline
 from ncsn_jax.experiments import tune

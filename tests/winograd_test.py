@@ -2,8 +2,8 @@
 
 from absl.testing import absltest
 from absl.testing import parameterized
-import jax
 from jax import lax
+import jax
 import jax.numpy as jnp
 import numpy as np
 

@@ -8,9 +8,11 @@ Rows are flattened to vectors; squared distances are computed as
 """
 
 import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from ncsn_jax import console
 
 _HIGHEST = jax.lax.Precision.HIGHEST

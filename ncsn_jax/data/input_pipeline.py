@@ -8,9 +8,10 @@ Data sets (`config.data.dataset`), each read by its own module:
 * `image_folder` (`sources.py`): PNG/JPEG files under
   `config.data.data_dir`, read lazily.
 
-Geometry and dequantisation are the pure functions of `preprocessing.py`; the
-config is checked by `config_checks.py` before anything is read, and every bad input
-fails with one `errors.ConfigError` line.
+Geometry and dequantisation are the pure functions of `preprocessing.py`.
+The config has been checked (`config_checks`) before anything is read; a
+split too small for one batch, or files that cannot be read, fail with one
+`errors.InputError` line.
 
 Each process reads its own equal-sized shard of a split (up to
 `process_count - 1` examples are dropped, so that all processes yield the same
@@ -27,13 +28,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from ncsn_jax import errors
-from ncsn_jax import config_checks
 from ncsn_jax.data import preprocessing
 from ncsn_jax.data import sources
 from ncsn_jax.data import tfds_source
-
-digits_split = sources.digits_split  # Public entry point, kept here.
 
 
 def _images(config, split, process_index, process_count, seeds, batch_size):
@@ -121,12 +118,6 @@ def create_dataset(config, split: str, *, batch_size: int, shuffle: bool,
     Gaussian dequantisation), S = image_size, C = channels; the last partial
     batch is dropped.
   """
-  config_checks.validate(config, split)
-  if batch_size <= 0:
-    raise errors.ConfigError(
-        f'{config_checks.batch_field(config, split, batch_size)} gives '
-        f'{batch_size} images per process; it must be at least '
-        f'{jax.process_count()} (one per process).')
   process_index, process_count = jax.process_index(), jax.process_count()
   file_seed, shuffle_seed, aug_seed = sources.seeds(seed, process_index)
   seeds = (file_seed, shuffle_seed) if shuffle else None
@@ -164,7 +155,6 @@ def iterate_split(config, split: str, batch_size: int,
     dequantisation; b = batch_size except for a smaller last batch. An empty
     split is an `errors.ConfigError`.
   """
-  config_checks.validate(config, split)
   ds, _ = _images(config, split, 0, 1, None, 0)
   if max_examples is not None:
     ds = ds.take(max_examples)

@@ -1,29 +1,65 @@
-"""Image folders: PNG/JPEG files under `config.data.data_dir`, read lazily.
+"""Local data sources: image folders, the embedded digits, fixed splits.
 
-Files are found recursively and sorted; the fixed train/test split is a
-permutation from `config.data.split_seed` (`splits.split_indices`). Every file
-is opened once up front (header only): empty, unreadable and non-image files,
-and images smaller than the centre crop, are skipped with one warning that
-names them. A file whose pixel data turn out to be corrupt when it is decoded
-is skipped then, with a warning naming it. 16-bit grey PNGs are scaled to 8
-bits (`preprocessing.to_8bit`); any other mode is converted to L or RGB (an
-alpha channel is dropped, as torchvision's `ImageFolder` does).
+Image folders: PNG/JPEG files under `config.data.data_dir`, found
+recursively (a folder reached again through a link is read once) and sorted,
+read lazily. Every file is opened once up front (header only): empty,
+unreadable and non-image files, and images smaller than the centre crop, are
+skipped with one warning that names them. A file whose pixel data turn out
+to be corrupt when it is decoded is skipped then, with a warning naming it.
+16-bit grey PNGs are scaled to 8 bits (`preprocessing.to_8bit`); any other
+mode is converted to L (`config.data.channels=1`) or RGB (an alpha channel
+is dropped, as torchvision's `ImageFolder` does).
+
+The digits are scikit-learn's 1797 8x8 images, embedded and offline.
+
+Data sets without their own test split (folders, digits) are split by a
+fixed permutation from `config.data.split_seed`; each process reads an equal
+contiguous shard of its split.
 """
 
 import io
 import os
+
 from absl import logging
 import numpy as np
 from PIL import Image
-import tensorflow as tf
-from ncsn_jax import errors
-from ncsn_jax import config_checks
-from ncsn_jax.data import preprocessing
 import sklearn.datasets
+import tensorflow as tf
+
+from ncsn_jax import config_checks
+from ncsn_jax import errors
+from ncsn_jax.data import preprocessing
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
 _MAX_NAMED = 10  # Skipped files named in the warning; the rest are counted.
-_GREY_MODES = ('1', 'L', 'LA', 'La')  # After `preprocessing.to_8bit`.
+
+
+def _walk(data_dir: str):
+  """(root, file names) of every folder under `data_dir`, each folder once.
+
+  Links to folders are followed, but a folder already read (by its device
+  and inode: a link back up the tree, or two links to one folder) is not
+  read again. Yields ('', names of the image files skipped) for each such
+  folder. Remote folders (`gs://...`) have no links: tf.io.gfile walks them.
+  """
+  if '://' in data_dir:
+    for root, _, files in tf.io.gfile.walk(data_dir):
+      yield root, files
+    return
+  seen = set()
+  for root, dirs, files in os.walk(data_dir, followlinks=True):
+    st = os.stat(root)
+    if (st.st_dev, st.st_ino) in seen:
+      dirs[:] = []
+      yield '', files
+      continue
+    seen.add((st.st_dev, st.st_ino))
+    dirs.sort()
+    yield root, files
+
+
+def _images(names) -> list[str]:
+  return [f for f in names if f.lower().endswith(IMAGE_EXTENSIONS)]
 
 
 def list_image_files(data_dir: str,
@@ -31,17 +67,26 @@ def list_image_files(data_dir: str,
   """Sorted paths of the PNG/JPEG files under `data_dir` (recursive).
 
   `what` names the folder in errors (a config field or a command argument).
+  Files in folders reached again through a link are skipped, with one
+  warning that counts them.
   """
   if not data_dir or not tf.io.gfile.isdir(data_dir):
-    raise errors.ConfigError(
+    raise errors.InputError(
         f'{what}={data_dir!r} is not a folder; '
         'point it at the image folder.')
-  paths = []
-  for root, _, files in tf.io.gfile.walk(data_dir):
-    paths.extend(os.path.join(root, f) for f in files
-                 if f.lower().endswith(IMAGE_EXTENSIONS))
+  paths, repeated, loops = [], 0, 0
+  for root, files in _walk(data_dir):
+    if root:
+      paths.extend(os.path.join(root, f) for f in _images(files))
+    else:
+      repeated, loops = repeated + len(_images(files)), loops + 1
+  if loops:
+    logging.warning(
+        '%s=%s: %d folder link(s) lead back into folders already read; '
+        'skipped the %d image file(s) seen through them.', what, data_dir,
+        loops, repeated)
   if not paths:
-    raise errors.ConfigError(
+    raise errors.InputError(
         f'{what}={data_dir!r} holds no '
         f'{"/".join(IMAGE_EXTENSIONS)} files; put images there or point it '
         'at the image folder.')
@@ -117,25 +162,27 @@ def load_image_file(path: str, size: int, crop_size: int,
   return np.asarray(img, np.uint8).reshape(size, size, channels)
 
 
-def _decode(path: str, mode=None) -> Image.Image:
-  """The decoded 8-bit image, converted to `mode` (None: L for grey
-  files, RGB for all others)."""
+def _decode(path: str, mode: str) -> Image.Image:
+  """The decoded 8-bit image, converted to `mode` ('L' or 'RGB')."""
   with tf.io.gfile.GFile(path, 'rb') as f:
     data = f.read()
   with Image.open(io.BytesIO(data)) as img:
-    img = preprocessing.to_8bit(img)
-    if mode is None:
-      mode = 'L' if img.mode in _GREY_MODES else 'RGB'
-    return img.convert(mode)
+    return preprocessing.to_8bit(img).convert(mode)
 
 
-def read_image(path: str) -> np.ndarray:
-  """One file at its own size: uint8 [H, W, 1] for grey, else [H, W, 3].
+def read_rgb(path: str) -> tuple[np.ndarray, str]:
+  """One file at its own size as uint8 [H, W, 3], and its original mode.
 
-  Raises OSError (or SyntaxError / ValueError) when it cannot be decoded.
+  Every mode is converted to RGB (grey repeated, alpha dropped, palettes
+  expanded), as pytorch-fid reads its images. Raises OSError (or
+  SyntaxError / ValueError) when it cannot be decoded.
   """
-  img = np.asarray(_decode(path), np.uint8)
-  return img[..., None] if img.ndim == 2 else img
+  with tf.io.gfile.GFile(path, 'rb') as f:
+    data = f.read()
+  with Image.open(io.BytesIO(data)) as img:
+    mode = img.mode
+    return np.asarray(preprocessing.to_8bit(img).convert('RGB'),
+                      np.uint8), mode
 
 
 def _decoder(data):
@@ -207,8 +254,10 @@ def _image(image, ok):
   return image
 
 
-# ---------------------------------------------------------------- digits
-# scikit-learn's 8x8 handwritten digits, embedded and offline.
+# ----------------- scikit-learn's 8x8 handwritten digits, embedded and offline
+#
+# Values 0..16 are scaled by 1/16; the fixed train/test split is a permutation
+# drawn from `config.data.split_seed` (`splits.split_indices`).
 
 
 def _digits_arrays(config) -> tuple[np.ndarray, np.ndarray]:
@@ -271,8 +320,7 @@ def digits_images(config, split, process_index, process_count, shuffle_seed,
   return ds, len(indices)
 
 
-# ---------------------------------------------------------------- splits
-# Seeds, fixed train/test splits and per-process shards of a data set.
+# --------- Seeds, fixed train/test splits and per-process shards of a data set
 
 
 def seeds(seed: int, process_index: int) -> tuple[int, int, int]:

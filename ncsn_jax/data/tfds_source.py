@@ -16,8 +16,8 @@ import jax
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from ncsn_jax import errors
 from ncsn_jax import config_checks
+from ncsn_jax import errors
 from ncsn_jax.data import preprocessing
 
 _TFDS_NAMES = {'mnist': 'mnist', 'cifar10': 'cifar10', 'celeba': 'celeb_a'}
@@ -173,7 +173,7 @@ def tfds_images(config, split, process_index, process_count, seeds,
   except AssertionError:  # tfds: "could not find data in <data_dir>".
     if builder.is_prepared():
       raise
-    raise errors.ConfigError(missing_message(config, builder)) from None
+    raise errors.InputError(missing_message(config, builder)) from None
   n = int(ds.cardinality())
   n = n if n >= 0 else None
   config_checks.check_split_size(

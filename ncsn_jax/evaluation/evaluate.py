@@ -17,19 +17,19 @@ from absl import logging
 import jax
 import numpy as np
 
+from ncsn_jax import checkpoints
 from ncsn_jax import config_checks
+from ncsn_jax import console
 from ncsn_jax import errors
 from ncsn_jax import models
-from ncsn_jax import parallel
-from ncsn_jax import console
 from ncsn_jax import outputs
+from ncsn_jax import parallel
 from ncsn_jax.data import input_pipeline
+from ncsn_jax.data import sources
 from ncsn_jax.evaluation import digits_metrics
 from ncsn_jax.evaluation import metrics
 from ncsn_jax.evaluation import sample_quality
 from ncsn_jax.sampling import langevin
-from ncsn_jax import checkpoints
-from ncsn_jax.training import losses
 from ncsn_jax.training import step as step_lib
 
 
@@ -54,12 +54,12 @@ def test_loss(config, p_eval, params, key) -> float:
   if not count:
     raise errors.ConfigError(
         'the test split has fewer examples than '
-        f'config.eval.batch_size={config.eval.batch_size}.')
+        f'config.eval.batch_size={config.eval.batch_size}; lower it.')
   return total / count
 
 
 def create_sample_scorer(config) -> Callable[[np.ndarray], dict]:
-  """`scorer(images [N,H,W,C] in [0, 1]) -> metrics` for the config's data.
+  """`scorer(uint8 images [N,H,W,C]) -> metrics` for the config's data.
 
   Digits: the classifier-based scores; other data sets: IS, FID and KID.
   What the metrics need besides the samples (the digits classifier, or the
@@ -71,7 +71,7 @@ def create_sample_scorer(config) -> Callable[[np.ndarray], dict]:
 
   @functools.cache
   def prepared():
-    x_train, y_train, x_test, y_test = input_pipeline.digits_split(config)
+    x_train, y_train, x_test, y_test = sources.digits_split(config)
     clf = digits_metrics.train_digits_classifier(x_train[..., :1], y_train)
     return clf, x_test[..., :1], y_test
 
@@ -104,11 +104,8 @@ def build_programs(config, model: Any = None) -> Programs:
   """The eval-mode programs of `config` (its model unless `model`)."""
   if model is None:
     model = models.create_model(config)
-  loss_fn = losses.get_loss_fn(config, model)
   return Programs(
-      p_eval=parallel.pmap_eval_step(functools.partial(
-          step_lib.eval_step, config=config, loss_fn=loss_fn,
-          axis_name=parallel.AXIS)),
+      p_eval=step_lib.make_eval_step(config, model),
       p_sample=parallel.pmap_sampler(langevin.get_sampler(config, model)),
       scorer=create_sample_scorer(config))
 
@@ -119,7 +116,6 @@ def evaluate_checkpoint(config, workdir: str, step: int,
 
   Writes `WORKDIR/eval/report_<step>.json` and returns the report.
   """
-  parallel.check_divisible(config.eval.batch_size, 'config.eval.batch_size')
   _, params, step = checkpoints.load_params(config, workdir, step)
   key = jax.random.fold_in(jax.random.key(config.seed + 2), step)
   eval_key, sample_key = jax.random.split(key)
@@ -128,12 +124,12 @@ def evaluate_checkpoint(config, workdir: str, step: int,
       'test_dsm_loss': test_loss(config, programs.p_eval, params, eval_key),
       'params': 'ema' if config.model.ema else 'raw',
       'num_samples': config.eval.num_samples,
-      'quantisation': 'uint8, round(clip(x, 0, 1) * 255)',
+      'quantisation': sample_quality.QUANTISATION,
   }
   if config.eval.num_samples > 0:
-    images = langevin.generate(config, programs.p_sample, params, sample_key,
-                               config.eval.num_samples)
-    images = outputs.to_uint8(images).astype(np.float32) / 255.0
+    images = outputs.to_uint8(langevin.generate(
+        config, programs.p_sample, params, sample_key,
+        config.eval.num_samples))
     report.update(programs.scorer(images))
   path = os.path.join(workdir, 'eval', f'report_{step}.json')
   outputs.save_text(path, json.dumps(report, indent=2))
@@ -163,9 +159,7 @@ def best_step(rows: list[dict]) -> tuple[int, str]:
 def _swept_steps(config, workdir: str) -> list[int]:
   """Checkpoint steps in [eval.begin_ckpt, eval.end_ckpt], every `every`."""
   e = config.eval
-  manager = checkpoints.create_manager(workdir, create=False)
-  all_steps = sorted(manager.all_steps())
-  manager.close()
+  all_steps = checkpoints.steps(workdir)
   end = e.end_ckpt or float('inf')
   steps = [s for s in all_steps
            if e.begin_ckpt <= s <= end and (not e.every or s % e.every == 0)]
@@ -183,7 +177,7 @@ def sweep(config, workdir: str, programs: Programs) -> str:
   Only steps that are multiples of `eval.every` are taken (0 = all). Writes
   `WORKDIR/eval/sweep.json` and `sweep.csv` and names the best checkpoint,
   as the papers selected theirs; `sweep.png` and TensorBoard scalars of
-  `WORKDIR/eval/` show the metrics against the step (`summaries`).
+  `WORKDIR/eval/` show the metrics against the step (`outputs`).
   """
   e = config.eval
   steps = _swept_steps(config, workdir)
@@ -220,6 +214,7 @@ def evaluate(config, workdir: str) -> str:
     The path of the report (or of the sweep table).
   """
   config_checks.check_config(config, 'eval')
+  outputs.check_writable(os.path.join(workdir, 'eval'), '--workdir')
   programs = build_programs(config)
   if config.eval.begin_ckpt > 0:
     return sweep(config, workdir, programs)

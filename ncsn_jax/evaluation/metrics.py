@@ -18,8 +18,8 @@ this module never sees images.
 """
 
 import math
-import warnings
 from typing import Optional
+import warnings
 
 from absl import logging
 import numpy as np

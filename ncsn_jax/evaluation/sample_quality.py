@@ -1,36 +1,40 @@
-"""Inception Score, FID and KID of samples against data-set reference stats.
+"""Inception Score, FID and KID: the one report builder, and its inputs.
 
-Glue between the JAX Inception (`extractor`), its weights (`weight_files`)
-and the float64 host math (`evaluation.metrics`):
+Glue between the JAX Inception (`inception.extractor`), its weights
+(`inception.weight_files`) and the float64 host math (`metrics`):
 
+* `scores(samples, reference)` turns two sets of statistics (features, or
+  mean and covariance) into FID, KID and IS, each with a note saying why it
+  is missing when it is; `describe` says how the numbers were made. Eval
+  mode (`sample_metrics`) and `python -m ncsn_jax.fid` both report through
+  these two.
 * `reference_stats` / `--mode=fid_stats`: pool_3 features of a whole split
   (uint8 images, no dequantisation, no dropped last batch), saved with their
   mean and covariance and metadata (data set, split, N, preprocessing,
-  weights hash) as an `.npz`. Where: `config.eval.stats_path`, or by
-  default `<inception cache>/stats/<dataset>_<size>px_<split>_
-  <preprocessing>.npz` (`default_stats_path`).
-* `sample_metrics`: IS (improved-gan: 10 splits, no fc bias), FID and KID
-  (tf-gan blocks) of uint8 samples, with a JSON-ready description of how
-  each number was made. Without cached stats the test split's features are
-  computed on the fly (and the report says so).
+  weights hash) as an `.npz`. Where: `config.eval.stats_path`, or by default
+  `<inception cache>/stats/<dataset>_<size>px_<split>_<preprocessing>.npz`.
+  Without them eval computes the test split's features on the fly (and the
+  report says so).
 
-Reference files from elsewhere are read too: score_sde's (`pool_3` only)
-and TTUR / pytorch-fid's (`mu`, `sigma` only: FID but no KID).
+Statistics are dicts {'mu', 'sigma', 'pool_3' (or None), 'logits' (or None),
+'meta'}. Reference files from elsewhere are read too: score_sde's (`pool_3`
+only) and TTUR / pytorch-fid's (`mu`, `sigma` only: FID but no KID).
 """
 
 import functools
 import json
 import os
 from typing import Callable, Optional
+
 from absl import logging
 import jax
 import numpy as np
+
+from ncsn_jax import console
 from ncsn_jax import errors
 from ncsn_jax import outputs
-from ncsn_jax import console
-from ncsn_jax.data import input_pipeline
 from ncsn_jax.evaluation import metrics
-from ncsn_jax.evaluation.inception import extractor as inception_extractor
+from ncsn_jax.evaluation.inception import extractor as inception
 from ncsn_jax.evaluation.inception import weight_files
 
 PREPROCESSING = {
@@ -50,33 +54,26 @@ QUANTISATION = ('uint8 = floor(clip(x, 0, 1) * 255 + 0.5), '
                 'NCSN and NCSNv2 code saves samples)')
 PAPER_NUM_SAMPLES = 50_000  # The papers' IS/FID sample count.
 
-NO_HEAD_NOTE = (
-    'Inception Score not computed: the Inception weights in use ({source}) '
-    'have no 1008-way fc head. Supply pytorch-fid\'s '
-    f'{weight_files.PYTORCH_FID_NAME} (config.eval.inception_weights='
-    'PATH, or =download when online).')
+
+# ------------------------------------------------------------- the extractor
 
 
 def load_extractor(weights: str, preprocessing: str, batch_size: int,
-                   folder: str = '') -> tuple[Callable, dict]:
-  """Extractor (uint8 [N,H,W,C] -> features) and its weights' meta.
+                   folder: str = '') -> inception.Extractor:
+  """The Inception `Extractor` of a weights spec.
 
   Args:
-    weights: `config.eval.inception_weights` (see
-      `weight_files.resolve_weights`).
+    weights: `config.eval.inception_weights` ('' = the cached conversion,
+      'download', or a path; see `weight_files.resolve_weights`).
     preprocessing: 'tf' or 'pytorch'.
     batch_size: images per forward pass.
     folder: the Inception cache folder ('' = `outputs.inception_dir()`).
   """
-  path = weight_files.resolve_weights(weights,
-                                      outputs.inception_dir(folder))
-  params, meta = inception_extractor.load_params(path)
-  extract = inception_extractor.create_extractor(params, preprocessing,
-                                                 batch_size)
-  return extract, dict(meta, path=path)
+  path = weight_files.resolve_weights(weights, outputs.inception_dir(folder))
+  return inception.load(path, preprocessing, batch_size)
 
 
-def create_extractor(config) -> tuple[Callable, dict]:
+def create_extractor(config) -> inception.Extractor:
   """`load_extractor` with a config's `eval` fields."""
   e = config.eval
   return load_extractor(e.inception_weights, e.inception_preprocessing,
@@ -87,6 +84,152 @@ def cache_dir(config) -> str:
   """The Inception folder of a run: `config.eval.cache_dir`, else the user
   cache's (`outputs.inception_dir`)."""
   return outputs.inception_dir(config.eval.get('cache_dir', ''))
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def statistics(pool_3: np.ndarray, logits: Optional[np.ndarray] = None,
+               meta: Optional[dict] = None) -> dict:
+  """The statistics of features `pool_3` [N,2048] (N >= 2)."""
+  mu, sigma = metrics.mean_and_covariance(pool_3)
+  return {'mu': mu, 'sigma': sigma, 'pool_3': pool_3, 'logits': logits,
+          'meta': dict(meta or {}, num_examples=int(pool_3.shape[0]))}
+
+
+def save_reference(path: str, pool_3: np.ndarray, meta: dict) -> dict:
+  """Writes pool_3 [N,2048] float32, mu [D], sigma [D,D] float64 and meta."""
+  stats = statistics(pool_3, meta=meta)
+  with outputs.atomic_open(path) as f:
+    np.savez(f, pool_3=np.asarray(pool_3, np.float32), mu=stats['mu'],
+             sigma=stats['sigma'], meta=np.array(json.dumps(stats['meta'])))
+  return stats['meta']
+
+
+def load_reference(path: str) -> dict:
+  """Statistics of a file: ours, score_sde's (`pool_3`), TTUR's (`mu`,
+  `sigma`). Non-finite values are an `errors.InputError` naming the file."""
+  with np.load(path, allow_pickle=False) as f:
+    names = set(f.files)
+    pool_3 = f['pool_3'].astype(np.float32) if 'pool_3' in names else None
+    meta = json.loads(str(f['meta'])) if 'meta' in names else {}
+    if {'mu', 'sigma'} <= names:
+      mu, sigma = f['mu'].astype(np.float64), f['sigma'].astype(np.float64)
+    elif pool_3 is not None:
+      mu, sigma = metrics.mean_and_covariance(pool_3)
+    else:
+      raise errors.InputError(
+          f'{path}: reference stats need pool_3 or mu and sigma '
+          f'(found {sorted(names)}).')
+  for name, value in (('mu', mu), ('sigma', sigma), ('pool_3', pool_3)):
+    if value is not None and not np.all(np.isfinite(value)):
+      raise errors.InputError(
+          f'{path}: its {name} holds NaN or Inf values; recompute the '
+          'statistics (--mode=fid_stats) or use another file.')
+  meta.setdefault('num_examples',
+                  int(pool_3.shape[0]) if pool_3 is not None else None)
+  return {'mu': mu, 'sigma': sigma, 'pool_3': pool_3, 'logits': None,
+          'meta': meta}
+
+
+def check_preprocessing(stats: dict, preprocessing: str, where: str,
+                        fix: str) -> None:
+  """Statistics made with another preprocessing are an error naming both."""
+  mode = stats['meta'].get('preprocessing')
+  if mode and mode != preprocessing:
+    raise errors.InputError(
+        f'{where} holds {mode!r}-preprocessed statistics, but the '
+        f'preprocessing is {preprocessing!r}; {fix}.')
+
+
+def weights_notes(trunks: dict[str, Optional[str]]) -> list[str]:
+  """A note when statistics were made with different Inception weights.
+
+  Args:
+    trunks: {what: trunk sha256 or None (unknown)}, e.g. of a reference file
+      and of the weights in use.
+  """
+  known = {k: h for k, h in trunks.items() if h}
+  if len(set(known.values())) <= 1:
+    return []
+  return ['the Inception weights differ: ' +
+          ', '.join(f'{k} {h[:12]}...' for k, h in known.items()) +
+          '; the numbers are not comparable (recompute the statistics with '
+          'the same weights, --mode=fid_stats).']
+
+
+# ----------------------------------------------------------------- the report
+
+
+def scores(samples: dict, reference: dict, *, kid: bool = True,
+           inception_score: bool = True, names=('samples', 'reference'),
+           head_hint: str = '') -> dict:
+  """FID, KID and IS of `samples` against `reference`, or notes why not.
+
+  Args:
+    samples: statistics of the samples (`statistics` / `load_reference`).
+    reference: statistics of the reference set.
+    kid: compute the KID (when both sides have pool_3 features).
+    inception_score: compute the IS of the samples (needs their logits).
+    names: what the two sides are called in the notes.
+    head_hint: how to get weights with the fc head, for the IS note.
+
+  Returns:
+    {'fid', 'kid', 'kid_std', 'inception_score', 'inception_score_std'}: each
+    a number, or a '<name>_note' string saying why it is missing.
+  """
+  out: dict = {}
+  n = samples['meta'].get('num_examples')
+  try:
+    out['fid'] = metrics.frechet_distance(samples['mu'], samples['sigma'],
+                                          reference['mu'],
+                                          reference['sigma'], method='eigh')
+  except ValueError as e:
+    raise errors.InputError(
+        f'{names[0]} and {names[1]} cannot be compared: {e}') from e
+  if kid:
+    missing = [w for w, s in zip(names, (samples, reference))
+               if s['pool_3'] is None]
+    if missing:
+      out['kid_note'] = (f'KID not computed: {missing[0]} holds mu and '
+                         'sigma only, not pool_3 features.')
+    else:
+      try:
+        value, std = metrics.kernel_inception_distance(reference['pool_3'],
+                                                       samples['pool_3'])
+        out['kid'], out['kid_std'] = value, metrics.finite_or_none(std)
+      except ValueError as e:
+        out['kid_note'] = f'KID not computed: {e}'
+  if inception_score:
+    if samples['logits'] is None:
+      out['inception_score_note'] = (
+          'Inception Score not computed: the Inception weights in use have '
+          'no 1008-way fc head; ' + (head_hint or 'supply pytorch-fid\'s '
+                                     f'{weight_files.PYTORCH_FID_NAME}') + '.')
+    elif n < 10:
+      out['inception_score_note'] = (f'IS needs >= 10 samples (10 splits), '
+                                     f'got {n}.')
+    else:
+      value, std = metrics.inception_score(samples['logits'],
+                                           from_logits=True)
+      out['inception_score'], out['inception_score_std'] = value, std
+  return out
+
+
+def describe(preprocessing: str,
+             extractor: Optional[inception.Extractor]) -> dict:
+  """How the numbers were made: preprocessing, weights, methods."""
+  return {
+      'preprocessing': f'{preprocessing}: {PREPROCESSING[preprocessing]}',
+      'weights_source': extractor and extractor.source,
+      'weights_source_sha256': extractor and extractor.source_sha256,
+      'weights_trunk_sha256': extractor and extractor.trunk_sha256,
+      'fid_method': FID_METHOD, 'kid_scheme': KID_SCHEME,
+      'is_scheme': IS_SCHEME,
+  }
+
+
+# --------------------------------------------------------- eval mode's scores
 
 
 def default_stats_path(config, split: str) -> str:
@@ -111,10 +254,11 @@ def stats_path(config) -> str:
 def split_features(config, split: str, extract: Callable,
                    max_examples: Optional[int] = None) -> np.ndarray:
   """pool_3 [N,2048] (and nothing else) of a whole split, in order."""
+  from ncsn_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   feats = []
   batch = config.eval.inception_batch_size * 8
   with console.Progress(max_examples, f'Inception features of {split}',
-                         unit='images') as bar:
+                        unit='images') as bar:
     for images in input_pipeline.iterate_split(config, split, batch):
       if max_examples is not None:
         images = images[:max_examples - sum(f.shape[0] for f in feats)]
@@ -122,71 +266,38 @@ def split_features(config, split: str, extract: Callable,
         feats.append(extract(outputs.to_uint8(images))['pool_3'])
         bar.update(images.shape[0])
   if not feats:
-    raise errors.ConfigError(
+    raise errors.InputError(
         f'split {split!r} of {config.data.dataset} is empty.')
   return np.concatenate(feats)
 
 
-def save_reference(path: str, pool_3: np.ndarray, meta: dict) -> dict:
-  """Writes pool_3 [N,2048] float32, mu [D], sigma [D,D] float64 and meta."""
-  mu, sigma = metrics.mean_and_covariance(pool_3)
-  meta = dict(meta, num_examples=int(pool_3.shape[0]))
-  with outputs.atomic_open(path) as f:
-    np.savez(f, pool_3=np.asarray(pool_3, np.float32), mu=mu, sigma=sigma,
-             meta=np.array(json.dumps(meta)))
-  return meta
-
-
-def load_reference(path: str) -> dict:
-  """Reference stats: {'mu', 'sigma', 'pool_3' (or None), 'meta'}.
-
-  Accepts this project's files, score_sde's (`pool_3` only) and TTUR /
-  pytorch-fid's (`mu`, `sigma` only).
-  """
-  with np.load(path, allow_pickle=False) as f:
-    names = set(f.files)
-    pool_3 = f['pool_3'].astype(np.float32) if 'pool_3' in names else None
-    meta = json.loads(str(f['meta'])) if 'meta' in names else {}
-    if {'mu', 'sigma'} <= names:
-      mu, sigma = f['mu'].astype(np.float64), f['sigma'].astype(np.float64)
-    elif pool_3 is not None:
-      mu, sigma = metrics.mean_and_covariance(pool_3)
-    else:
-      raise errors.ConfigError(
-          f'{path}: reference stats need pool_3 or mu and sigma '
-          f'(found {sorted(names)}).')
-  meta.setdefault('num_examples',
-                  int(pool_3.shape[0]) if pool_3 is not None else None)
-  return {'mu': mu, 'sigma': sigma, 'pool_3': pool_3, 'meta': meta}
-
-
-def _stats_meta(config, split: str, weights: dict) -> dict:
+def _stats_meta(config, split: str, extractor: inception.Extractor) -> dict:
   return {
       'dataset': config.data.dataset, 'category': config.data.category,
       'image_size': config.data.image_size, 'split': split,
       'preprocessing': config.eval.inception_preprocessing,
       'quantisation': 'uint8 data-set images (exact; no dequantisation)',
-      'weights_trunk_sha256': weights['trunk_sha256'],
-      'weights_source': weights['source'],
+      'weights_trunk_sha256': extractor.trunk_sha256,
+      'weights_source': extractor.source,
   }
 
 
 def reference_stats(config,
-                    extractor: Optional[tuple[Callable, dict]] = None) -> str:
+                    extractor: Optional[inception.Extractor] = None) -> str:
   """`--mode=fid_stats`: stats of `config.eval.stats_split`, written once.
 
   Args:
     config: the run config.
-    extractor: (extract, weights meta) to use instead of the config's.
+    extractor: the Inception extractor to use instead of the config's.
 
   Returns:
     The path written (process 0 writes; others only compute).
   """
-  extract, weights = extractor or create_extractor(config)
+  extractor = extractor or create_extractor(config)
   split = config.eval.stats_split
   path = stats_path(config)
-  pool_3 = split_features(config, split, extract)
-  meta = _stats_meta(config, split, weights)
+  pool_3 = split_features(config, split, extractor)
+  meta = _stats_meta(config, split, extractor)
   if jax.process_index() == 0:
     meta = save_reference(path, pool_3, meta)
   logging.info('Reference stats of %s/%s (N=%d): %s', config.data.dataset,
@@ -194,39 +305,30 @@ def reference_stats(config,
   return path
 
 
-def _reference(config, extract, weights) -> tuple[dict, str, list[str]]:
+def _reference(config, extractor) -> tuple[dict, str, list[str]]:
   """Cached reference stats, else the test split's computed now.
 
   Returns:
-    (stats {'mu', 'sigma', 'pool_3' (or None), 'meta'}, a description of
-    where they came from, notes for the report).
+    (statistics, a description of where they came from, notes).
   """
-  notes = []
   path = stats_path(config)
   if os.path.isfile(path):
     ref = load_reference(path)
-    have = ref['meta'].get('weights_trunk_sha256')
-    if have and have != weights['trunk_sha256']:
-      notes.append(f'reference stats {path} were made with other Inception '
-                   f'weights (trunk sha256 {have[:12]}...); recompute them '
-                   'with --mode=fid_stats.')
-    mode = ref['meta'].get('preprocessing')
-    if mode and mode != config.eval.inception_preprocessing:
-      raise errors.ConfigError(f'{path} holds {mode!r}-preprocessed stats, but '
-                       'config.eval.inception_preprocessing='
-                       f'{config.eval.inception_preprocessing!r}.')
+    check_preprocessing(
+        ref, config.eval.inception_preprocessing, path,
+        'set config.eval.inception_preprocessing to match or recompute them')
+    notes = weights_notes({
+        f'reference stats {path}': ref['meta'].get('weights_trunk_sha256'),
+        'the weights in use': extractor.trunk_sha256})
     split = ref['meta'].get('split', '?')
     return ref, f'{path} (split {split})', notes
-  pool_3 = split_features(config, 'test', extract)
-  mu, sigma = metrics.mean_and_covariance(pool_3)
-  notes.append(f'no reference stats at {path}: the test split\'s '
-               f'{pool_3.shape[0]} images were used, computed on the fly '
-               '(run --mode=fid_stats for the papers\' full-train-split '
-               'statistics).')
-  meta = dict(_stats_meta(config, 'test', weights),
-              num_examples=int(pool_3.shape[0]))
-  return ({'mu': mu, 'sigma': sigma, 'pool_3': pool_3, 'meta': meta},
-          'test split, computed on the fly', notes)
+  pool_3 = split_features(config, 'test', extractor)
+  notes = [f'no reference stats at {path}: the test split\'s '
+           f'{pool_3.shape[0]} images were used, computed on the fly '
+           '(run --mode=fid_stats for the papers\' full-train-split '
+           'statistics).']
+  ref = statistics(pool_3, meta=_stats_meta(config, 'test', extractor))
+  return ref, 'test split, computed on the fly', notes
 
 
 def create_scorer(config) -> Callable[[np.ndarray], dict]:
@@ -240,85 +342,51 @@ def create_scorer(config) -> Callable[[np.ndarray], dict]:
   @functools.cache
   def prepared():
     extractor = create_extractor(config)
-    return extractor, _reference(config, *extractor)
+    return extractor, _reference(config, extractor)
 
   return lambda images: sample_metrics(config, images, *prepared())
 
 
-def _scores(feats: dict, ref: dict, ref_desc: str, source: str) -> dict:
-  """FID, KID and IS of features against reference stats, or notes why not."""
-  out: dict = {}
-  n = feats['pool_3'].shape[0]
-  if n >= 2:
-    mu, sigma = metrics.mean_and_covariance(feats['pool_3'])
-    out['fid'] = metrics.frechet_distance(mu, sigma, ref['mu'], ref['sigma'],
-                                          method='eigh')
-  else:
-    out['fid_note'] = f'FID needs >= 2 samples, got {n}.'
-  if ref['pool_3'] is None:
-    out['kid_note'] = (f'KID not computed: the reference stats ({ref_desc}) '
-                       'hold mu and sigma only, not pool_3 features.')
-  else:
-    try:
-      kid, kid_std = metrics.kernel_inception_distance(ref['pool_3'],
-                                                       feats['pool_3'])
-      out['kid'], out['kid_std'] = kid, metrics.finite_or_none(kid_std)
-    except ValueError as e:
-      out['kid_note'] = f'KID not computed: {e}'
-  if 'logits' not in feats:
-    out['inception_score_note'] = NO_HEAD_NOTE.format(source=source)
-  elif n < 10:
-    out['inception_score_note'] = (f'IS needs >= 10 samples (10 splits), '
-                                   f'got {n}.')
-  else:
-    score, std = metrics.inception_score(feats['logits'], from_logits=True)
-    out['inception_score'], out['inception_score_std'] = score, std
-  return out
-
-
 def sample_metrics(config, images: np.ndarray,
-                   extractor: Optional[tuple[Callable, dict]] = None,
+                   extractor: Optional[inception.Extractor] = None,
                    reference: Optional[tuple[dict, str, list[str]]] = None
                    ) -> dict:
   """IS, FID and KID of samples, with how each was computed.
 
   Args:
     config: the run config (`config.eval` inception fields, `config.data`).
-    images: uint8 [N,H,W,C] samples (C = 1 or 3), or floats in [0, 1]
-      (rounded by `outputs.to_uint8`).
-    extractor: (extract, weights meta) to use instead of the config's.
+    images: uint8 [N,H,W,C] samples (C = 1 or 3).
+    extractor: the Inception extractor to use instead of the config's.
     reference: `_reference`'s (stats, description, notes) for this
       extractor, to reuse instead of loading or computing them.
 
   Returns:
-    {'fid', 'kid', 'kid_std', 'inception_score', 'inception_score_std'
-    (numbers, or '*_note' strings saying why one is missing), 'inception':
-    {N, reference, preprocessing, quantisation, weights hashes, schemes,
-    notes}}.
+    `scores`' numbers and notes, and 'inception': {N, reference,
+    `describe`'s fields, comparable_to_papers, notes}.
   """
-  images = outputs.to_uint8(images)
-  extract, weights = extractor or create_extractor(config)
-  feats = extract(images)
-  ref, ref_desc, ref_notes = reference or _reference(config, extract, weights)
-  out = _scores(feats, ref, ref_desc, weights['source'])
+  extractor = extractor or create_extractor(config)
+  feats = extractor(images)
+  ref, ref_desc, ref_notes = reference or _reference(config, extractor)
   n = images.shape[0]
+  if n >= 2:
+    samples = statistics(feats['pool_3'], feats.get('logits'))
+    out = scores(samples, ref, head_hint=(
+        f'supply pytorch-fid\'s {weight_files.PYTORCH_FID_NAME} '
+        '(config.eval.inception_weights=PATH, or =download when online)'))
+  else:
+    out = {'fid_note': f'FID needs >= 2 samples, got {n}.'}
   notes = list(ref_notes)  # This report's own list: the cache stays clean.
   if n < PAPER_NUM_SAMPLES:
     notes.append(f'{n} samples: FID and IS are biased (FID upward) at this '
                  f'N; use them to rank checkpoints, not to compare with the '
                  f'papers\' {PAPER_NUM_SAMPLES}-sample numbers.')
-  mode = config.eval.inception_preprocessing
   out['inception'] = {
       'num_samples': int(n),
       'comparable_to_papers': bool(n >= PAPER_NUM_SAMPLES),
       'num_reference': ref['meta'].get('num_examples'),
       'reference': ref_desc,
-      'preprocessing': f'{mode}: {PREPROCESSING[mode]}',
+      **describe(config.eval.inception_preprocessing, extractor),
       'quantisation': QUANTISATION,
-      'weights_source': weights['source'],
-      'weights_source_sha256': weights['source_sha256'],
-      'weights_trunk_sha256': weights['trunk_sha256'],
-      'fid_method': FID_METHOD, 'kid_scheme': KID_SCHEME,
-      'is_scheme': IS_SCHEME, 'notes': notes,
+      'notes': notes,
   }
   return out

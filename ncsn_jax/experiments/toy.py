@@ -18,31 +18,125 @@ Plain Langevin with the plain model (1000 steps, eps = 0.1 in the paper's
 x + eps/2 s + sqrt(eps) z) puts about half of the samples in each mode from a
 uniform start on [-8, 8]^2, since the score between the modes does not see
 their weights; annealed Langevin with the conditional model recovers the
-4/5 weight (Figure 3). `run_toy` writes the figures (`toy_plots`) and a
-JSON report; the mixture and its exact scores are in `toy_mixture`.
+4/5 weight (Figure 3). `run_toy` writes the figures and a JSON report.
 """
 
 import json
 import os
 import time
 from typing import Optional
+
 from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from matplotlib import figure
 import numpy as np
 import optax
+
 from ncsn_jax import config_checks
-from ncsn_jax import errors
-from ncsn_jax import outputs
 from ncsn_jax import models
-from ncsn_jax.models import score
+from ncsn_jax import outputs
 from ncsn_jax import parallel
+from ncsn_jax.models import score
 from ncsn_jax.sampling import langevin
 from ncsn_jax.training import losses
-import io
-from matplotlib import figure
-from matplotlib.backends import backend_agg
+
+
+# --------------------------------------------------------------------------
+# The 2-D Gaussian mixture of the NCSN toy experiments, with exact scores
+#
+# p = 1/5 N((-5,-5), I) + 4/5 N((5,5), I) (Song & Ermon 2019, section 3), and
+# its convolution with N(0, sigma^2 I), whose log density and score are known
+# in closed form.
+
+
+WEIGHTS = (0.2, 0.8)
+MEANS = ((-5.0, -5.0), (5.0, 5.0))
+# Score-error regions: within HIGH of a mode, farther than LOW from both.
+HIGH_DENSITY_RADIUS = 2.0
+LOW_DENSITY_RADIUS = 4.0
+
+
+def sample_data(key: jax.Array, n: int) -> jax.Array:
+  """`n` i.i.d. draws `[n, 2]` from the mixture."""
+  comp_key, noise_key = jax.random.split(key)
+  comp = jax.random.choice(comp_key, 2, (n,), p=jnp.asarray(WEIGHTS))
+  return jnp.asarray(MEANS)[comp] + jax.random.normal(noise_key, (n, 2))
+
+
+def log_density(x: jax.Array, sigma=0.0) -> jax.Array:
+  """log of the mixture convolved with N(0, sigma^2 I), `[N, 2]` -> `[N]`."""
+  var = 1.0 + jnp.asarray(sigma)**2
+  sq = jnp.sum((x[:, None, :] - jnp.asarray(MEANS)[None])**2, axis=-1)
+  log_comp = jnp.log(jnp.asarray(WEIGHTS)) - 0.5 * sq / var - jnp.log(
+      2 * jnp.pi * var)
+  return jax.nn.logsumexp(log_comp, axis=-1)
+
+
+def true_score(x: jax.Array, sigma=0.0) -> jax.Array:
+  """grad_x log of the (perturbed) mixture density, `[N, 2]`."""
+  return jax.grad(lambda x: jnp.sum(log_density(x, sigma)))(x)
+
+
+def upper_mode_fraction(x) -> float:
+  """Share of points closer to (5, 5) than to (-5, -5)."""
+  return float(np.mean(np.asarray(x).sum(axis=-1) > 0))
+
+
+# ------- Figures of the toy experiments: score fields and sample scatter plots
+
+
+def plot_scores(path: str, score_fn, extent: float = 8.0) -> None:
+  """True and estimated score fields over the data density (paper Fig. 2)."""
+  fine = np.linspace(-extent, extent, 200)
+  xx, yy = np.meshgrid(fine, fine)
+  coarse = np.linspace(-extent, extent, 21)
+  grid = np.stack(np.meshgrid(coarse, coarse), -1).reshape(-1, 2)
+  density, true, estimated = jax.jit(lambda points, grid: (
+      jnp.exp(log_density(points)), true_score(grid),
+      score_fn(grid)))(np.stack([xx, yy], -1).reshape(-1, 2), grid)
+  density = np.asarray(density).reshape(xx.shape)
+  fields = (('data scores', np.asarray(true)),
+            ('estimated scores (SSM)', np.asarray(estimated)))
+  fig = figure.Figure(figsize=(10, 5), dpi=100)
+  for i, (title, field) in enumerate(fields):
+    ax = fig.add_subplot(1, 2, i + 1)
+    ax.imshow(density, extent=(-extent, extent, -extent, extent),
+              origin='lower', cmap='Blues')
+    ax.quiver(grid[:, 0], grid[:, 1], field[:, 0], field[:, 1], angles='xy',
+              color='k', width=0.003)
+    for mean in MEANS:
+      for radius, style in ((HIGH_DENSITY_RADIUS, '-'),
+                            (LOW_DENSITY_RADIUS, '--')):
+        t = np.linspace(0, 2 * np.pi, 100)
+        ax.plot(mean[0] + radius * np.cos(t), mean[1] + radius * np.sin(t),
+                style, color='tab:red', lw=0.8)
+    ax.set_xlim(-extent, extent)
+    ax.set_ylim(-extent, extent)
+    ax.set_title(title)
+    ax.set_aspect('equal')
+  fig.tight_layout()
+  outputs.save_figure(fig, path)
+
+
+def plot_samples(path: str, panels, extent: float = 9.0) -> None:
+  """Scatter plots `[(title, points [N, 2])]` side by side (paper Fig. 3)."""
+  fig = figure.Figure(figsize=(4 * len(panels), 4), dpi=100)
+  for i, (title, points) in enumerate(panels):
+    ax = fig.add_subplot(1, len(panels), i + 1)
+    points = np.asarray(points)
+    ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.5)
+    ax.set_xlim(-extent, extent)
+    ax.set_ylim(-extent, extent)
+    ax.set_aspect('equal')
+    fraction = upper_mode_fraction(points)
+    ax.set_title(f'{title}\n(5,5) mode: {fraction:.3f}')
+  fig.tight_layout()
+  outputs.save_figure(fig, path)
+
+
+# ---------------------------------------------------------------- the run
 
 
 class ToyScoreNet(nn.Module):
@@ -110,11 +204,6 @@ def get_train_fn(loss_fn, tx, n_iters: int, batch_size: int,
 def plain_loss_fn(config, model):
   """Sliced score matching of the plain model (`toy.plain_loss`)."""
   t, name = config.training, config.toy.plain_loss
-  if name not in losses.SSM_LOSSES:
-    raise errors.ConfigError(
-        f"config.toy.plain_loss={name!r} is unknown; use 'ssm' "
-        "or 'ssm_vr'.")
-  losses.check_projection(t.projection)
 
   def loss_fn(params, x, keys):
     return losses.sliced_score_matching(
@@ -238,8 +327,9 @@ def run_toy(config, workdir: str) -> dict:
     The report.
   """
   config_checks.check_config(config, 'toy')
-  start = time.time()
   root = os.path.join(workdir, 'toy')
+  outputs.check_writable(root, '--workdir')
+  start = time.time()
   sigmas = jnp.asarray(score.get_sigmas(config))
   names = ('plain', 'cond', 'init', 'langevin', 'annealed', 'data')
   keys = dict(zip(names, jax.random.split(jax.random.key(config.seed), 6)))
@@ -269,100 +359,3 @@ def run_toy(config, workdir: str) -> dict:
   outputs.save_text(path, json.dumps(report, indent=2))
   logging.info('Toy report: %s', report)
   return report
-
-
-# ----------------------------------------------------------- toy_mixture
-# The 2-D Gaussian mixture of the NCSN toy experiments, with exact scores.
-
-
-WEIGHTS = (0.2, 0.8)
-MEANS = ((-5.0, -5.0), (5.0, 5.0))
-# Score-error regions: within HIGH of a mode, farther than LOW from both.
-HIGH_DENSITY_RADIUS = 2.0
-LOW_DENSITY_RADIUS = 4.0
-
-
-def sample_data(key: jax.Array, n: int) -> jax.Array:
-  """`n` i.i.d. draws `[n, 2]` from the mixture."""
-  comp_key, noise_key = jax.random.split(key)
-  comp = jax.random.choice(comp_key, 2, (n,), p=jnp.asarray(WEIGHTS))
-  return jnp.asarray(MEANS)[comp] + jax.random.normal(noise_key, (n, 2))
-
-
-def log_density(x: jax.Array, sigma=0.0) -> jax.Array:
-  """log of the mixture convolved with N(0, sigma^2 I), `[N, 2]` -> `[N]`."""
-  var = 1.0 + jnp.asarray(sigma)**2
-  sq = jnp.sum((x[:, None, :] - jnp.asarray(MEANS)[None])**2, axis=-1)
-  log_comp = jnp.log(jnp.asarray(WEIGHTS)) - 0.5 * sq / var - jnp.log(
-      2 * jnp.pi * var)
-  return jax.nn.logsumexp(log_comp, axis=-1)
-
-
-def true_score(x: jax.Array, sigma=0.0) -> jax.Array:
-  """grad_x log of the (perturbed) mixture density, `[N, 2]`."""
-  return jax.grad(lambda x: jnp.sum(log_density(x, sigma)))(x)
-
-
-def upper_mode_fraction(x) -> float:
-  """Share of points closer to (5, 5) than to (-5, -5)."""
-  return float(np.mean(np.asarray(x).sum(axis=-1) > 0))
-
-
-# ------------------------------------------------------------- toy_plots
-# Figures of the toy experiments: score fields and sample scatter plots.
-
-
-def save_figure(fig, path: str) -> None:
-  """Writes a matplotlib figure as PNG (atomically)."""
-  buffer = io.BytesIO()
-  backend_agg.FigureCanvasAgg(fig).print_png(buffer)
-  outputs.save_bytes(path, buffer.getvalue())
-
-
-def plot_scores(path: str, score_fn, extent: float = 8.0) -> None:
-  """True and estimated score fields over the data density (paper Fig. 2)."""
-  fine = np.linspace(-extent, extent, 200)
-  xx, yy = np.meshgrid(fine, fine)
-  coarse = np.linspace(-extent, extent, 21)
-  grid = np.stack(np.meshgrid(coarse, coarse), -1).reshape(-1, 2)
-  density, true, estimated = jax.jit(lambda points, grid: (
-      jnp.exp(log_density(points)), true_score(grid),
-      score_fn(grid)))(np.stack([xx, yy], -1).reshape(-1, 2), grid)
-  density = np.asarray(density).reshape(xx.shape)
-  fields = (('data scores', np.asarray(true)),
-            ('estimated scores (SSM)', np.asarray(estimated)))
-  fig = figure.Figure(figsize=(10, 5), dpi=100)
-  for i, (title, field) in enumerate(fields):
-    ax = fig.add_subplot(1, 2, i + 1)
-    ax.imshow(density, extent=(-extent, extent, -extent, extent),
-              origin='lower', cmap='Blues')
-    ax.quiver(grid[:, 0], grid[:, 1], field[:, 0], field[:, 1], angles='xy',
-              color='k', width=0.003)
-    for mean in MEANS:
-      for radius, style in ((HIGH_DENSITY_RADIUS, '-'),
-                            (LOW_DENSITY_RADIUS, '--')):
-        t = np.linspace(0, 2 * np.pi, 100)
-        ax.plot(mean[0] + radius * np.cos(t), mean[1] + radius * np.sin(t),
-                style, color='tab:red', lw=0.8)
-    ax.set_xlim(-extent, extent)
-    ax.set_ylim(-extent, extent)
-    ax.set_title(title)
-    ax.set_aspect('equal')
-  fig.tight_layout()
-  save_figure(fig, path)
-
-
-def plot_samples(path: str, panels, extent: float = 9.0) -> None:
-  """Scatter plots `[(title, points [N, 2])]` side by side (paper Fig. 3)."""
-  fig = figure.Figure(figsize=(4 * len(panels), 4), dpi=100)
-  for i, (title, points) in enumerate(panels):
-    ax = fig.add_subplot(1, len(panels), i + 1)
-    points = np.asarray(points)
-    ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.5)
-    ax.set_xlim(-extent, extent)
-    ax.set_ylim(-extent, extent)
-    ax.set_aspect('equal')
-    fraction = upper_mode_fraction(points)
-    ax.set_title(f'{title}\n(5,5) mode: {fraction:.3f}')
-  fig.tight_layout()
-  save_figure(fig, path)

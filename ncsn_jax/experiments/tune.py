@@ -26,12 +26,12 @@ from scipy import optimize
 from scipy import stats
 
 from ncsn_jax import config_checks
-from ncsn_jax.data import distances
+from ncsn_jax import console
 from ncsn_jax import errors
 from ncsn_jax import outputs
-from ncsn_jax import console
-from ncsn_jax.models import score
+from ncsn_jax.data import distances
 from ncsn_jax.data import input_pipeline
+from ncsn_jax.models import score
 
 # The target of technique 2: the probability mass of the shell test.
 GAMMA_TARGET = 0.5
@@ -53,7 +53,7 @@ def solve_gamma(dim: int, target: float = GAMMA_TARGET) -> float:
   so the root is unique (bisection to machine precision).
   """
   if dim < 1:
-    raise errors.ConfigError(f'the data dimension D={dim} must be >= 1.')
+    raise errors.InputError(f'the data dimension D={dim} must be >= 1.')
   f = lambda g: gamma_criterion(g, dim) - target
   hi = 2.0
   while f(hi) > 0:
@@ -68,7 +68,7 @@ def num_levels(sigma_begin: float, sigma_end: float, gamma: float) -> int:
   ratio (sigma_1 / sigma_L)^(1 / (L - 1)) is then at most gamma.
   """
   if not sigma_begin > sigma_end > 0:
-    raise errors.ConfigError(f'need sigma_begin={sigma_begin} > sigma_end='
+    raise errors.InputError(f'need sigma_begin={sigma_begin} > sigma_end='
                      f'{sigma_end} > 0.')
   levels = 1.0 + math.log(sigma_begin / sigma_end) / math.log(gamma)
   return int(math.ceil(levels - 1e-9))
@@ -190,16 +190,13 @@ def tune(config, workdir: str) -> dict:
     The report (see `recommend`, plus how sigma_1 was found).
   """
   config_checks.check_config(config, 'tune')
+  outputs.check_writable(workdir, '--workdir')
   t = config.tune
   size, channels = config.data.image_size, config.data.channels
   dim = size * size * channels
   source = {'sigma_begin_source': 'config.tune.sigma_begin'}
   sigma_begin = float(t.sigma_begin)
   if sigma_begin <= 0:
-    if t.subset_size < 2 or t.max_images < t.subset_size:
-      raise errors.ConfigError(
-          f'config.tune.subset_size={t.subset_size} must be >= 2 and at most '
-          f'config.tune.max_images={t.max_images}.')
     images, total = training_images(config, config.seed)
     if len(images) < 2:
       raise errors.ConfigError(

@@ -27,22 +27,20 @@ state is left empty, i.e. fresh). ncsn_jax counts no epochs: epoch is 0.
 import collections
 import os
 import re
-from typing import Any
+import struct
+from typing import Any, BinaryIO
+import zipfile
+
 from absl import logging
 import flax
-import jax
 import numpy as np
 import optax
+
+from ncsn_jax import checkpoints
 from ncsn_jax import errors
 from ncsn_jax import outputs
-from ncsn_jax import models
-from ncsn_jax.models import score
 from ncsn_jax.interop import param_mapping
-from ncsn_jax import checkpoints
-from ncsn_jax import train_state
-import struct
-import zipfile
-from typing import Any, BinaryIO
+from ncsn_jax.models import score
 
 # Sibling order of the official modules' attributes (registration order,
 # which is the order of `state_dict()` and `parameters()`).
@@ -165,25 +163,6 @@ def official_states(config, state) -> list[Any]:
   return states
 
 
-def restore_state(config, workdir: str):
-  """(TrainState of host arrays, step) of checkpoint sampling.ckpt_id."""
-  model = models.create_model(config)
-  tx = train_state.create_optimizer(config)
-  target = jax.eval_shape(lambda: train_state.create_train_state(
-      config, model, tx, jax.random.key(0)))
-  directory = os.path.join(workdir, checkpoints.CHECKPOINT_DIR)
-  if not os.path.isdir(directory):
-    raise errors.CheckpointError(
-        f'no checkpoint folder {directory}; train first (--mode=train) or '
-        'point --workdir at a run that has checkpoints.')
-  manager = checkpoints.create_manager(workdir, create=False)
-  try:
-    return checkpoints.restore(manager, target, config.sampling.ckpt_id,
-                                 config)
-  finally:
-    manager.close()
-
-
 def export_checkpoint(config, workdir: str, path: str,
                       overwrite: bool = False) -> int:
   """Writes a checkpoint of `workdir` to `path` in the official layout.
@@ -192,9 +171,10 @@ def export_checkpoint(config, workdir: str, path: str,
     The step exported.
   """
   if os.path.exists(path) and not overwrite:
-    raise errors.ConfigError(
+    raise errors.InputError(
         f'{path} already exists; pass --overwrite to replace it.')
-  state, step = restore_state(config, workdir)
+  state, step = checkpoints.load_state(config, workdir,
+                                      config.sampling.ckpt_id)
   states = official_states(config, state)
   with outputs.atomic_open(path) as f:
     write_pth(f, states)
@@ -203,8 +183,29 @@ def export_checkpoint(config, workdir: str, path: str,
   return step
 
 
-# ---------------------------------------------------------- torch_writer
-# Writes PyTorch `.pth` files with NumPy and the standard library only.
+# -------- Writes PyTorch `.pth` files with NumPy and the standard library only
+#
+# The output is what `torch.save` writes by default (the zip serialisation that
+# `torch_pickle` reads): a stored (uncompressed) zip archive with
+#
+#   archive/data.pkl            the object, pickled with protocol 2; each
+#                               tensor is `torch._utils._rebuild_tensor_v2`
+#                               on a storage named by a persistent id
+#                               ('storage', torch.<Type>Storage, key, 'cpu',
+#                               numel)
+#   archive/.format_version     '1'
+#   archive/.storage_alignment  '64'
+#   archive/byteorder           'little'
+#   archive/data/<key>          the raw little-endian bytes of storage <key>,
+#                               starting at a multiple of 64 bytes in the file
+#   archive/version             '3'
+#
+# Objects may nest dicts (`collections.OrderedDict` stays one), lists, tuples,
+# str, int, float, bool and None; `np.ndarray` leaves become tensors (one
+# storage each) and NumPy scalars become Python numbers. The pickle is written
+# opcode by opcode: it references only the globals `torch.load(...,
+# weights_only=True)` allows (OrderedDict, the tensor-rebuild function and the
+# storage types) and no torch is needed to write it.
 
 
 ARCHIVE = 'archive'

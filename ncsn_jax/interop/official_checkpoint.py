@@ -36,14 +36,14 @@ import jax
 import numpy as np
 import optax
 
-from ncsn_jax import errors
-from ncsn_jax import models
-from ncsn_jax.models import score
+from ncsn_jax import checkpoints
 from ncsn_jax import console
+from ncsn_jax import errors
+from ncsn_jax import outputs
+from ncsn_jax import train_state
 from ncsn_jax.interop import param_mapping
 from ncsn_jax.interop import torch_pickle
-from ncsn_jax import checkpoints
-from ncsn_jax import train_state
+from ncsn_jax.models import score
 
 # A checkpoint holds at most four copies of the parameters (weights, EMA
 # shadow, Adam's two moments), at most 8 bytes each, plus small buffers.
@@ -70,12 +70,12 @@ def split_official(states) -> dict[str, Any]:
   if not isinstance(states, (list, tuple)) or len(states) not in (2, 4, 5):
     kind = (f'a list of {len(states)}' if isinstance(states, (list, tuple))
             else f'a {type(states).__name__}')
-    raise errors.ConfigError(
+    raise errors.InputError(
         f'the checkpoint holds {kind}; expected an official NCSN '
         '[model, optimizer] or NCSNv2 [model, optimizer, epoch, step'
         '(, ema)] list, or a model state dict.')
   if not is_state_dict(states[0]):
-    raise errors.ConfigError(
+    raise errors.InputError(
         'the first item of the checkpoint list is not a model '
         'state dict (a mapping of names to tensors).')
   parts.update(model=states[0],
@@ -87,12 +87,12 @@ def split_official(states) -> dict[str, Any]:
       if isinstance(value, np.ndarray) and value.size == 1:
         value = value.item()
       if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise errors.ConfigError(f'checkpoint list item {i} ({name}) is a '
+        raise errors.InputError(f'checkpoint list item {i} ({name}) is a '
                          f'{type(value).__name__}, not an integer.')
       parts[name] = int(value)
   if len(states) == 5:
     if not is_state_dict(states[4]):
-      raise errors.ConfigError('checkpoint list item 4 (EMA shadow) is not a '
+      raise errors.InputError('checkpoint list item 4 (EMA shadow) is not a '
                        'mapping of names to tensors.')
     parts['ema'] = states[4]
   return parts
@@ -130,7 +130,7 @@ def _adam_moments(optimizer, model_sd, target_params):
     mu = param_mapping.torch_to_flax_params(mu_sd, target_params)
     nu = param_mapping.torch_to_flax_params(nu_sd, target_params)
   except ValueError as e:
-    raise errors.ConfigError(f'optimizer state: {e}') from e
+    raise errors.InputError(f'optimizer state: {e}') from e
   return (steps.pop(), mu, nu), ''
 
 
@@ -159,14 +159,6 @@ def _step_from_name(path: str) -> Optional[int]:
   return int(match.group(1)) if match else None
 
 
-def _abstract_state(config):
-  """(optimizer, TrainState of `jax.ShapeDtypeStruct`s) of the config."""
-  model = models.create_model(config)
-  tx = train_state.create_optimizer(config)
-  return tx, jax.eval_shape(lambda: train_state.create_train_state(
-      config, model, tx, jax.random.key(0)))
-
-
 def max_checkpoint_bytes(params) -> int:
   """The most bytes an official checkpoint of a parameter tree can hold."""
   count = sum(math.prod(p.shape) for p in jax.tree.leaves(params))
@@ -175,7 +167,7 @@ def max_checkpoint_bytes(params) -> int:
 
 def read_checkpoint(config, path: str) -> Any:
   """`torch_pickle.load_pth` of `path`, bounded by the config's model."""
-  _, abstract = _abstract_state(config)
+  abstract = train_state.abstract_train_state(config)
   return torch_pickle.load_pth(path, max_checkpoint_bytes(abstract.params))
 
 
@@ -188,7 +180,7 @@ def _convert_params(parts, target, sigmas):
     return params, param_mapping.torch_to_flax_params(parts['ema'], target,
                                                       sigmas)
   except ValueError as e:
-    raise errors.ConfigError(f'EMA shadow: {e}') from e
+    raise errors.InputError(f'EMA shadow: {e}') from e
 
 
 def convert(config, states, step: Optional[int] = None, path: str = ''):
@@ -205,7 +197,8 @@ def convert(config, states, step: Optional[int] = None, path: str = ''):
     (train_state.TrainState of host arrays, info dict: format, step, ema
     (bool), adam ('imported' or why fresh)).
   """
-  tx, abstract = _abstract_state(config)
+  tx = train_state.create_optimizer(config)
+  abstract = train_state.abstract_train_state(config)
   parts = split_official(states)
   params, ema_params = _convert_params(parts, abstract.params,
                                        score.get_sigmas(config))
@@ -214,7 +207,7 @@ def convert(config, states, step: Optional[int] = None, path: str = ''):
       step = candidate
       break
   if step < 0:
-    raise errors.ConfigError(f'step {step} must be >= 0.')
+    raise errors.InputError(f'step {step} must be >= 0.')
   opt_state = tx.init(params)
   moments, adam = _adam_moments(parts['optimizer'], parts['model'],
                                 abstract.params)
@@ -248,6 +241,8 @@ def import_checkpoint(config, workdir: str, path: str,
     bar.update()
     state, info = convert(config, states, step, path)
     bar.update()
+    outputs.check_writable(
+        os.path.join(workdir, checkpoints.CHECKPOINT_DIR), '--workdir')
     manager = checkpoints.create_manager(workdir)
     try:
       if info['step'] in manager.all_steps():

@@ -54,12 +54,12 @@ def torch_key_to_flax_path(key: str) -> tuple[str, ...]:
 
 def _to_flax_value(key: str, value: Any) -> np.ndarray:
   if not isinstance(value, np.ndarray):
-    raise errors.ConfigError(
+    raise errors.InputError(
         f'checkpoint entry {key!r} is a {type(value).__name__}, '
         'not a tensor.')
   if not (np.issubdtype(value.dtype, np.floating) or
           value.dtype.name == 'bfloat16'):
-    raise errors.ConfigError(
+    raise errors.InputError(
         f'checkpoint entry {key!r} has dtype {value.dtype}, not '
         'a float type.')
   value = np.asarray(value, np.float32)
@@ -88,18 +88,18 @@ def torch_to_flax_params(state_dict, target_params,
       mismatch, a parameter the file lacks or a key the model does not use.
   """
   if not hasattr(state_dict, 'items'):
-    raise errors.ConfigError(f'a model state dict must be a mapping, got '
+    raise errors.InputError(f'a model state dict must be a mapping, got '
                      f'{type(state_dict).__name__}.')
   target = flax.traverse_util.flatten_dict(
       flax.core.unfreeze(target_params))
   converted, unused = _convert_entries(state_dict, target, sigmas)
   if unused:
-    raise errors.ConfigError(
+    raise errors.InputError(
         f'checkpoint entry {unused[0]!r} matches no parameter of the model '
         f'({len(unused)} unused entries in all); {HINT}')
   missing = [p for p in target if p not in converted]
   if missing:
-    raise errors.ConfigError(
+    raise errors.InputError(
         f'the checkpoint has no entry for parameter {"/".join(missing[0])} '
         f'({len(missing)} missing in all); {HINT}')
   return flax.traverse_util.unflatten_dict(converted)
@@ -115,14 +115,14 @@ def _convert_entries(state_dict, target, sigmas):
   unused = []
   for key, value in state_dict.items():
     if not isinstance(key, str):
-      raise errors.ConfigError(f'state dict key {key!r} is not a string.')
+      raise errors.InputError(f'state dict key {key!r} is not a string.')
     if strip_prefix(key) == SIGMAS:
       if sigmas is not None:
         check_sigmas(value, sigmas, key)
       continue
     path = torch_key_to_flax_path(key)
     if path in sources:
-      raise errors.ConfigError(
+      raise errors.InputError(
           f'checkpoint keys {sources[path]!r} and {key!r} both '
           f'map to parameter {"/".join(path)}.')
     if path not in target:
@@ -132,7 +132,7 @@ def _convert_entries(state_dict, target, sigmas):
     value = _to_flax_value(key, value)
     want = tuple(target[path].shape)
     if value.shape != want:
-      raise errors.ConfigError(
+      raise errors.InputError(
           f'checkpoint entry {key!r} has shape {tuple(torch_shape)} '
           f'({value.shape} in our layout) but parameter {"/".join(path)} of '
           f'the model has {want}; {HINT}')
@@ -148,7 +148,7 @@ def check_sigmas(value, sigmas: np.ndarray, key: str = SIGMAS) -> None:
                                                     atol=0.0):
     got = (f'{value.size} levels {value[0]:.6g} .. {value[-1]:.6g}'
            if value.size else 'no levels')
-    raise errors.ConfigError(
+    raise errors.InputError(
         f'checkpoint buffer {key!r} ({got}) differs from the config '
         f'(model.num_classes={sigmas.size}, sigma_begin={sigmas[0]:.6g}, '
         f'sigma_end={sigmas[-1]:.6g}, sigma_dist): wrong config for this '

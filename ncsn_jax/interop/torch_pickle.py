@@ -24,10 +24,12 @@ import io
 import os
 import pickle
 import struct
+from typing import Any
 import zipfile
 import zlib
-from typing import Any
+
 import numpy as np
+
 from ncsn_jax import errors
 from ncsn_jax.interop import unpickler
 
@@ -48,7 +50,7 @@ def _refusals(where: str):
   except errors.ConfigError:
     raise
   except _PARSE_ERRORS as e:
-    raise errors.ConfigError(
+    raise errors.InputError(
         f'{where}: not a readable PyTorch file; it is truncated, corrupt or '
         f'not written by torch ({type(e).__name__}: '
         f'{unpickler.printable(e, 120)}).') from e
@@ -60,7 +62,7 @@ def _read_member(archive: zipfile.ZipFile, name: str, nbytes: int,
   info = archive.getinfo(name)
   if info.file_size != nbytes:
     state = 'truncated' if info.file_size < nbytes else 'not torch\'s'
-    raise errors.ConfigError(
+    raise errors.InputError(
         f'{where}: record {name!r} holds {info.file_size:,} bytes where its '
         f'tensors declare {nbytes:,}; the file is {state}.')
   buf = bytearray(nbytes)
@@ -69,7 +71,7 @@ def _read_member(archive: zipfile.ZipFile, name: str, nbytes: int,
     while pos < nbytes:
       chunk = f.read(min(_CHUNK, nbytes - pos))
       if not chunk:
-        raise errors.ConfigError(f'{where}: record {name!r} ends after '
+        raise errors.InputError(f'{where}: record {name!r} ends after '
                                  f'{pos:,} of {nbytes:,} bytes.')
       buf[pos:pos + len(chunk)] = chunk
       pos += len(chunk)
@@ -80,7 +82,7 @@ def _read_small(archive: zipfile.ZipFile, name: str, where: str) -> bytes:
   """A pickle or text record, refused past `unpickler.MAX_PICKLE_BYTES`."""
   info = archive.getinfo(name)
   if info.file_size > unpickler.MAX_PICKLE_BYTES:
-    raise errors.ConfigError(f'{where}: record {name!r} declares '
+    raise errors.InputError(f'{where}: record {name!r} declares '
                              f'{info.file_size:,} bytes, more than any '
                              'PyTorch file\'s pickles.')
   return bytes(_read_member(archive, name, info.file_size, where))
@@ -91,7 +93,7 @@ def _zip_byteorder(archive: zipfile.ZipFile, prefix: str, where: str) -> str:
     return '<'
   text = _read_small(archive, prefix + 'byteorder', where).decode().strip()
   if text not in ('little', 'big'):
-    raise errors.ConfigError(
+    raise errors.InputError(
         f'{where}: unknown byteorder record '
         f'{unpickler.printable(text)!r}.')
   return '<' if text == 'little' else '>'
@@ -111,7 +113,7 @@ def _load_zip(archive: zipfile.ZipFile, record: str, where: str,
       return storages[key]
     name = f'{prefix}data/{key}'
     if name not in names:
-      raise errors.ConfigError(
+      raise errors.InputError(
           f'{where}: storage record {unpickler.printable(name)!r} is '
           'missing; the file is truncated or corrupt.')
     dtype = storage_type.dtype.newbyteorder(order)
@@ -148,23 +150,23 @@ def load_pth(path: str, max_bytes: int) -> Any:
       pickles anything outside the whitelist.
   """
   if not os.path.isfile(path):
-    raise errors.ConfigError(f'checkpoint file {path} does not exist.')
+    raise errors.InputError(f'checkpoint file {path} does not exist.')
   with _refusals(path):
     if zipfile.is_zipfile(path):
       with zipfile.ZipFile(path) as archive:
         pickles = [n for n in archive.namelist() if n.endswith('data.pkl')]
         if len(pickles) != 1:
-          raise errors.ConfigError(
+          raise errors.InputError(
               f'{path}: a zip archive but not a PyTorch checkpoint (found '
               f'{len(pickles)} data.pkl records).')
         return _load_zip(archive, pickles[0], path, max_bytes)
     with open(path, 'rb') as f:
       first = f.read(2)
       if first == b'PK':
-        raise errors.ConfigError(f'{path}: a damaged or truncated zip '
+        raise errors.InputError(f'{path}: a damaged or truncated zip '
                                  'archive, not a readable PyTorch checkpoint.')
       if first[:1] != b'\x80':  # Every torch pickle starts with PROTO.
-        raise errors.ConfigError(
+        raise errors.InputError(
             f'{path}: not a PyTorch checkpoint (neither a zip archive nor a '
             'legacy torch pickle).')
       f.seek(0)
@@ -207,12 +209,12 @@ def load_torchscript(source, max_bytes: int,
                  if n.endswith('/data.pkl') and n.count('/') == 1]
       if len(pickles) != 1 or not any(
           n.endswith('/constants.pkl') for n in names):
-        raise errors.ConfigError(
+        raise errors.InputError(
             f'{where}: not a TorchScript archive (data.pkl and '
             'constants.pkl expected at its root).')
       root = _load_zip(archive, pickles[0], where, max_bytes, True)
     if not isinstance(root, unpickler.ScriptObject):
-      raise errors.ConfigError(
+      raise errors.InputError(
           f'{where}: the root object of the TorchScript archive is not a '
           'module.')
     out: dict[str, np.ndarray] = {}
@@ -220,8 +222,16 @@ def load_torchscript(source, max_bytes: int,
   return out
 
 
-# ------------------------------------------------------------ legacy_pth
-# The legacy stream layout of `torch.save`, read with NumPy only.
+# -------------- The legacy stream layout of `torch.save`, read with NumPy only
+#
+# torch <= 1.5 wrote it by default, later versions with
+# `_use_new_zipfile_serialization=False`. One stream holds five things in a
+# row -- pickled magic number, pickled protocol version, pickled sys-info
+# dict, the main pickle, the pickled list of storage keys -- then, per key in
+# that order, an int64 element count followed by the storage's raw bytes. The
+# pickles may take at most `torch_objects.MAX_PICKLE_BYTES`, each storage must
+# hold the element count its tensors declare, and views of storages (old
+# torch) must lie inside them.
 
 
 LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
@@ -238,7 +248,7 @@ class _LimitedReader:
   def _take(self, data: bytes) -> bytes:
     self._left -= len(data)
     if self._left < 0:
-      raise errors.ConfigError(
+      raise errors.InputError(
           f'{self._where}: its pickles run past '
           f'{unpickler.MAX_PICKLE_BYTES:,} bytes, more than any PyTorch '
           'checkpoint\'s.')
@@ -256,11 +266,11 @@ def _legacy_header(f, where: str) -> str:
   """Reads magic, protocol and sys info; returns the byte order."""
   header = unpickler.Unpickler(f, where)
   if header.load() != LEGACY_MAGIC:
-    raise errors.ConfigError(
+    raise errors.InputError(
         f'{where}: not a PyTorch checkpoint (bad magic number).')
   protocol = header.load()
   if protocol != LEGACY_PROTOCOL:
-    raise errors.ConfigError(f'{where}: unsupported legacy protocol '
+    raise errors.InputError(f'{where}: unsupported legacy protocol '
                              f'{unpickler.printable(repr(protocol))}.')
   sys_info = header.load()
   if isinstance(sys_info, dict) and not sys_info.get('little_endian', True):
@@ -272,13 +282,13 @@ def _read_legacy_storage(f, storage, order: str, end: int, where: str):
   """Reads one storage's element count and data from the stream."""
   count = f.read(8)
   if len(count) != 8:
-    raise errors.ConfigError(
+    raise errors.InputError(
         f'{where}: truncated before storage {storage.key!r}.')
   (numel,) = struct.unpack(order + 'q', count)
   dtype = storage.dtype.newbyteorder(order)
   nbytes = numel * dtype.itemsize
   if numel != storage.numel or nbytes > end - f.tell():
-    raise errors.ConfigError(
+    raise errors.InputError(
         f'{where}: storage {storage.key!r} holds {numel:,} elements where '
         f'its tensors declare {storage.numel:,}, or fewer bytes follow; the '
         'file is truncated or corrupt.')
@@ -309,14 +319,14 @@ def load(f, where: str, max_bytes: int) -> Any:
   obj = unpickler.Unpickler(pickles, where, storage_fn).load()
   keys = unpickler.Unpickler(pickles, where).load()
   if not isinstance(keys, list) or any(str(k) not in storages for k in keys):
-    raise errors.ConfigError(f'{where}: malformed storage key list.')
+    raise errors.InputError(f'{where}: malformed storage key list.')
   end = os.fstat(f.fileno()).st_size
   for key in keys:
     _read_legacy_storage(f, storages[str(key)], order, end, where)
   for view_key, (root, offset, size) in views.items():
     base = storages[root].array
     if base is None or offset < 0 or offset + size > base.size:
-      raise errors.ConfigError(
+      raise errors.InputError(
           f'{where}: storage view {view_key!r} is out of range.')
     storages[view_key].array = base[offset:offset + size]
   return unpickler.materialise(obj, budget)

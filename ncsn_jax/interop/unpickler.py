@@ -11,13 +11,14 @@ it does not expect; every refusal is one `errors.ConfigError` line naming
 the file.
 """
 
-import math
-from typing import Any, Optional
-import numpy as np
-from ncsn_jax import errors
 import collections
+import math
 import pickle
 from typing import Any, Callable, Optional
+
+import numpy as np
+
+from ncsn_jax import errors
 
 NOTHING_RUN = 'nothing from the file was run'
 MAX_PICKLE_BYTES = 16 << 20  # Far above any model's pickles (KBs).
@@ -30,7 +31,7 @@ def printable(text: Any, limit: int = 100) -> str:
 
 
 def build_refused(where: str, what: str):
-  return errors.ConfigError(
+  return errors.InputError(
       f'{where}: the pickle sets the state of {what} (BUILD), which no '
       f'PyTorch file does ({NOTHING_RUN}).')
 
@@ -44,7 +45,7 @@ class Budget:
 
   def _check(self, total: int, what: str) -> None:
     if total > self.max_bytes:
-      raise errors.ConfigError(
+      raise errors.InputError(
           f'{self.where}: its {what} come to {total:,} bytes, more than the '
           f'{self.max_bytes:,} expected of it; it is corrupt or crafted.')
 
@@ -88,7 +89,7 @@ class ScriptObject:
 
   def __setstate__(self, state):
     if not isinstance(state, dict):
-      raise errors.ConfigError(
+      raise errors.InputError(
           f'{self.where}: module {printable(self.type_name)} has a pickled '
           f'state of type {type(state).__name__}, not a dict.')
     self.state = state
@@ -100,23 +101,23 @@ def _tensor_array(ref: TensorRef, budget: Budget) -> np.ndarray:
   flat, size, stride, offset = storage.array, ref.size, ref.stride, ref.offset
   layout = f'size {size}, stride {stride}, offset {offset}'
   if flat is None:
-    raise errors.ConfigError(f'{where}: the data of storage {storage.key!r} '
+    raise errors.InputError(f'{where}: the data of storage {storage.key!r} '
                              'are missing; the file is truncated or corrupt.')
   if len(size) != len(stride) or offset < 0 or min(size + stride,
                                                    default=0) < 0:
-    raise errors.ConfigError(f'{where}: a tensor on storage {storage.key!r} '
+    raise errors.InputError(f'{where}: a tensor on storage {storage.key!r} '
                              f'has an invalid layout ({printable(layout)}).')
   numel = math.prod(size)
   if numel == 0:
     return np.zeros(size, flat.dtype)
   last = offset + sum((n - 1) * s for n, s in zip(size, stride))
   if last >= flat.size:
-    raise errors.ConfigError(
+    raise errors.InputError(
         f'{where}: a tensor ({printable(layout)}) reaches past the '
         f'{flat.size} elements of storage {storage.key!r}; the file is '
         'truncated or corrupt.')
   if numel > flat.size - offset:
-    raise errors.ConfigError(
+    raise errors.InputError(
         f'{where}: a tensor ({printable(layout)}) holds {numel:,} elements '
         f'but only {flat.size - offset:,} of storage {storage.key!r} lie '
         'from its offset on: a stride-0 or overlapping view, which no model '
@@ -158,8 +159,25 @@ def materialise(obj: Any, budget: Budget) -> Any:
   return walk(obj)
 
 
-# ------------------------------------------------------------- unpickler
-# The one restricted unpickler for PyTorch files: no torch, no code run.
+# ------- The one restricted unpickler for PyTorch files: no torch, no code run
+#
+# `torch.save` checkpoints and TorchScript archives are pickles whose tensors
+# point, through persistent ids, at raw storages kept outside the pickle
+# (`torch_pickle` reads those). This unpickler
+#
+# * resolves globals from a whitelist: OrderedDict, the tensor and parameter
+#   rebuild functions and the storage types, plus, for TorchScript, the
+#   `__torch__.*` module classes and `build_intlist`. Any other global is
+#   refused by name;
+# * hands out guard objects only, so whatever the opcodes do, nothing but the
+#   whitelisted functions runs, on checked arguments: calling a storage type
+#   (REDUCE), setting state (BUILD) on a tensor, storage or whitelisted
+#   function, and NEWOBJ on anything but a TorchScript module class are
+#   refused;
+# * returns the stand-ins of `torch_objects` (tensors not yet copied, see
+#   `torch_objects.materialise`).
+#
+# Every refusal is an `errors.ConfigError` of one line naming the file.
 
 
 def _bfloat16() -> np.dtype:
@@ -188,7 +206,7 @@ class StorageType:
     self.dtype = np.dtype(dtype() if dtype is _bfloat16 else dtype)
 
   def __call__(self, *unused):
-    raise errors.ConfigError(
+    raise errors.InputError(
         f'{self._where}: the pickle calls torch.{self.name} itself; a '
         'PyTorch file\'s storages come from persistent ids '
         f'({NOTHING_RUN}).')
@@ -213,7 +231,7 @@ class _Global:
 def _ints(where: str, value, what: str) -> tuple[int, ...]:
   if not isinstance(value, (tuple, list)) or not all(
       isinstance(v, int) and not isinstance(v, bool) for v in value):
-    raise errors.ConfigError(
+    raise errors.InputError(
         f'{where}: a tensor {what} is not a tuple of integers '
         f'({printable(repr(value))}).')
   return tuple(value)
@@ -222,7 +240,7 @@ def _ints(where: str, value, what: str) -> tuple[int, ...]:
 def _rebuild_tensor(where, storage, offset, size, stride, *unused):
   """`torch._utils._rebuild_tensor(_v2)`: a checked `TensorRef`."""
   if not isinstance(storage, Storage):
-    raise errors.ConfigError(
+    raise errors.InputError(
         f'{where}: a tensor is built on a {type(storage).__name__}, not on '
         'a storage.')
   (offset,) = _ints(where, (offset,), 'offset')
@@ -233,7 +251,7 @@ def _rebuild_tensor(where, storage, offset, size, stride, *unused):
 def _rebuild_parameter(where, data, *unused):
   """`torch._utils._rebuild_parameter`: the tensor itself."""
   if not isinstance(data, TensorRef):
-    raise errors.ConfigError(f'{where}: a parameter is built on a '
+    raise errors.InputError(f'{where}: a parameter is built on a '
                              f'{type(data).__name__}, not on a tensor.')
   return data
 
@@ -288,20 +306,20 @@ class Unpickler(pickle.Unpickler):
             {'type_name': qualname, 'where': self._where})
       return self._classes[qualname]
     qualname = printable(f'{module}.{name}')
-    raise errors.ConfigError(
+    raise errors.InputError(
         f'{self._where}: refusing to load global {qualname}: not a tensor, '
         'storage or container a PyTorch file holds '
         f'({NOTHING_RUN}).')
 
   def persistent_load(self, pid):
     if self._storage_fn is None:
-      raise errors.ConfigError(f'{self._where}: unexpected persistent id in '
+      raise errors.InputError(f'{self._where}: unexpected persistent id in '
                                'a pickle that holds no tensors.')
     if not (isinstance(pid, tuple) and len(pid) in (5, 6) and
             pid[0] == 'storage' and isinstance(pid[1], StorageType) and
             isinstance(pid[2], (str, int)) and isinstance(pid[4], int) and
             not isinstance(pid[4], bool) and pid[4] >= 0):
-      raise errors.ConfigError(f'{self._where}: unknown persistent id '
+      raise errors.InputError(f'{self._where}: unknown persistent id '
                                f'{printable(repr(pid))}.')
     view = pid[5] if len(pid) == 6 else None
     return self._storage_fn(pid[1], str(pid[2]), pid[4], view)

@@ -13,11 +13,12 @@ normalisation (the NCSNv2 refine blocks).
 
 import functools
 from typing import Any, Callable, Optional, Sequence
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from typing import Optional
+
 from ncsn_jax import backend
 
 NormFactory = Optional[Callable[..., nn.Module]]
@@ -101,7 +102,7 @@ def resize_bilinear_align_corners(x: jax.Array, size: Sequence[int]):
   h, w = x.shape[1:3]
   if (h, w) == tuple(size):
     return x
-  rows, cols = (jnp.asarray(matrix(n, m, 'align_corners').astype(
+  rows, cols = (jnp.asarray(bilinear_matrix(n, m, 'align_corners').astype(
       np.float32), x.dtype) for n, m in ((h, size[0]), (w, size[1])))
   x = jnp.einsum('oh,bhwc->bowc', rows, x)
   return jnp.einsum('pw,bowc->bopc', cols, x)
@@ -253,8 +254,20 @@ class RefineBlock(nn.Module):
                     **blocks)(h, y)
 
 
-# --------------------------------------------------------------- pooling
-# Square max and average pooling, NHWC, in the form the backend runs best.
+# --------------------------------------------------------------------------
+# Square max and average pooling, NHWC, in the form the backend runs best
+#
+# On XLA:CPU (`backend.shifted_view_pools`) a k x k window reduction is a
+# k-reduction along H followed by one along W, each k shifted (strided) views
+# of the input combined elementwise, which XLA fuses into plain loops: 3-4x
+# faster there than `lax.reduce_window` (flax's `nn.max_pool` /
+# `nn.avg_pool`), and their gradients avoid `select_and_scatter`. Elsewhere
+# the pools are flax's. The forms agree (max exactly, averages to float32
+# rounding); gradients differ only on exact ties of a max, which split the
+# gradient in the shifted form and go to one element in `reduce_window`.
+#
+# `shifted_views=None` takes the choice from `backend` when the function is
+# traced.
 
 
 def _window(x: jax.Array, op, size: int, stride: int) -> jax.Array:
@@ -324,11 +337,26 @@ def avg_pool(x: jax.Array, size: int, stride: int = 1, padding: int = 0,
   return sums / counts[0].astype(sums.dtype)
 
 
-# -------------------------------------------------------------- bilinear
-# Bilinear interpolation as matrices: one builder, three sampling rules.
+# ------- Bilinear interpolation as matrices: one builder, three sampling rules
+#
+# A separable bilinear resize of a [B,H,W,C] image is `R_h x R_w^T` per
+# channel, with R an [out, in] matrix whose row i holds the two weights of
+# output pixel i. The rules differ only in where output pixel i samples the
+# input (s = in / out):
+#
+# * 'align_corners': i (in - 1) / (out - 1), in float64; PyTorch's bilinear
+#   upsampling with align_corners=True (the RefineNet's multi-resolution
+#   fusion).
+# * 'half_pixel': max(0, (i + 0.5) s - 0.5), in float32; PyTorch's
+#   `F.interpolate(align_corners=False)` (pytorch-fid's Inception input).
+# * 'asymmetric': i s, in float32; TF1's legacy `ResizeBilinear` (TTUR's and
+#   improved-gan's Inception input).
+#
+# Source positions past the last pixel clamp to it. Neither reference
+# antialiases, so neither does this module (it matters only when shrinking).
 
 
-RULES = ('align_corners', 'half_pixel', 'asymmetric')
+BILINEAR_RULES = ('align_corners', 'half_pixel', 'asymmetric')
 
 
 def _sources(in_size: int, out_size: int, rule: str) -> np.ndarray:
@@ -345,14 +373,14 @@ def _sources(in_size: int, out_size: int, rule: str) -> np.ndarray:
                     np.float32(0))
 
 
-def matrix(in_size: int, out_size: int, rule: str) -> np.ndarray:
+def bilinear_matrix(in_size: int, out_size: int, rule: str) -> np.ndarray:
   """Interpolation matrix [out_size, in_size], float64 weights.
 
   Row i is (1 - f) at i0 = floor(src) and f at min(i0 + 1, in - 1), with
   f = src - i0 computed in the source coordinate's dtype; rows sum to 1.
   """
-  if rule not in RULES:
-    raise ValueError(f'bilinear rule {rule!r} is unknown; use one of {RULES}.')
+  if rule not in BILINEAR_RULES:
+    raise ValueError(f'bilinear rule {rule!r} is unknown; use one of {BILINEAR_RULES}.')
   if in_size < 1 or out_size < 1:
     raise ValueError(f'sizes must be >= 1, got {in_size} -> {out_size}.')
   src = _sources(in_size, out_size, rule)

@@ -24,10 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ncsn_jax import errors
-from ncsn_jax.models import score
 from ncsn_jax.models import layers
 from ncsn_jax.models import normalization
+from ncsn_jax.models import score
 
 # Residual stages: (name, width multiplier of F, resample of the first block,
 # dilation). Refine blocks: (name, width multiplier), coarsest first.
@@ -140,52 +139,27 @@ MODELS = {
 }
 
 
-def check_image_size(config) -> None:
-  """Raises ValueError if the config's image size does not fit the model."""
-  name, size = config.model.name, config.data.image_size
-  factor = downsampling_factor(MODELS[name][1])
-  if size < 2 * factor or size % factor:
-    raise errors.ConfigError(
-        f'config.data.image_size={size} does not fit model {name!r}: it '
-        f'must be a multiple of {factor} and at least {2 * factor}; '
-        f'set config.data.image_size accordingly.')
-
-
-def create_model(config) -> nn.Module:
+def create_model(config, dtype: Optional[str] = None) -> nn.Module:
   """Builds the score network named by `config.model.name`.
 
   Args:
-    config: a full experiment config (model, data sections).
+    config: a full experiment config (model, data sections), checked by
+      `config_checks`.
+    dtype: compute dtype of the convolutions, overriding `config.model.dtype`
+      (sampling in bfloat16 from float32-trained parameters); parameters
+      stay float32 either way.
 
   Returns:
     An unbound flax module with the call contract of the module docstring.
   """
-  name = config.model.name
-  if name not in MODELS:
-    raise errors.ConfigError(
-        f'config.model.name={name!r} is unknown; use one of '
-        f'{", ".join(MODELS)}.')
-  check_image_size(config)
-  if config.data.channels not in (1, 3):
-    raise errors.ConfigError(
-        f'config.data.channels={config.data.channels} must be '
-        '1 or 3.')
   sigmas = score.get_sigmas(config)
-  dtype = {
-      'float32': jnp.float32,
-      'bfloat16': jnp.bfloat16
-  }.get(config.model.dtype)
-  if dtype is None:
-    raise errors.ConfigError(
-        f'config.model.dtype={config.model.dtype!r} must be '
-        "'float32' or 'bfloat16'.")
-  factory = MODELS[name][0]
+  factory = MODELS[config.model.name][0]
   return factory(
       ngf=config.model.ngf,
       num_classes=config.model.num_classes,
       sigmas=tuple(float(s) for s in np.asarray(sigmas)),
       rescale_input=not (config.data.logit_transform or config.data.rescaled),
-      dtype=dtype,
+      dtype=jnp.dtype(dtype or config.model.dtype),
       remat=config.model.remat)
 
 

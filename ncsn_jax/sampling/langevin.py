@@ -18,13 +18,14 @@ before each update.
 """
 
 from typing import Callable, Optional
+
 import jax
 import jax.numpy as jnp
-from ncsn_jax.models import score
-from typing import Optional
 import numpy as np
-from ncsn_jax import parallel
+
 from ncsn_jax import console
+from ncsn_jax import parallel
+from ncsn_jax.models import score
 
 # noise_fn(keys [B], t, x [N,...]) -> z [N,...], the Langevin noise of step t.
 NoiseFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
@@ -165,8 +166,13 @@ def get_sampler(config, model, noise_fn: Optional[NoiseFn] = None):
   return sample_fn
 
 
-# -------------------------------------------------------------- generate
-# Host-side sample drawing with a sampler pmapped once.
+# --------------------------- host side: samples drawn with a sampler pmapped once
+#
+# `p_sample` is `parallel.pmap_sampler(langevin.get_sampler(config, model))`,
+# built once per process and passed to every snapshot, sample-mode call and
+# swept checkpoint, so the sampler compiles once. Batch i of `generate` and
+# the single batch of `sample_batch` start chain j from the key
+# fold_in(batch key, j), which also drives its Langevin noise.
 
 
 def sample_batch(config, p_sample, params, key: jax.Array, n: int,
@@ -203,7 +209,6 @@ def generate(config, p_sample, params, key: jax.Array, n: int) -> np.ndarray:
   Reports progress per batch (`console.Progress`).
   """
   batch = config.sampling.batch_size
-  parallel.check_divisible_local(batch, 'config.sampling.batch_size')
   out = []
   with console.Progress(n, 'sampling', unit='samples') as bar:
     for i in range(-(-n // batch)):

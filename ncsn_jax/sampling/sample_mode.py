@@ -4,52 +4,48 @@
 EMA parameters, plus the generation process (`sampling.record_every`) and
 the inpainting, interpolation and nearest-neighbour figures when
 `config.sampling` asks for them. Every sampler is pmapped once
-(`build_samplers`).
+(`build_samplers`) and handed to the figure that runs it; the chains
+themselves are in `langevin.py`, `inpainting.py` and `interpolation.py`.
 """
 
+import json
 import os
-from typing import Optional
+
 from absl import logging
 import jax
+import jax.numpy as jnp
 import numpy as np
+
+from ncsn_jax import checkpoints
 from ncsn_jax import config_checks
 from ncsn_jax import console
-from ncsn_jax.data import input_pipeline
-from ncsn_jax.sampling import inpainting
-from ncsn_jax.sampling import interpolation
-from ncsn_jax.sampling import langevin
-from ncsn_jax import checkpoints
-import json
-import jax.numpy as jnp
-from ncsn_jax.data import distances
 from ncsn_jax import errors
 from ncsn_jax import outputs
 from ncsn_jax import parallel
+from ncsn_jax.data import distances
+from ncsn_jax.data import input_pipeline
 from ncsn_jax.models import score
+from ncsn_jax.sampling import inpainting
+from ncsn_jax.sampling import interpolation
+from ncsn_jax.sampling import langevin
 
 
-def build_samplers(config, model,
-                   noise_fn: Optional[langevin.NoiseFn] = None,
-                   known_noise_fn: Optional[langevin.NoiseFn] = None):
+def build_samplers(config, model):
   """The pmapped samplers sample mode needs, each built once.
 
   Args:
     config: run config (`config.sampling` selects the figures).
     model: the score network.
-    noise_fn: Langevin-noise hook of the plain and inpainting samplers
-      (`langevin.annealed_langevin`); None = the per-example default.
-    known_noise_fn: known-pixel-noise hook of the inpainting sampler.
 
   Returns:
     {'plain': p_sample, and 'inpainting' / 'interpolation' when asked}.
   """
   s = config.sampling
   samplers = {'plain': parallel.pmap_sampler(
-      langevin.get_sampler(config, model, noise_fn))}
+      langevin.get_sampler(config, model))}
   if s.inpainting:
     samplers['inpainting'] = parallel.pmap_sampler(
-        inpainting.get_inpainting_sampler(config, model, noise_fn,
-                                          known_noise_fn))
+        inpainting.get_inpainting_sampler(config, model))
   if s.interpolation:
     samplers['interpolation'] = parallel.pmap_sampler(
         interpolation.get_interpolation_sampler(config, model))
@@ -58,15 +54,14 @@ def build_samplers(config, model,
 
 def _write_process(config, frames: np.ndarray, root: str) -> dict[str, str]:
   """The kept chain states: a PNG (row = sample, column = state) and a GIF."""
-  tag, sc = config.sampling.tag, scale(frames[0])
+  tag = config.sampling.tag
   n_show = min(8, frames.shape[1])
   process = frames[:, :n_show].swapaxes(0, 1).reshape((-1,) +
                                                        frames.shape[2:])
   paths = {'process': os.path.join(root, f'{tag}_process.png'),
            'gif': os.path.join(root, f'{tag}_process.gif')}
-  outputs.save_image_grid(paths['process'], process, ncol=frames.shape[0],
-                           scale=sc)
-  save_process_gif(paths['gif'], frames)
+  outputs.save_image_grid(paths['process'], process, ncol=frames.shape[0])
+  outputs.save_grid_gif(paths['gif'], frames)
   return paths
 
 
@@ -78,8 +73,9 @@ def sample(config, workdir: str) -> dict[str, str]:
   """
   config_checks.check_config(config, 'sample')
   s = config.sampling
+  root = os.path.join(workdir, 'samples')
+  outputs.check_writable(root, '--workdir')
   model, params, step = checkpoints.load_params(config, workdir, s.ckpt_id)
-  parallel.check_divisible_local(s.batch_size, 'config.sampling.batch_size')
   samplers = build_samplers(config, model)
   key = jax.random.fold_in(jax.random.key(config.seed), step)
   data = None
@@ -89,11 +85,9 @@ def sample(config, workdir: str) -> dict[str, str]:
     images, frames = langevin.sample_batch(config, samplers['plain'], params,
                                            key, s.batch_size, data)
     bar.update(s.batch_size)
-  root = os.path.join(workdir, 'samples')
   paths = {'grid': os.path.join(root, f'{s.tag}.png'),
            'npz': os.path.join(root, f'{s.tag}.npz')}
-  outputs.save_image_grid(paths['grid'], images,
-                           scale=scale(images))
+  outputs.save_image_grid(paths['grid'], images)
   outputs.save_npz_images(paths['npz'], images)
   if frames is not None:
     paths.update(_write_process(config, frames, root))
@@ -103,30 +97,12 @@ def sample(config, workdir: str) -> dict[str, str]:
   return paths
 
 
-# --------------------------------------------------------------- figures
-# Inpainting, interpolation and nearest-neighbour figures of sample mode.
-
-
-def _rows(config, per_row: int, field: str) -> int:
-  """Grid rows of `sampling.batch_size` chains with `per_row` per row."""
-  batch = config.sampling.batch_size
-  if per_row < 1 or batch % per_row or batch < per_row:
-    raise errors.ConfigError(
-        f'config.sampling.{field}={per_row} must divide '
-        f'config.sampling.batch_size={batch}.')
-  return batch // per_row
-
-
-def scale(images: np.ndarray) -> int:
-  """Upscaling factor that shows `[N,H,W,C]` images at least 64 px wide."""
-  return max(1, 64 // images.shape[1])
-
-
-def save_process_gif(path: str, frames: np.ndarray,
-                     ncol: Optional[int] = None) -> None:
-  """GIF of the chain states `[m, N,H,W,C]` (data space), one grid a frame."""
-  grids = [outputs.make_grid(f, ncol=ncol) for f in frames]
-  outputs.save_gif(path, np.stack(grids), scale=scale(frames[0]))
+# --------------------------------------------------------------------------
+# Inpainting, interpolation and nearest-neighbour figures of sample mode
+#
+# Each figure gets its sampler already pmapped (`build_samplers`
+# builds every program of sample mode once); the chains are in
+# `inpainting.py` and `interpolation.py`.
 
 
 def _trajectory_images(trajectory, config):
@@ -142,13 +118,13 @@ def inpaint(config, p_inpaint, params, key, root: str) -> dict[str, str]:
   original.
   """
   s = config.sampling
-  n_refs = _rows(config, s.completions, 'completions')
-  parallel.check_divisible_local(s.batch_size, 'config.sampling.batch_size')
+  n_refs = s.batch_size // s.completions
   refs = input_pipeline.load_split_arrays(config, 'test', n_refs)
   if len(refs) < n_refs:
-    raise errors.ConfigError(
+    raise errors.InputError(
         f'inpainting needs {n_refs} test images, the test split '
-        f'has {len(refs)}.')
+        f'has {len(refs)}; lower config.sampling.batch_size or raise '
+        'config.sampling.completions.')
   shape = refs.shape[1:]
   mask_key, init_key, chain_key = jax.random.split(key, 3)
   mask = inpainting.make_mask(s.inpainting_mask, shape, mask_key)
@@ -165,11 +141,12 @@ def inpaint(config, p_inpaint, params, key, root: str) -> dict[str, str]:
                         axis=1)
   paths = {'inpainting': os.path.join(root, f'{s.tag}_inpainting.png')}
   outputs.save_image_grid(paths['inpainting'], rows.reshape((-1,) + shape),
-                           ncol=s.completions + 2, scale=scale(refs))
+                           ncol=s.completions + 2)
   if trajectory is not None:
     paths['inpainting_gif'] = os.path.join(root, f'{s.tag}_inpainting.gif')
-    save_process_gif(paths['inpainting_gif'],
-                     _trajectory_images(trajectory, config), s.completions)
+    outputs.save_grid_gif(paths['inpainting_gif'],
+                          _trajectory_images(trajectory, config),
+                          s.completions)
   return paths
 
 
@@ -184,9 +161,7 @@ def interpolate(config, p_interpolate, params, key,
   (left) to q (right).
   """
   s = config.sampling
-  rows = _rows(config, s.n_interpolations, 'n_interpolations')
-  parallel.check_divisible_local(rows, 'config.sampling.batch_size / '
-                                 'config.sampling.n_interpolations')
+  rows = s.batch_size // s.n_interpolations
   init_key, chain_key = jax.random.split(key)
   data = None
   if s.data_init:
@@ -199,13 +174,13 @@ def interpolate(config, p_interpolate, params, key,
   paths = {'interpolation': os.path.join(root,
                                          f'{s.tag}_interpolation.png')}
   outputs.save_image_grid(paths['interpolation'], images,
-                           ncol=s.n_interpolations, scale=scale(images))
+                           ncol=s.n_interpolations)
   if trajectory is not None:
     paths['interpolation_gif'] = os.path.join(root,
                                               f'{s.tag}_interpolation.gif')
-    save_process_gif(paths['interpolation_gif'],
-                     _trajectory_images(trajectory, config),
-                     s.n_interpolations)
+    outputs.save_grid_gif(paths['interpolation_gif'],
+                          _trajectory_images(trajectory, config),
+                          s.n_interpolations)
   return paths
 
 
@@ -227,7 +202,7 @@ def nearest_neighbor_figure(config, samples: np.ndarray, root: str,
            'nearest_json': os.path.join(root, f'{s.tag}_nearest.json')}
   outputs.save_image_grid(paths['nearest'],
                            rows.reshape((-1,) + samples.shape[1:]),
-                           ncol=k + 1, scale=scale(samples))
+                           ncol=k + 1)
   report = {'metric': 'L2 distance of [0, 1] pixels',
             'indices': idx.tolist(), 'distances': dist.tolist()}
   outputs.save_text(paths['nearest_json'], json.dumps(report))

@@ -4,35 +4,33 @@ Everything the loop calls on devices is built once, before the first step
 (`_build`): the donated train step, the test-loss step and the snapshot
 sampler. Step s of training draws example i's randomness from
 fold_in(fold_in(train_key, s), i), and every checkpoint holds the input
-pipeline's position, so a resumed run continues exactly. A checkpoint without
-that position (an imported or older one) resumes from a fresh shuffle: the run
-says so in one warning line, in every metrics record (`inexact_resumes`) and
-in its `TrainResult`.
+pipeline's position, so a resumed run continues exactly (`checkpoints`).
+
+TensorFlow (the input pipeline) and clu (the TensorBoard writer, the
+profiler hook) are imported when a run needs them, so the loop itself runs
+where neither is installed (`bench/loop_overhead.py`).
 """
 
 import dataclasses
 import functools
+import os
 from typing import Any, Callable
 
 from absl import logging
-from clu import metric_writers
-from clu import periodic_actions
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ncsn_jax import checkpoints
 from ncsn_jax import config_checks
+from ncsn_jax import console
 from ncsn_jax import errors
 from ncsn_jax import models
-from ncsn_jax import parallel
-from ncsn_jax import console
-from ncsn_jax.data import input_pipeline
-from ncsn_jax.sampling import langevin
-from ncsn_jax.training import losses
 from ncsn_jax import outputs
-from ncsn_jax.training import step as step_lib
+from ncsn_jax import parallel
 from ncsn_jax import train_state
-from ncsn_jax import checkpoints
+from ncsn_jax.sampling import langevin
+from ncsn_jax.training import step as step_lib
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))
@@ -91,6 +89,17 @@ def _check_finite(pending, config, skipped: int) -> int:
   return skipped + bad
 
 
+def host_metrics(metrics) -> dict[str, float]:
+  """Scalars of the last step of a `multi_train_step` metrics pytree."""
+  last = jax.tree.map(lambda x: np.asarray(x)[-1], metrics)
+  out = {k: float(last[k]) for k in ('loss', 'grad_norm', 'learning_rate')}
+  for g, (s, c) in enumerate(zip(last['group_loss_sums'],
+                                 last['group_counts'])):
+    if c > 0:
+      out[f'loss_sigma_group_{g}'] = float(s / c)
+  return out
+
+
 @dataclasses.dataclass(frozen=True)
 class _Context:
   """What the loop needs besides the state, built once by `_build`."""
@@ -99,18 +108,19 @@ class _Context:
   model: Any
   tx: Any
   keys: dict[str, jax.Array]  # init, train, eval, sample
-  datasets: dict[str, Any]  # train, test: tf.data datasets
+  datasets: dict[str, Any]  # train, test: tf.data datasets (or iterables)
   iters: dict[str, Any]  # train, test: their iterators (replaced on resume)
   p_train: Callable
   p_eval: Callable
   p_sample: Callable
-  manager: Any
-  writer: Any
+  manager: Any  # The checkpoint manager; None: no checkpoints (benchmarks).
+  writer: Any  # A clu metric writer; None: no TensorBoard (benchmarks).
   is_main: bool
 
 
 def _datasets(config):
   """Repeating train (augmented) and test datasets of this process."""
+  from ncsn_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   n = jax.process_count()
   train = input_pipeline.create_dataset(
       config, 'train', batch_size=config.training.batch_size // n,
@@ -121,30 +131,24 @@ def _datasets(config):
   return {'train': train, 'test': test}
 
 
-def _build(config, workdir: str) -> _Context:
-  # The whole config, as run.py checks it, for library callers too.
-  config_checks.check_config(config, 'train')
+def _build(config, workdir: str, datasets=None, writer=True) -> _Context:
+  """The loop's programs, keys, data and writer (`datasets`, `writer`:
+  replacements for benchmarks: iterables of `{'image'}` batches, None)."""
   model = models.create_model(config)
-  tx = train_state.create_optimizer(config)
-  loss_fn = losses.get_loss_fn(config, model)
+  p_train, tx = step_lib.make_train_step(config, model)
   names = ('init', 'train', 'eval', 'sample')
   keys = dict(zip(names, jax.random.split(jax.random.key(config.seed), 4)))
-  datasets = _datasets(config)
+  datasets = datasets or _datasets(config)
   is_main = jax.process_index() == 0
+  if writer is True:
+    writer = outputs.create_writer(workdir, is_main)
   return _Context(
       config=config, workdir=workdir, model=model, tx=tx, keys=keys,
       datasets=datasets, iters={k: iter(v) for k, v in datasets.items()},
-      p_train=parallel.pmap_train_step(functools.partial(
-          step_lib.multi_train_step, config=config, loss_fn=loss_fn, tx=tx,
-          axis_name=parallel.AXIS)),
-      p_eval=parallel.pmap_eval_step(functools.partial(
-          step_lib.eval_step, config=config, loss_fn=loss_fn,
-          axis_name=parallel.AXIS)),
+      p_train=p_train, p_eval=step_lib.make_eval_step(config, model),
       p_sample=parallel.pmap_sampler(langevin.get_sampler(config, model)),
       manager=None,  # Created by `train` once it holds the workdir lock.
-      writer=metric_writers.create_default_writer(
-          workdir, just_logging=not is_main, asynchronous=False),
-      is_main=is_main)
+      writer=writer, is_main=is_main)
 
 
 def _initial_state(ctx: _Context) -> tuple[train_state.TrainState, int]:
@@ -155,32 +159,50 @@ def _initial_state(ctx: _Context) -> tuple[train_state.TrainState, int]:
   """
   state = train_state.create_train_state(ctx.config, ctx.model, ctx.tx,
                                          ctx.keys['init'])
-  if ctx.manager.latest_step() is None:
+  if ctx.manager is None or ctx.manager.latest_step() is None:
     return state, 0
   return checkpoints.resume(ctx.manager, ctx.workdir, ctx.config, state,
-                       ctx.datasets, ctx.iters, ctx.is_main)
+                            ctx.datasets, ctx.iters, ctx.is_main)
 
 
-def _log(ctx: _Context, state, metrics, step: int, k: int, counts: dict):
+def _log(ctx: _Context, state, metrics, step: int, k: int, extra: dict):
   """Scalars (and a test-batch loss) when step `step` is due for them."""
   t, record = ctx.config.training, {}
   if _crossed(step, k, t.log_freq) or step == t.n_iters:
-    record.update(outputs.host_metrics(metrics), **counts)
+    record.update(host_metrics(metrics), **extra)
   if _crossed(step, k, t.eval_freq):
     images = np.asarray(next(ctx.iters['test'])['image'])
     keys = parallel.process_keys(
         jax.random.fold_in(ctx.keys['eval'], step), len(images))
     record['test_loss'] = float(ctx.p_eval(
         parallel.unreplicate(state).ema_params, images, keys))
-  if record:
+  if record and ctx.writer is not None:
     ctx.writer.write_scalars(step, record)
     if ctx.is_main:
-      outputs.append_jsonl(ctx.workdir, {'step': step, **record})
+      outputs.append_metrics(ctx.workdir, {'step': step, **record})
   return record
+
+
+def snapshot_samples(config, p_sample, params, key, workdir: str,
+                     step: int, writer=None) -> str:
+  """Samples a grid with `params`; writes `WORKDIR/samples/step_<k>.png`.
+
+  `p_sample` is the loop's sampler, pmapped once for every snapshot. With a
+  clu `writer` the grid also goes to TensorBoard (image 'samples').
+  """
+  images, _ = langevin.sample_batch(config, p_sample, params, key,
+                                    config.training.snapshot_n_samples)
+  path = os.path.join(workdir, 'samples', f'step_{step}.png')
+  grid = outputs.save_image_grid(path, images)
+  if writer is not None:
+    outputs.write_grid(writer, step, grid)
+  return path
 
 
 def _snapshot(ctx: _Context, state, step: int, inexact: int):
   """Checkpoint (with input position), and (main process) grid, curve."""
+  if ctx.manager is None:
+    return
   host = jax.device_get(parallel.unreplicate(state))
   positions = {'train': (ctx.iters['train'], step),
                'test': (ctx.iters['test'],
@@ -188,7 +210,7 @@ def _snapshot(ctx: _Context, state, step: int, inexact: int):
   checkpoints.save(ctx.manager, step, host, ctx.config, positions, inexact)
   if ctx.is_main:
     if ctx.config.training.snapshot_sampling:
-      path = outputs.snapshot_samples(
+      path = snapshot_samples(
           ctx.config, ctx.p_sample, host.ema_params,
           jax.random.fold_in(ctx.keys['sample'], step), ctx.workdir, step,
           ctx.writer)
@@ -196,15 +218,15 @@ def _snapshot(ctx: _Context, state, step: int, inexact: int):
     outputs.write_loss_curve(ctx.workdir)
 
 
-def _hooks(ctx: _Context):
+def _profiler(ctx: _Context):
+  """clu's profiler hook at `training.profile_at_step`, or None."""
   t = ctx.config.training
-  hooks = [periodic_actions.ReportProgress(
-      num_train_steps=t.n_iters, writer=ctx.writer, every_steps=t.log_freq)]
-  if t.profile_at_step > 0 and ctx.is_main:
-    hooks.append(periodic_actions.Profile(
-        logdir=ctx.workdir, first_profile=t.profile_at_step,
-        num_profile_steps=5))
-  return hooks
+  if t.profile_at_step <= 0 or not ctx.is_main:
+    return None
+  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
+  return periodic_actions.Profile(logdir=ctx.workdir,
+                                  first_profile=t.profile_at_step,
+                                  num_profile_steps=5)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,21 +234,13 @@ class TrainResult:
   """The outcome of `train`."""
   state: train_state.TrainState  # Final state, host arrays.
   stopped_early: bool  # Stopped by SIGTERM / SIGINT (checkpoint written).
-  inexact_resumes: int  # Resumes of this run without an input position.
-
-  def summary(self) -> str:
-    """One line on whether the run's data order is an uninterrupted run's."""
-    if not self.inexact_resumes:
-      return 'Data order: exact (as an uninterrupted run).'
-    return (f'Data order: NOT exact: resumed {self.inexact_resumes} time(s) '
-            'from a checkpoint without an input-pipeline position.')
 
 
 def _train_steps(ctx: _Context, state, inexact: int) -> tuple[Any, bool]:
   """The step loop from `state` (replicated); returns (state, stopped)."""
   t = ctx.config.training
   step, skipped = int(parallel.unreplicate(state).step), 0
-  hooks, pending = _hooks(ctx), []
+  profiler, pending = _profiler(ctx), []
   with checkpoints.PreemptionWatcher() as watcher, console.Progress(
       t.n_iters, 'training', unit='steps', every_s=30, initial=step) as bar:
     while step < t.n_iters:
@@ -238,16 +252,16 @@ def _train_steps(ctx: _Context, state, inexact: int) -> tuple[Any, bool]:
       pending.append((step, metrics['nonfinite']))
       if _check_due(step, k, t):
         skipped, pending = _check_finite(pending, ctx.config, skipped), []
-      for hook in hooks:
-        hook(step)
+      if profiler is not None:
+        profiler(step)
       record = _log(ctx, state, metrics, step, k,
-                    {'skipped_steps': skipped, 'inexact_resumes': inexact})
+                    {'skipped_steps': skipped, 'steps_per_sec': bar.rate()})
       bar.update(k, f'loss {record["loss"]:.4g}' if 'loss' in record else None)
       stop = watcher.should_stop(ctx.manager, step)
       if stop or _crossed(step, k, t.snapshot_freq) or step == t.n_iters:
         _snapshot(ctx, state, step, inexact)
       if stop:
-        logging.warning('Stopped at step %d on request; rerun to checkpoints.',
+        logging.warning('Stopped at step %d on request; rerun to resume.',
                         step)
         return state, True
   return state, False
@@ -260,10 +274,11 @@ def train(config, workdir: str) -> TrainResult:
   `WORKDIR/samples/step_<k>.png`, TensorBoard scalars, `metrics.jsonl` and
   `loss_curve.png`. SIGTERM / SIGINT checkpoint and return early; a NaN or
   Inf loss raises `NonFiniteLossError` (unless skipping is configured). A
-  second run in the same workdir is refused (`workdir_lock`).
+  second run in the same workdir is refused (`checkpoints.lock`).
   """
-  ctx = _build(config, workdir)  # Bad config fails here, lock-free.
-  with checkpoints.hold(workdir):
+  config_checks.check_config(config, 'train')
+  ctx = _build(config, workdir)  # Bad input fails here, lock-free.
+  with checkpoints.lock(workdir):
     ctx = dataclasses.replace(ctx, manager=checkpoints.create_manager(
         workdir, config.training.keep_checkpoints))
     try:
@@ -273,13 +288,4 @@ def train(config, workdir: str) -> TrainResult:
       ctx.writer.flush()
     finally:
       ctx.manager.close()
-  result = TrainResult(jax.device_get(parallel.unreplicate(state)), stopped,
-                       inexact)
-  if inexact:
-    logging.warning('%s', result.summary())
-  return result
-
-
-def train_and_evaluate(config, workdir: str) -> train_state.TrainState:
-  """`train`'s final state (host arrays)."""
-  return train(config, workdir).state
+  return TrainResult(jax.device_get(parallel.unreplicate(state)), stopped)

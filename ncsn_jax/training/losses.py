@@ -18,7 +18,6 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from ncsn_jax import errors
 from ncsn_jax import parallel
 from ncsn_jax.models import score
 
@@ -81,18 +80,6 @@ def annealed_dsm_loss(score_fn: score.ScoreFn, x: jax.Array,
 
 # ------------------------------------------------------ sliced score matching
 
-SSM_LOSSES = ('ssm', 'ssm_vr')
-PROJECTIONS = ('gaussian', 'rademacher')
-
-
-def check_projection(kind: str) -> None:
-  """Raises ValueError naming the config field for an unknown projection."""
-  if kind not in PROJECTIONS:
-    raise errors.ConfigError(
-        f'config.training.projection={kind!r} is unknown; use '
-        "'gaussian' or 'rademacher'.")
-
-
 def projections(keys: jax.Array, shape, n_particles: int,
                 kind: str = 'gaussian') -> jax.Array:
   """Random projection vectors with E[v v^T] = I, per example.
@@ -106,7 +93,6 @@ def projections(keys: jax.Array, shape, n_particles: int,
   Returns:
     v `[n_particles, B, *shape]`.
   """
-  check_projection(kind)
   full = (n_particles,) + tuple(shape)
   if kind == 'gaussian':
     v = jax.vmap(lambda k: jax.random.normal(k, full))(keys)
@@ -216,19 +202,11 @@ def get_loss_fn(config, model, perturb_fn: Optional[PerturbFn] = None):
   sigmas = jnp.asarray(score.get_sigmas(config))
   perturb_fn = perturb_fn or perturb
   t = config.training
-  name, power = t.loss, t.anneal_power
-  if name not in ('dsm',) + SSM_LOSSES:
-    raise errors.ConfigError(
-        f"config.training.loss={name!r} is unknown; use 'dsm', "
-        "'ssm' or 'ssm_vr'.")
+  name, power = t.loss, t.anneal_power  # config_checks.LOSSES
   if name == 'dsm':
     return lambda params, x, keys: annealed_dsm_loss(
         score.make_score_fn(model, params), x, keys, sigmas, power,
         perturb_fn)
-  check_projection(t.projection)
-  if t.n_particles < 1:
-    raise errors.ConfigError(
-        f'config.training.n_particles={t.n_particles} must be >= 1.')
   particles, projection = t.n_particles, t.projection
   return lambda params, x, keys: annealed_ssm_loss(
       score.make_score_fn(model, params), x, keys, sigmas, particles,

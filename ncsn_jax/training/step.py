@@ -16,9 +16,10 @@ import jax.numpy as jnp
 import optax
 
 from ncsn_jax import backend
-from ncsn_jax import errors
-from ncsn_jax.models import score
+from ncsn_jax import parallel
 from ncsn_jax import train_state
+from ncsn_jax.models import score
+from ncsn_jax.training import losses
 
 
 def _pmean(x, axis_name: Optional[str]):
@@ -56,11 +57,7 @@ def accumulated_grads(loss_fn, params, x, keys, n_micro: int):
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if n_micro == 1:
     return grad_fn(params, x, keys)
-  n = x.shape[0]
-  if n % n_micro:
-    raise errors.ConfigError(
-        f'config.training.grad_accum_steps={n_micro} does not divide the '
-        f'per-device batch of {n}.')
+  n = x.shape[0]  # A multiple of n_micro (config_checks).
   split = lambda a: a.reshape((n_micro, n // n_micro) + a.shape[1:])
 
   def body(total, micro):
@@ -159,3 +156,34 @@ def eval_step(params, images, keys, *, config, loss_fn,
   """Mean loss of `params` on test images `[B,...]` with keys `[B]`."""
   loss, _ = loss_fn(params, score.data_transform(images, config), keys)
   return _pmean(loss, axis_name)
+
+
+def make_train_step(config, model, perturb_fn=None):
+  """The pmapped train step of a config, as the training loop runs it.
+
+  `p_train(state [D,...], images [k,B,...], keys [k,B]) -> (state,
+  metrics)` over all local devices, the state donated (`parallel`). k steps
+  per call (`multi_train_step`), the config's optimiser and loss.
+
+  Args:
+    config: the experiment config.
+    model: the score network (`models.create_model(config)`).
+    perturb_fn: the loss's hook for injected noise draws
+      (`losses.get_loss_fn`); None draws from the per-example keys.
+
+  Returns:
+    (p_train, tx): the program and its optimiser (which
+    `train_state.create_train_state` needs for the initial state).
+  """
+  tx = train_state.create_optimizer(config)
+  loss_fn = losses.get_loss_fn(config, model, perturb_fn)
+  return parallel.pmap_train_step(functools.partial(
+      multi_train_step, config=config, loss_fn=loss_fn, tx=tx,
+      axis_name=parallel.AXIS)), tx
+
+
+def make_eval_step(config, model):
+  """`p_eval(params, images [B,...], keys [B]) -> mean loss`, pmapped."""
+  loss_fn = losses.get_loss_fn(config, model)
+  return parallel.pmap_eval_step(functools.partial(
+      eval_step, config=config, loss_fn=loss_fn, axis_name=parallel.AXIS))

