@@ -22,15 +22,14 @@ import platform
 import sys
 import time
 
-import flax
-import jax
-import numpy as np
-import optax
-
 from bench import chips
 from bench import interleave
 from bench import jax_timers
 from bench import plain_config
+import flax
+import jax
+import numpy as np
+import optax
 
 _START = time.perf_counter()
 

@@ -17,14 +17,14 @@ import sys
 import tempfile
 import time
 
+from configs import digits
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import digits
 from ncsn_jax import parallel
-from ncsn_jax.training import loop
 from ncsn_jax import train_state
+from ncsn_jax.training import loop
 
 
 def eager_keys(train_key, first_step: int, k: int, n: int):

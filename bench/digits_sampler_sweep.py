@@ -14,15 +14,15 @@ ratio, FD and the seconds the sampling took. Sampling settings: T
 import sys
 import time
 
+from configs import digits
 import jax
 import numpy as np
 
-from configs import digits
+from ncsn_jax import checkpoints
 from ncsn_jax import outputs
 from ncsn_jax import parallel
 from ncsn_jax.evaluation import evaluate
 from ncsn_jax.sampling import langevin
-from ncsn_jax import checkpoints
 
 _FIELDS = {
     'ngf': ('model', 'ngf', int), 'L': ('model', 'num_classes', int),

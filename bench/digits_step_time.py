@@ -14,17 +14,17 @@ import functools
 import sys
 import time
 
+from configs import digits
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import digits
 from ncsn_jax import models
 from ncsn_jax import parallel
+from ncsn_jax import train_state
 from ncsn_jax.training import loop
 from ncsn_jax.training import losses
 from ncsn_jax.training import step as step_lib
-from ncsn_jax import train_state
 
 
 def scanned_train_step(state, images, keys, **kwargs):

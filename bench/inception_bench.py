@@ -20,10 +20,9 @@ import os
 import sys
 import time
 
+from bench import interleave
 import jax
 import numpy as np
-
-from bench import interleave
 
 from ncsn_jax.evaluation.inception import extractor
 from ncsn_jax.evaluation.inception import weight_files

@@ -16,12 +16,12 @@ import jax.numpy as jnp
 
 from ncsn_jax import backend
 from ncsn_jax import models
-from ncsn_jax.models import score
 from ncsn_jax import parallel
+from ncsn_jax import train_state
+from ncsn_jax.models import score
 from ncsn_jax.sampling import langevin
 from ncsn_jax.training import losses
 from ncsn_jax.training import step as step_lib
-from ncsn_jax import train_state
 
 
 def flops(compiled) -> float:

@@ -22,14 +22,14 @@ import functools
 import json
 import time
 
+from configs import cifar10_ncsnv2
 import jax
 
-from configs import cifar10_ncsnv2
 from ncsn_jax import models
 from ncsn_jax import parallel
+from ncsn_jax import train_state
 from ncsn_jax.training import losses
 from ncsn_jax.training import step as step_lib
-from ncsn_jax import train_state
 
 FORMS = {
     'replicated_in_axes_none': dict(in_axes=(None, 0, 0),

@@ -10,9 +10,8 @@ so this uses 20 -> 0.7, 10 geometric levels. Step sizes follow our convention
 x + alpha s + sqrt(2 alpha) z: the paper's eps = 0.1 is step_lr = 0.05.
 """
 
-import ml_collections
-
 from configs import default
+import ml_collections
 
 
 def get_config():

@@ -19,6 +19,7 @@ from PIL import Image
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import constants
 
+from ncsn_jax import config_checks
 from ncsn_jax import errors
 from ncsn_jax.data import input_pipeline
 
@@ -73,17 +74,20 @@ class ConfigFieldTest(parameterized.TestCase):
       ('image_folder', dict(test_fraction=0.0),
        r'config.data.test_fraction=0.0 must lie in \(0, 1\)'))
   def test_bad_field(self, dataset, overrides, message):
+    # The data fields are checked with the whole config, before any data is
+    # read (config_checks), so the input pipeline trusts them.
     with self.assertRaisesRegex(errors.ConfigError, message):
-      _create(_config(dataset, **overrides))
+      config_checks.check_config(_config(dataset, **overrides), 'train')
 
   def test_batch_smaller_than_the_process_count(self):
+    # A global batch smaller than the devices (each process has at least
+    # one) would leave a process without examples.
     config = _config('digits')
     config.training.batch_size = 2
-    with mock.patch.object(jax, 'process_count', return_value=4):
-      with self.assertRaisesRegex(
-          errors.ConfigError, r'config.training.batch_size=2 gives 0 images '
-          r'per process; it must be at least 4'):
-        _create(config, batch_size=0)
+    with self.assertRaisesRegex(
+        errors.ConfigError, r'config.training.batch_size=2 is not divisible by '
+        r'the 4 devices; use 4'):
+      config_checks.check_config(config, 'train')
 
 
 class ImageFolderTest(absltest.TestCase):
@@ -102,13 +106,13 @@ class ImageFolderTest(absltest.TestCase):
   def test_missing_and_empty_folders(self):
     self.config.data.data_dir = os.path.join(self.root, 'nope')
     with self.assertRaisesRegex(
-        errors.ConfigError, r"config.data.data_dir='.*nope' is not a folder"):
+        errors.InputError, r"config.data.data_dir='.*nope' is not a folder"):
       _create(self.config)
     self.config.data.data_dir = self.root
     with open(os.path.join(self.root, 'readme.txt'), 'w') as f:
       f.write('no images here')
     with self.assertRaisesRegex(
-        errors.ConfigError, r'holds no .png/.jpg/.jpeg files; put images'):
+        errors.InputError, r'holds no .png/.jpg/.jpeg files; put images'):
       _create(self.config)
 
   def test_bad_files_are_skipped_with_one_warning_naming_them(self):
@@ -151,7 +155,7 @@ class ImageFolderTest(absltest.TestCase):
     with open(os.path.join(self.root, 'b.jpg'), 'w') as f:
       f.write('text')
     with self.assertRaisesRegex(
-        errors.ConfigError, r'none of its 2 image files can be used: a.png '
+        errors.InputError, r'none of its 2 image files can be used: a.png '
         r'\(empty file\); b.jpg \(not a PNG/JPEG image\)'):
       _create(self.config)
 
@@ -165,7 +169,7 @@ class ImageFolderTest(absltest.TestCase):
     self.assertIn('small.png (30x10, smaller than the 16x16 centre crop of '
                   'config.data.crop_size)', logs.records[0].getMessage())
     self.config.data.crop_size = 24
-    with self.assertRaisesRegex(errors.ConfigError,
+    with self.assertRaisesRegex(errors.InputError,
                                 r'none of its 5 image files can be used'):
       _create(self.config)
 
@@ -174,17 +178,17 @@ class ImageFolderTest(absltest.TestCase):
     self.config.data.test_fraction = 0.1
     self.config.training.batch_size = self.config.eval.batch_size = 64
     with self.assertRaisesRegex(
-        errors.ConfigError,
+        errors.InputError,
         r"split 'test' of the image folder .* \(3 usable images, "
         r'config.data.test_fraction=0.1\) has 0 examples, fewer than one '
         r'batch of config.eval.batch_size=64; add images or raise '
         r'config.data.test_fraction or lower config.eval.batch_size'):
       _create(self.config, 'test', batch_size=64)
     with self.assertRaisesRegex(
-        errors.ConfigError, r"split 'train' .* has 3 examples, fewer than "
+        errors.InputError, r"split 'train' .* has 3 examples, fewer than "
         r'one batch of config.training.batch_size=64'):
       _create(self.config, 'train', batch_size=64)
-    with self.assertRaisesRegex(errors.ConfigError, r'has 0 examples'):
+    with self.assertRaisesRegex(errors.InputError, r'has 0 examples'):
       input_pipeline.load_split_arrays(self.config, 'test')
 
   def test_sixteen_bit_png_is_scaled_not_white(self):
@@ -217,7 +221,7 @@ class TfdsMissingTest(parameterized.TestCase):
                                                    full_name):
     config = _config(dataset, data_dir=self.data_dir, category=category,
                      channels=3)
-    with self.assertRaises(errors.ConfigError) as ctx:
+    with self.assertRaises(errors.InputError) as ctx:
       input_pipeline.load_split_arrays(config, 'test')
     message = str(ctx.exception)
     self.assertNotIn('\n', message)
@@ -233,7 +237,7 @@ class TfdsMissingTest(parameterized.TestCase):
   def test_manual_download_names_the_files_tfds_expects(self, dataset,
                                                         category, name):
     config = _config(dataset, data_dir=self.data_dir, category=category)
-    with self.assertRaises(errors.ConfigError) as ctx:
+    with self.assertRaises(errors.InputError) as ctx:
       _create(config)
     message = str(ctx.exception)
     manual = os.path.join(self.data_dir, 'downloads', 'manual')
@@ -254,7 +258,7 @@ class TfdsMissingTest(parameterized.TestCase):
     config = _config('cifar10')
     with mock.patch.object(constants, 'DATA_DIR', self.data_dir):
       with self.assertRaisesRegex(
-          errors.ConfigError,
+          errors.InputError,
           f'is not in the tfds default folder {self.data_dir}, used because '
           r'config.data.data_dir is empty \(no folder '
           f'{self.data_dir}/cifar10/3.0.2'):
@@ -265,7 +269,7 @@ class TfdsMissingTest(parameterized.TestCase):
     os.makedirs(inner)
     config = _config('cifar10', data_dir=inner)
     with self.assertRaisesRegex(
-        errors.ConfigError, r'config.data.data_dir is the folder that holds '
+        errors.InputError, r'config.data.data_dir is the folder that holds '
         r'cifar10/, not a folder inside it'):
       _create(config)
 
@@ -273,7 +277,7 @@ class TfdsMissingTest(parameterized.TestCase):
     config = _config('cifar10', data_dir=self.data_dir, download=True)
     with mock.patch.object(jax, 'process_count', return_value=2):
       with self.assertRaisesRegex(
-          errors.ConfigError, r'config.data.download=True with 2 processes: '
+          errors.InputError, r'config.data.download=True with 2 processes: '
           r'prepare cifar10/3.0.2 in one process first'):
         _create(config, batch_size=2)
 
@@ -282,7 +286,7 @@ class TfdsMissingTest(parameterized.TestCase):
                      download=True)
     with mock.patch.dict('sys.modules', {'tensorflow_io': None}):
       with self.assertRaisesRegex(
-          errors.ConfigError, r'tfds prepares lsun/tower/3.1.0 with the '
+          errors.InputError, r'tfds prepares lsun/tower/3.1.0 with the '
           r'tensorflow-io package; pip install tensorflow-io'):
         _create(config)
 

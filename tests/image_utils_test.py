@@ -106,13 +106,17 @@ class FilesTest(parameterized.TestCase):
   def test_png_round_trip(self, channels):
     images = np.random.default_rng(1).uniform(size=(7, 5, 6, channels))
     path = os.path.join(self.dir, 'sub', 'dir', 'grid.png')
-    grid = outputs.save_image_grid(path, images, ncol=3)
+    grid = outputs.save_image_grid(path, images, ncol=3, scale=1)
     with Image.open(path) as im:
       self.assertEqual(im.mode, 'L' if channels == 1 else 'RGB')
       loaded = np.asarray(im)
     np.testing.assert_array_equal(loaded.reshape(grid.shape), grid)
     np.testing.assert_array_equal(grid, outputs.make_grid(images, ncol=3))
     self._no_temp_files_left(os.path.dirname(path))
+    # By default small images are shown at least 64 px wide (5 px: x12).
+    self.assertEqual(outputs.display_scale(images), 12)
+    big = outputs.save_image_grid(path, images, ncol=3)
+    np.testing.assert_array_equal(big[::12, ::12], grid)
 
   def test_png_scale(self):
     images = _distinct_tiles(2, 2, 2, 3)

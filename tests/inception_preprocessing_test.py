@@ -1,11 +1,13 @@
 """Tests for inception.preprocessing against per-pixel resize oracles."""
 
 from absl.testing import absltest
+from configs import tiny
 from absl.testing import parameterized
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ncsn_jax import config_checks
 from ncsn_jax import errors
 from ncsn_jax.evaluation.inception import extractor
 from ncsn_jax.models import layers
@@ -106,9 +108,11 @@ class PreprocessingTest(parameterized.TestCase):
     full = np.full((1, 299, 299, 3), 255, np.uint8)
     top = float(np.asarray(extractor.preprocess(full, mode)).max())
     self.assertAlmostEqual(top, 0.9921875 if mode == 'tf' else 1.0, places=6)
+    config = tiny.get_config()
+    config.eval.inception_preprocessing = 'bicubic'
     with self.assertRaisesRegex(errors.ConfigError,
                                 'inception_preprocessing.*unknown'):
-      extractor.preprocess(images, 'bicubic')
+      config_checks.check_config(config, 'eval')
 
   def test_pytorch_mode_matches_jax_image_resize(self):
     image = np.random.default_rng(4).uniform(0, 255, (1, 32, 32, 3))

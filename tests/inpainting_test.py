@@ -44,7 +44,7 @@ class MaskTest(parameterized.TestCase):
   def test_random_mask_and_errors(self):
     mask = inpainting.make_mask('random', (32, 32, 1), jax.random.key(0))
     self.assertAlmostEqual(float(mask.mean()), 0.5, delta=0.05)
-    with self.assertRaisesRegex(ValueError, 'config.sampling.inpainting_mask'):
+    with self.assertRaisesRegex(ValueError, 'config_checks.MASKS'):
       inpainting.make_mask('square', (8, 8, 1))
 
 

@@ -15,6 +15,7 @@ import sklearn.datasets
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from ncsn_jax import config_checks
 from ncsn_jax.data import input_pipeline
 from ncsn_jax.data import preprocessing
 from ncsn_jax.data import sources
@@ -86,7 +87,7 @@ class DigitsTest(parameterized.TestCase):
       self.assertLessEqual(batch['image'].max(), 1.0)
 
   def test_values_are_sixteenths(self):
-    x_train, _, _, _ = input_pipeline.digits_split(_config())
+    x_train, _, _, _ = sources.digits_split(_config())
     np.testing.assert_allclose(x_train * 16, np.round(x_train * 16), atol=1e-6)
     self.assertEqual(x_train.max(), 1.0)
 
@@ -100,8 +101,8 @@ class DigitsTest(parameterized.TestCase):
   def test_split_is_fixed_disjoint_and_complete(self):
     config = _config()
     rng_state = np.random.get_state()
-    first = input_pipeline.digits_split(config)
-    second = input_pipeline.digits_split(config)
+    first = sources.digits_split(config)
+    second = sources.digits_split(config)
     self.assertEqual(str(np.random.get_state()), str(rng_state))
     for a, b in zip(first, second):
       np.testing.assert_array_equal(a, b)
@@ -120,13 +121,13 @@ class DigitsTest(parameterized.TestCase):
         np.sort(np.concatenate([y_train, y_test])), np.sort(digits.target))
 
   def test_split_seed_changes_split(self):
-    _, _, x_a, _ = input_pipeline.digits_split(_config())
-    _, _, x_b, _ = input_pipeline.digits_split(_config(split_seed=1))
+    _, _, x_a, _ = sources.digits_split(_config())
+    _, _, x_b, _ = sources.digits_split(_config(split_seed=1))
     self.assertFalse(np.array_equal(x_a, x_b))
 
   def test_load_split_arrays_matches_digits_split(self):
     config = _config(image_size=16)
-    _, _, x_test, _ = input_pipeline.digits_split(config)
+    _, _, x_test, _ = sources.digits_split(config)
     np.testing.assert_array_equal(
         input_pipeline.load_split_arrays(config, 'test'), x_test)
     np.testing.assert_array_equal(
@@ -136,7 +137,7 @@ class DigitsTest(parameterized.TestCase):
 
   def test_unshuffled_order_is_the_split_order(self):
     config = _config()
-    _, _, x_test, _ = input_pipeline.digits_split(config)
+    _, _, x_test, _ = sources.digits_split(config)
     batches = _batches(config, 'test', batch_size=20)
     np.testing.assert_array_equal(np.concatenate(batches), x_test)
 
@@ -177,7 +178,7 @@ class DigitsTest(parameterized.TestCase):
 
   def test_per_process_shards_partition_the_split(self):
     config = _config()
-    _, _, x_test, _ = input_pipeline.digits_split(config)
+    _, _, x_test, _ = sources.digits_split(config)
     shards = []
     for index in range(7):
       with mock.patch.object(jax, 'process_index', return_value=index), \
@@ -437,9 +438,8 @@ class ImageFolderTest(parameterized.TestCase):
 class ValidationTest(parameterized.TestCase):
 
   def _create(self, config):
-    return input_pipeline.create_dataset(
-        config, 'train', batch_size=4, shuffle=False, repeat=False,
-        augment=False, seed=0)
+    # The data fields are checked with the config (config_checks).
+    config_checks.check_config(config, 'train')
 
   def test_unknown_dataset(self):
     with self.assertRaisesRegex(

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from tests import score_models
 
+from ncsn_jax import config_checks
 from ncsn_jax import models
 from ncsn_jax import parallel
 from ncsn_jax.models import score
@@ -105,7 +106,7 @@ class DsmLossTest(absltest.TestCase):
     config = tiny.get_config()
     config.training.loss = 'nce'
     with self.assertRaisesRegex(ValueError, r'config\.training\.loss'):
-      losses.get_loss_fn(config, models.create_model(config))
+      config_checks.check_config(config, 'train')
 
 
 if __name__ == '__main__':

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ncsn_jax import config_checks
 from ncsn_jax import models
 from ncsn_jax.models import score
 
@@ -113,16 +114,19 @@ class ModelsTest(parameterized.TestCase):
         model.clone(rescale_input=True).apply(variables, x, y), atol=1e-5)
 
   def test_errors_name_the_field(self):
+    # The model fields are checked with the config (config_checks), before
+    # create_model is called.
+    check = config_checks.check_model
     with self.assertRaisesRegex(ValueError, r'config\.model\.name'):
-      models.create_model(make_config('resnet', 4, 3, 8, 3))
+      check(make_config('resnet', 4, 3, 8, 3))
     with self.assertRaisesRegex(ValueError, r'config\.data\.image_size=7'):
-      models.create_model(make_config('ncsnv2', 4, 3, 7, 3))
+      check(make_config('ncsnv2', 4, 3, 7, 3))
     with self.assertRaisesRegex(ValueError, r'config\.data\.image_size=12'):
-      models.create_model(make_config('ncsnv2_deepest', 4, 3, 12, 3))
+      check(make_config('ncsnv2_deepest', 4, 3, 12, 3))
     config = make_config('ncsnv2', 4, 3, 8, 3)
     config.model.dtype = 'float16'
     with self.assertRaisesRegex(ValueError, r'config\.model\.dtype'):
-      models.create_model(config)
+      check(config)
 
   def test_remat_gives_same_gradients(self):
     config = make_config('ncsnv2', 4, 3, 8, 3, sigma_begin=1.0)
@@ -160,10 +164,13 @@ class NoiseTest(parameterized.TestCase):
   def test_uniform_levels_and_errors(self):
     np.testing.assert_allclose(score.make_sigmas(1.0, 0.1, 4, 'uniform'),
                                [1.0, 0.7, 0.4, 0.1], rtol=1e-6)
+    config = make_config('ncsnv2', 4, 3, 8, 3)
+    config.model.sigma_dist = 'cosine'
     with self.assertRaisesRegex(ValueError, 'sigma_dist'):
-      score.make_sigmas(1.0, 0.1, 4, 'cosine')
+      config_checks.check_model(config)
+    config = make_config('ncsnv2', 4, 3, 8, 3, sigma_begin=0.001)
     with self.assertRaisesRegex(ValueError, 'sigma_begin'):
-      score.make_sigmas(0.1, 1.0, 4)
+      config_checks.check_model(config)
 
 
 if __name__ == '__main__':

@@ -1,6 +1,6 @@
 """Data transforms against the official NCSNv2 ones (recorded, no torch).
 
-testdata/torch_checkpoints/score.npz holds the official
+testdata/torch_checkpoints/transforms.npz holds the official
 `data_transform` / `inverse_data_transform` (ermongroup/ncsnv2
 datasets/__init__.py) applied by tools/make_torch_fixture.py to fixed
 inputs `x` (data space, including exact 0 and 1) and `z` (model space,
@@ -19,7 +19,7 @@ from ncsn_jax.models import score
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'testdata',
                     'torch_checkpoints')
-REF = dict(np.load(os.path.join(DATA, 'score.npz')))
+REF = dict(np.load(os.path.join(DATA, 'transforms.npz')))
 FLAGS = {'plain': {}, 'rescaled': dict(rescaled=True),
          'logit': dict(logit_transform=True)}
 

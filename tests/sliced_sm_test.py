@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from tests import score_models
 
+from ncsn_jax import config_checks
 from ncsn_jax import models
 from ncsn_jax import parallel
 from ncsn_jax.models import score as score_lib
@@ -160,13 +161,12 @@ class SlicedScoreMatchingTest(parameterized.TestCase):
     config = tiny.get_config()
     config.training.loss = 'ssm'
     config.training.projection = 'sphere'
-    model = models.create_model(config)
     with self.assertRaisesRegex(ValueError, r'config\.training\.projection'):
-      losses.get_loss_fn(config, model)
+      config_checks.check_config(config, 'train')
     config.training.projection = 'gaussian'
     config.training.n_particles = 0
     with self.assertRaisesRegex(ValueError, r'config\.training\.n_particles'):
-      losses.get_loss_fn(config, model)
+      config_checks.check_config(config, 'train')
 
 
 if __name__ == '__main__':

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ncsn_jax import config_checks
 from ncsn_jax import models
 from ncsn_jax import train_state
 
@@ -37,8 +38,7 @@ class OptimizerTest(absltest.TestCase):
     self.assertLen(tx.init({'w': jnp.zeros(2)}), 3)
     config.optim.optimizer = 'SGD'
     with self.assertRaisesRegex(ValueError, r'config\.optim\.optimizer'):
-      train_state.create_optimizer(config)
-
+      config_checks.check_config(config, 'train')
 
   def test_initial_state(self):
     config = tiny.get_config()

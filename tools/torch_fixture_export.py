@@ -18,18 +18,17 @@ import os
 import tempfile
 import types
 
+from configs import tiny  # pylint: disable=g-bad-import-order
 import jax
 import numpy as np
 import torch
-
 import torch_fixture_common as common
 import torch_fixture_train as train_fixture
 
-from configs import tiny  # pylint: disable=g-bad-import-order
-from ncsn_jax import models
-from ncsn_jax.interop import export
 from ncsn_jax import checkpoints
+from ncsn_jax import models
 from ncsn_jax import train_state
+from ncsn_jax.interop import export
 
 NGF, LEVELS, SIZE, BATCH = 2, 4, 32, 4
 OFFICIAL_CLASS = {'ncsnv2': 'NCSNv2', 'ncsnv2_deeper': 'NCSNv2Deeper',

@@ -23,7 +23,6 @@ import os
 
 import numpy as np
 import torch
-
 import torch_fixture_common as common
 import torch_fixture_train as train_fixture
 

@@ -26,7 +26,6 @@ import types
 
 import numpy as np
 import torch
-
 import torch_fixture_common as common
 
 NGF, BATCH, SIZE, STEPS, WARMUP = 2, 4, 32, 3, 2

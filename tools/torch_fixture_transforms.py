@@ -19,10 +19,9 @@ import os
 import types
 
 import numpy as np
-import PIL
 from PIL import Image
+import PIL
 import torch
-
 import torch_fixture_common as common
 
 CELEBA_CROP, CELEBA_SIZES = 140, (64, 32)

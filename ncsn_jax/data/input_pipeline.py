@@ -49,6 +49,8 @@ def _images(config, split, process_index, process_count, seeds, batch_size):
     `(ds, n)`: a dataset of uint8 or float32 images, and its size (None when
     unknown).
   """
+  if split not in ('train', 'test'):
+    raise ValueError(f"split={split!r} is unknown; use 'train' or 'test'.")
   dataset = config.data.dataset
   if dataset == 'digits':
     return sources.digits_images(config, split, process_index, process_count,
@@ -110,7 +112,7 @@ def create_dataset(config, split: str, *, batch_size: int, shuffle: bool,
     repeat: repeat forever.
     augment: apply the random flip (if `config.data.random_flip`).
       Dequantisation (`config.data.{uniform,gaussian}_dequantization`) is
-      applied whenever enabled, to both sources.
+      applied whenever enabled, to both splits.
     seed: seed of shuffling and augmentation (folded with the process index).
 
   Returns:

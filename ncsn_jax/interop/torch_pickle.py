@@ -47,7 +47,7 @@ def _refusals(where: str):
   """Turns any parse failure into one ConfigError line naming `where`."""
   try:
     yield
-  except errors.ConfigError:
+  except errors.InputError:
     raise
   except _PARSE_ERRORS as e:
     raise errors.InputError(

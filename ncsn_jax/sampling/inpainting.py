@@ -4,7 +4,7 @@ As NCSNv2's `anneal_Langevin_dynamics_inpainting`: before every update of
 level c the known pixels (mask = 1) are replaced by reference + sigma_c z',
 with fresh z' at every step; the output carries the reference's known pixels
 exactly. The draws of example i at step t come from fold_in(key_i, t), split
-into the key of z' and the key of the Langevin score.
+into the key of z' and the key of the Langevin noise.
 """
 
 from typing import Optional
