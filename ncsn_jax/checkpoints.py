@@ -168,15 +168,18 @@ _REFUSALS = {errno.ENOSPC: 'no space left on device',
 def _storage_refusal(e: BaseException) -> Optional[str]:
   """Why a save failed if the storage refused it; None for other errors.
 
-  Python's own writes raise `OSError` with an errno. Arrays are written by
-  TensorStore, which (orbax-checkpoint 0.12, tensorstore 0.1) reports a
+  Python's own writes raise `OSError` with an errno. The arrays are written
+  by TensorStore, which (orbax-checkpoint 0.12, tensorstore 0.1) reports a
   refused write only as a `ValueError` whose text holds
-  `[os_error_code='28']` or the errno's message: only the text can tell.
+  `[os_error_code='28']` or the errno's message, and the input position by
+  TensorFlow, whose `tf.errors.OpError`s (TensorFlow 2.21) carry only the
+  message: for those two, only the text can tell.
   """
   while e is not None:
     if isinstance(e, OSError) and e.errno in _REFUSALS:
       return _REFUSALS[e.errno]
-    if isinstance(e, ValueError):
+    if isinstance(e, ValueError) or type(e).__module__.startswith(
+        'tensorflow'):
       text = str(e)
       for code, reason in _REFUSALS.items():
         if f"os_error_code='{code}'" in text or os.strerror(code) in text:

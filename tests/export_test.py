@@ -280,7 +280,7 @@ class ExportCheckpointTest(absltest.TestCase):
   def test_refuses_to_overwrite_and_writes_atomically(self):
     with open(self.out, 'w') as f:
       f.write('keep me')
-    with self.assertRaisesRegex(errors.ConfigError,
+    with self.assertRaisesRegex(errors.InputError,
                                 f'{self.out} already exists.*--overwrite'):
       export.export_checkpoint(self.config, self.workdir, self.out)
     with open(self.out) as f:

@@ -16,17 +16,17 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tests import inception_test
 
+from ncsn_jax import outputs
 from ncsn_jax.evaluation import metrics
 from ncsn_jax.evaluation import sample_quality as im
+from ncsn_jax.evaluation.inception import extractor as inception
 from ncsn_jax.evaluation.inception import weight_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WEIGHTS_META = {'source': 'stub', 'source_sha256': 'a' * 64,
-                'trunk_sha256': 'b' * 64}
 
 
-def stub_extractor(with_logits: bool, dim: int = 64):
-  """(extract, meta): pool_3 = relu(pixels @ P), logits = pool_3 @ Q."""
+def stub_extractor(with_logits: bool, dim: int = 64, trunk: str = 'b' * 64):
+  """pool_3 = relu(pixels @ P), logits = pool_3 @ Q, as an `Extractor`."""
   rng = np.random.default_rng(0)
   proj = rng.normal(size=(8 * 8 * 3, dim)) / 8
   head = rng.normal(size=(dim, 20))
@@ -39,7 +39,9 @@ def stub_extractor(with_logits: bool, dim: int = 64):
       out['logits'] = (pool_3 @ head).astype(np.float32)
     return out
 
-  return extract, WEIGHTS_META
+  return inception.Extractor(
+      fn=extract, preprocessing='tf', path='stub', source='stub',
+      source_sha256='a' * 64, trunk_sha256=trunk, has_head=with_logits)
 
 
 def _images(seed, n):
@@ -50,7 +52,7 @@ class ReferenceFilesTest(absltest.TestCase):
 
   def test_round_trip_and_foreign_formats(self):
     root = self.create_tempdir().full_path
-    feats = stub_extractor(False)[0](_images(1, 40))['pool_3']
+    feats = stub_extractor(False)(_images(1, 40))['pool_3']
     path = os.path.join(root, 'ours.npz')
     meta = im.save_reference(path, feats, {'dataset': 'x'})
     self.assertEqual(meta['num_examples'], 40)
@@ -90,7 +92,7 @@ class SampleMetricsTest(absltest.TestCase):
     root = self.create_tempdir().full_path
     self.config.eval.stats_path = os.path.join(root, 'ref.npz')
     self.real = _images(2, 60)
-    self.ref_feats = stub_extractor(False)[0](self.real)['pool_3']
+    self.ref_feats = stub_extractor(False)(self.real)['pool_3']
     im.save_reference(self.config.eval.stats_path, self.ref_feats,
                       {'split': 'train', 'preprocessing': 'tf',
                        'weights_trunk_sha256': 'b' * 64})
@@ -98,7 +100,7 @@ class SampleMetricsTest(absltest.TestCase):
   def test_numbers_match_the_metric_functions(self):
     samples = _images(3, 30)
     report = im.sample_metrics(self.config, samples, stub_extractor(True))
-    feats = stub_extractor(True)[0](samples)
+    feats = stub_extractor(True)(samples)
     gaussians = (*metrics.mean_and_covariance(feats['pool_3']),
                  *metrics.mean_and_covariance(self.ref_feats))
     want_fid = metrics.frechet_distance(*gaussians, method='eigh')
@@ -127,19 +129,20 @@ class SampleMetricsTest(absltest.TestCase):
     self.assertIn('30 samples: FID and IS are biased', info['notes'][0])
     json.dumps(report, allow_nan=False)
     # Floats in [0, 1] are rounded to the same uint8 images.
-    again = im.sample_metrics(self.config, samples / np.float32(255),
-                              stub_extractor(True))
+    again = im.sample_metrics(
+        self.config, outputs.to_uint8(samples / np.float32(255)),
+        stub_extractor(True))
     self.assertEqual(again['fid'], report['fid'])
 
   def test_missing_head_and_other_weights_give_notes(self):
-    meta = dict(WEIGHTS_META, trunk_sha256='c' * 64)
     report = im.sample_metrics(self.config, _images(3, 8),
-                               (stub_extractor(False)[0], meta))
+                               stub_extractor(False, trunk='c' * 64))
     self.assertNotIn('inception_score', report)
     self.assertIn('no 1008-way fc head', report['inception_score_note'])
     self.assertIn('pt_inception-2015-12-05-6726825d.pth',
                   report['inception_score_note'])
-    self.assertIn('other Inception weights', report['inception']['notes'][0])
+    self.assertIn('the Inception weights differ',
+                  report['inception']['notes'][0])
     self.assertIn('fid', report)
     report = im.sample_metrics(self.config, _images(3, 8),
                                stub_extractor(True))

@@ -172,7 +172,7 @@ class HostileSourceTest(absltest.TestCase):
     }
     for name, (data, regex) in cases.items():
       path = torch_files.write(os.path.join(root, name), data)
-      with self.assertRaises(errors.ConfigError) as raised:
+      with self.assertRaises(errors.InputError) as raised:
         wc.resolve_weights(path, root)
       message = str(raised.exception)
       self.assertRegex(message, f'{name}: .*{regex}')

@@ -44,12 +44,12 @@ class TrainLoopTest(absltest.TestCase):
     config.training.n_iters = 4
     config.training.snapshot_freq = 2
     root = self.create_tempdir().full_path
-    full = loop.train_and_evaluate(config, os.path.join(root, 'full'))
+    full = loop.train(config, os.path.join(root, 'full')).state
     config.training.n_iters = 2
     part = os.path.join(root, 'part')
-    loop.train_and_evaluate(config, part)
+    loop.train(config, part).state
     config.training.n_iters = 4
-    resumed = loop.train_and_evaluate(config, part)
+    resumed = loop.train(config, part).state
     self.assertEqual(int(resumed.step), 4)
     assert_trees_close(self, resumed, full, rtol=0, atol=0)
     manager = checkpoints.create_manager(part, create=False)
@@ -81,7 +81,7 @@ class DivergenceTest(absltest.TestCase):
   def test_divergence_stops_with_error_and_keeps_checkpoint(self):
     workdir = self.create_tempdir().full_path
     with self.assertRaisesRegex(errors.NonFiniteLossError, 'at step 2'):
-      loop.train_and_evaluate(self._config(), workdir)
+      loop.train(self._config(), workdir)
     manager = checkpoints.create_manager(workdir, create=False)
     self.assertEqual(manager.all_steps(), [1])
 
@@ -89,7 +89,7 @@ class DivergenceTest(absltest.TestCase):
     config = self._config()
     config.training.skip_nonfinite = True
     workdir = self.create_tempdir().full_path
-    state = loop.train_and_evaluate(config, workdir)
+    state = loop.train(config, workdir).state
     self.assertEqual(int(state.step), 4)
     with open(os.path.join(workdir, 'metrics.jsonl')) as f:
       last = [json.loads(l) for l in f][-1]
@@ -110,7 +110,7 @@ class BuildOnceTest(absltest.TestCase):
       config.training.n_iters = n
       workdir = self.create_tempdir().full_path
       with compiles.counting() as counts:
-        loop.train_and_evaluate(config, workdir)
+        loop.train(config, workdir).state
       self.assertLen(os.listdir(os.path.join(workdir, 'samples')), n)
       runs.append(counts)
     self.assertEqual(runs[1], runs[0])

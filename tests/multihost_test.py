@@ -10,6 +10,7 @@ from absl.testing import absltest
 from absl.testing import flagsaver
 from configs import digits
 import jax
+import orbax.checkpoint as ocp
 import numpy as np
 from tests import multihost_common
 
@@ -105,13 +106,13 @@ class DistributedStartTest(absltest.TestCase):
     connect.assert_called_once_with(450)
 
   def test_connect_waits_at_a_barrier_then_sums_over_every_device(self):
-    from jax._src import distributed  # pylint: disable=g-import-not-at-top
     self.assertLen(jax.devices(), 4)  # The backend exists before the fake.
-    client = mock.Mock()
-    with mock.patch.object(distributed.global_state, 'client', client):
+    barrier = mock.Mock()
+    with mock.patch.object(ocp.multihost, 'get_barrier_sync_fn',
+                           return_value=barrier):
       parallel.connect_collectives(12)
-    client.wait_at_barrier.assert_called_once_with(
-        'ncsn_jax_connect_collectives', 12000)
+    barrier.assert_called_once_with(key='ncsn_jax_connect_collectives',
+                                    timeout_ms=12000)
 
   def test_run_py_flag_reaches_initialize_distributed(self):
     import run  # pylint: disable=g-import-not-at-top
@@ -124,7 +125,7 @@ class DistributedStartTest(absltest.TestCase):
     # run.py leaves with os._exit after an error line: exit normally here.
     with saved, mock.patch.object(parallel,
                                   'initialize_distributed') as initialize, \
-        mock.patch.object(run, '_exit_now', side_effect=sys.exit):
+        mock.patch.object(run.console, 'exit_now', side_effect=sys.exit):
       with self.assertRaises(SystemExit) as exit_:
         run.main(['run.py'])
     self.assertEqual(exit_.exception.code, 2)

@@ -35,7 +35,7 @@ def main(process_id: int, port: str, workdir: str, mode: str):
   else:
     if mode.startswith('train:'):  # train:N stops after step N.
       config.training.n_iters = int(mode.split(':')[1])
-    state = loop.train_and_evaluate(config, workdir)
+    state = loop.train(config, workdir).state
   leaves = jax.tree.leaves(jax.device_get(state.params))
   np.savez(os.path.join(workdir, f'{mode}_params_{process_id}.npz'), *leaves)
 

@@ -1,5 +1,11 @@
-"""pyproject.toml matches the requirements files; the cache is per user."""
+"""The package's shape: dependencies, layers, no test hooks; the user cache.
 
+pyproject.toml matches the requirements files; the library's modules form
+layers without cycles, read no test variables and use only public JAX; the
+cache folder is per user.
+"""
+
+import ast
 import os
 import re
 import tomllib
@@ -30,6 +36,86 @@ def _name(requirement: str) -> str:
 def _pyproject() -> dict:
   with open(os.path.join(ROOT, 'pyproject.toml'), 'rb') as f:
     return tomllib.load(f)
+
+
+def _library_imports() -> dict[str, set[str]]:
+  """{module path: the ncsn_jax modules it imports (anywhere in it)}."""
+  out = {}
+  for folder, _, names in os.walk(PACKAGE):
+    for name in names:
+      if not name.endswith('.py'):
+        continue
+      path = os.path.join(folder, name)
+      with open(path) as f:
+        tree = ast.parse(f.read())
+      found = set()
+      for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and (
+            node.module.split('.')[0] == 'ncsn_jax'):
+          found.update(f'{node.module}.{a.name}' for a in node.names)
+        elif isinstance(node, ast.Import):
+          found.update(a.name for a in node.names
+                       if a.name.split('.')[0] in ('ncsn_jax', 'jax'))
+        if isinstance(node, ast.ImportFrom) and node.module and (
+            node.module.split('.')[0] == 'jax'):
+          found.add(node.module)
+      out[os.path.relpath(path, ROOT)] = found
+  return out
+
+
+def _layer(module: str) -> str:
+  """A module's node in the layer graph: its subpackage, or itself."""
+  parts = module.split('.')
+  if os.path.isdir(os.path.join(ROOT, *parts[:2])):
+    return parts[1]
+  return parts[1] if len(parts) > 1 else parts[0]
+
+
+class LayoutTest(absltest.TestCase):
+
+  def test_no_cycles_between_packages(self):
+    edges: dict[str, set[str]] = {}
+    for path, imports in _library_imports().items():
+      source = _layer(path[:-3].replace(os.sep, '.'))
+      for module in imports:
+        if module.startswith('ncsn_jax.') and _layer(module) != source:
+          edges.setdefault(source, set()).add(_layer(module))
+    self.assertIn('checkpoints', edges['training'])  # The graph is real.
+    # Depth-first: a node reached again while on the path is a cycle.
+    state = {}
+
+    def visit(node, path):
+      state[node] = 'open'
+      for nxt in sorted(edges.get(node, ())):
+        self.assertNotEqual(state.get(nxt), 'open',
+                            f'import cycle: {" -> ".join(path + [nxt])}')
+        if nxt not in state:
+          visit(nxt, path + [nxt])
+      state[node] = 'done'
+
+    for node in sorted(edges):
+      if node not in state:
+        visit(node, [node])
+
+  def test_at_most_45_modules_and_pmap_in_parallel_only(self):
+    modules = [p for p in _library_imports() if not p.endswith('__init__.py')]
+    self.assertLessEqual(len(modules), 45)
+    for path in _library_imports():
+      with open(os.path.join(ROOT, path)) as f:
+        text = f.read()
+      if path != os.path.join('ncsn_jax', 'parallel.py'):
+        self.assertNotIn('jax.pmap(', text, path)
+      self.assertNotIn('NCSN_JAX_TEST', text, path)
+
+  def test_public_jax_only(self):
+    private = 'jax.' + '_src'  # JAX's compatibility policy excludes it.
+    for path, imports in _library_imports().items():
+      self.assertFalse([m for m in imports if m.startswith(private)], path)
+    for root in ('tests', 'bench', 'tools'):
+      for name in os.listdir(os.path.join(ROOT, root)):
+        if name.endswith('.py'):
+          with open(os.path.join(ROOT, root, name)) as f:
+            self.assertNotIn(private, f.read(), name)
 
 
 class PyprojectTest(absltest.TestCase):

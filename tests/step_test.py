@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ncsn_jax import config_checks
 from ncsn_jax import models
 from ncsn_jax import parallel
 from ncsn_jax import train_state
@@ -118,9 +119,9 @@ class TrainStepTest(absltest.TestCase):
     accum, m_accum = run_pmapped(setup(config)[1], state, images, devices=ONE)
     assert_trees_close(self, accum, full, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(m_accum['loss'], m_full['loss'], rtol=1e-5)
-    config.training.grad_accum_steps = 3
+    config.training.grad_accum_steps = 3  # Checked with the config.
     with self.assertRaisesRegex(ValueError, 'grad_accum_steps=3'):
-      run_pmapped(setup(config)[1], state, images, devices=ONE)
+      config_checks.check_config(config, 'train')
 
   def test_bfloat16_compute_close_to_float32(self):
     config = tiny.get_config()

@@ -1,6 +1,6 @@
 """interop.torch_pickle and its unpickler on hand-made good and hostile files.
 
-Every hostile file must give one `errors.ConfigError` line naming it, run
+Every hostile file must give one `errors.InputError` line naming it, run
 nothing, and stay within a small memory bound (checked with tracemalloc,
 which sees NumPy's and zlib's buffers).
 """
@@ -36,7 +36,7 @@ class ReaderTestCase(absltest.TestCase):
     load = load or (lambda: torch_pickle.load_pth(path, max_bytes))
     tracemalloc.start()
     try:
-      with self.assertRaises(errors.ConfigError) as raised:
+      with self.assertRaises(errors.InputError) as raised:
         load()
       peak = tracemalloc.get_traced_memory()[1]
     finally:

@@ -121,8 +121,7 @@ def open_side(path: str, what: str, preprocessing: str, chunk: int) -> Side:
     side.stats = sample_quality.load_reference(path)
     sample_quality.check_preprocessing(
         side.stats, preprocessing, f'{what}={path}',
-        f'pass --preprocessing={side.stats["meta"].get("preprocessing")} or '
-        'recompute them')
+        'pass --preprocessing={mode} or recompute them')
   elif side.kind == 'folder':
     paths = folder_files(path, what)
     side.n = len(paths)

@@ -134,12 +134,14 @@ def load_reference(path: str) -> dict:
 
 def check_preprocessing(stats: dict, preprocessing: str, where: str,
                         fix: str) -> None:
-  """Statistics made with another preprocessing are an error naming both."""
+  """Statistics made with another preprocessing are an error naming both.
+
+  `fix` says how to match them; '{mode}' in it stands for their mode.
+  """
   mode = stats['meta'].get('preprocessing')
   if mode and mode != preprocessing:
-    raise errors.InputError(
-        f'{where} holds {mode!r}-preprocessed statistics, but the '
-        f'preprocessing is {preprocessing!r}; {fix}.')
+    raise errors.InputError(f'{where} holds {mode!r}-preprocessed '
+                            f'statistics; {fix.format(mode=mode)}.')
 
 
 def weights_notes(trunks: dict[str, Optional[str]]) -> list[str]:
@@ -316,7 +318,9 @@ def _reference(config, extractor) -> tuple[dict, str, list[str]]:
     ref = load_reference(path)
     check_preprocessing(
         ref, config.eval.inception_preprocessing, path,
-        'set config.eval.inception_preprocessing to match or recompute them')
+        'config.eval.inception_preprocessing='
+        f'{config.eval.inception_preprocessing!r}: set it to {{mode!r}} or '
+        'recompute them with --mode=fid_stats')
     notes = weights_notes({
         f'reference stats {path}': ref['meta'].get('weights_trunk_sha256'),
         'the weights in use': extractor.trunk_sha256})
