@@ -20,7 +20,8 @@ leaves the whole checkpoint or none of it):
 
 The public surface: `lock` (one training run per workdir), `create_manager`,
 `save`, `restore`, `resume` (what a restarted run continues from),
-`load_state` / `load_params` (sample, eval, export), `steps` and `PreemptionWatcher`.
+`load_state` / `load_params` (sample, eval, export), `steps` and
+`PreemptionWatcher`.
 Every failure a user can fix is an `errors.CheckpointError` of one line
 naming the step folder and the fix.
 """

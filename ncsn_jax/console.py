@@ -179,24 +179,14 @@ def header(config_path: str, mode: str, workdir: str) -> str:
   return (f'{mode}: {config_path}, workdir {workdir}\n' + devices_line())
 
 
-# ------------------------ Progress lines with rate and ETA for long host loops
-#
-#   with progress.Progress(50_000, 'sampling', unit='samples') as bar:
-#     for batch in batches:
-#       ...
-#       bar.update(len(batch))
-#
+# -------------------------- progress lines with rate and ETA, for host loops
 # On a terminal the line is rewritten in place (`\r`) a few times a second;
 # otherwise (logs, pipes, CI) one full line is printed every `every_s`
 # seconds. `close` (or leaving the `with` block) prints the final count, the
-# time taken and the mean rate. The rate and ETA of the lines before count
-# from the first update, so a first unit that compiles does not skew them. Only one process of a multi-process run
-# should report: pass `enabled=False` elsewhere.
-# second; otherwise (logs, pipes, CI) one full line is printed every
-# `every_s` seconds. `close` (or leaving the `with` block) prints the final
-# count, the time taken and the mean rate. Rate and ETA count from the first
-# update, so a first unit that compiles does not skew them. Only one process
-# of a multi-process run reports (`enabled`).
+# time taken and the mean rate. Rate and ETA count from the first update, so
+# a first unit that compiles does not skew them. Only one process of a
+# multi-process run reports (`enabled`).
+
 
 T = TypeVar('T')
 

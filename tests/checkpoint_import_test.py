@@ -325,7 +325,7 @@ class ImportTest(ParityMixin, absltest.TestCase):
                                   REF['v2_out'])
     with self.assertRaisesRegex(ValueError, 'already has a checkpoint'):
       official_checkpoint.import_checkpoint(config, workdir,
-                                          fixture('ncsnv2_zip.pth'))
+                                            fixture('ncsnv2_zip.pth'))
 
   def test_ncsn_import_takes_the_step_from_the_file_name(self):
     config = make_config('ncsn')

@@ -52,7 +52,7 @@ class MakeGridTest(parameterized.TestCase):
     h, w, pad = 3, 4, 2
     images = _distinct_tiles(n, h, w, 1)
     grid = outputs.make_grid(images, ncol=ncol, padding=pad,
-                                 pad_value=1.0)
+                             pad_value=1.0)
     self.assertEqual(grid.dtype, np.uint8)
     self.assertEqual(grid.shape, (nrow * (h + pad) + pad,
                                   used_ncol * (w + pad) + pad, 1))
@@ -157,9 +157,9 @@ class FilesTest(parameterized.TestCase):
     path = os.path.join(self.dir, 'plots', 'loss.png')
     steps = np.arange(100)
     outputs.save_loss_curve(path, steps, np.exp(-steps / 30.0),
-                                title='DSM loss', test_steps=steps[::10],
-                                test_losses=np.exp(-steps[::10] / 25.0),
-                                log_y=True)
+                            title='DSM loss', test_steps=steps[::10],
+                            test_losses=np.exp(-steps[::10] / 25.0),
+                            log_y=True)
     with open(path, 'rb') as f:
       self.assertEqual(f.read(8), b'\x89PNG\r\n\x1a\n')
     with Image.open(path) as im:

@@ -89,7 +89,7 @@ class PoolingTest(parameterized.TestCase):
     for shifted in (True, False):
       with self.assertRaisesRegex(ValueError, '5x5 window'):
         layers.max_pool(jnp.zeros((1, 3, 3, 1)), 5,
-                         shifted_views=shifted)
+                        shifted_views=shifted)
 
 
 if __name__ == '__main__':

@@ -21,14 +21,14 @@ class ProgressTest(absltest.TestCase):
   def _bar(self, total, tty=False, **kwargs):
     stream, clock = io.StringIO(), FakeClock()
     bar = console.Progress(total,
-                            'sampling',
-                            unit='samples',
-                            every_s=5.0,
-                            stream=stream,
-                            clock=clock,
-                            enabled=True,
-                            tty=tty,
-                            **kwargs)
+                           'sampling',
+                           unit='samples',
+                           every_s=5.0,
+                           stream=stream,
+                           clock=clock,
+                           enabled=True,
+                           tty=tty,
+                           **kwargs)
     return bar, stream, clock
 
   def test_lines_every_few_seconds_with_rate_eta_and_final_count(self):
@@ -97,13 +97,13 @@ class ProgressTest(absltest.TestCase):
 
     out = list(
         console.track(items(),
-                       3,
-                       'sweep',
-                       unit='checkpoints',
-                       stream=stream,
-                       clock=clock,
-                       enabled=True,
-                       tty=False))
+                      3,
+                      'sweep',
+                      unit='checkpoints',
+                      stream=stream,
+                      clock=clock,
+                      enabled=True,
+                      tty=False))
     self.assertEqual(out, [0, 1, 2])
     lines = stream.getvalue().splitlines()
     self.assertEqual(

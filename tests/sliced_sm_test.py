@@ -138,7 +138,7 @@ class SlicedScoreMatchingTest(parameterized.TestCase):
     self.assertGreater(float(optax_norm(grads)), 0)
 
   @parameterized.parameters(('ssm', 'rademacher', 3), ('ssm_vr', 'gaussian',
-                                                        1))
+                                                       1))
   def test_get_loss_fn_passes_the_settings(self, name, projection, particles):
     config = tiny.get_config()
     config.training.loss = name

@@ -139,7 +139,7 @@ class TrainStepTest(absltest.TestCase):
     delta16 = jax.tree.leaves(jax.tree.map(jnp.subtract, b16.params,
                                            state.params))
     cos = lambda a, b: float(jnp.vdot(a, b) / (jnp.linalg.norm(a) *
-                                              jnp.linalg.norm(b) + 1e-30))
+                                               jnp.linalg.norm(b) + 1e-30))
     flat32 = jnp.concatenate([d.ravel() for d in delta32])
     flat16 = jnp.concatenate([d.ravel() for d in delta16])
     self.assertGreater(cos(flat32, flat16), 0.9)

@@ -33,7 +33,7 @@ class TransformsTest(parameterized.TestCase):
     lam = score.LOGIT_LAMBDA
     p = lam + (1 - 2 * lam) * x
     y = np.asarray(score.data_transform(x.astype(np.float32),
-                                             _config(logit=True)))
+                                        _config(logit=True)))
     np.testing.assert_allclose(y[1:-1], np.log(p / (1 - p))[1:-1], rtol=1e-5)
     # At the ends float32 holds 1 - lambda only to ~6e-8: ~1e-3 relative.
     np.testing.assert_allclose(y[[0, -1]], np.log(p / (1 - p))[[0, -1]],
@@ -52,7 +52,7 @@ class TransformsTest(parameterized.TestCase):
   def test_inverse_clips_to_unit_interval(self, rescaled, logit):
     far = np.array([-50.0, 50.0], np.float32)
     y = np.asarray(score.inverse_data_transform(far, _config(rescaled,
-                                                                  logit)))
+                                                             logit)))
     self.assertGreaterEqual(y.min(), 0.0)
     self.assertLessEqual(y.max(), 1.0)
 

@@ -54,10 +54,10 @@ def _images(config, split, process_index, process_count, seeds, batch_size):
   dataset = config.data.dataset
   if dataset == 'digits':
     return sources.digits_images(config, split, process_index, process_count,
-                                seeds[1] if seeds else None, batch_size)
+                                 seeds[1] if seeds else None, batch_size)
   if dataset == 'image_folder':
     return sources.folder_images(config, split, process_index,
-                                      process_count, seeds, batch_size)
+                                 process_count, seeds, batch_size)
   return tfds_source.tfds_images(config, split, process_index, process_count,
                                  seeds, batch_size)
 

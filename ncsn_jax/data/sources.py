@@ -257,7 +257,7 @@ def _image(image, ok):
 # ----------------- scikit-learn's 8x8 handwritten digits, embedded and offline
 #
 # Values 0..16 are scaled by 1/16; the fixed train/test split is a permutation
-# drawn from `config.data.split_seed` (`splits.split_indices`).
+# drawn from `config.data.split_seed` (`split_indices`).
 
 
 def _digits_arrays(config) -> tuple[np.ndarray, np.ndarray]:

@@ -45,8 +45,8 @@ def test_loss(config, p_eval, params, key) -> float:
       augment=False, seed=config.seed + 1)
   total, count = 0.0, 0
   batches = console.track(input_pipeline.numpy_iterator(ds),
-                           max(int(ds.cardinality()), 0), 'test loss',
-                           unit='batches')
+                          max(int(ds.cardinality()), 0), 'test loss',
+                          unit='batches')
   for i, batch in enumerate(batches):
     keys = parallel.process_keys(jax.random.fold_in(key, i), per_process)
     total += float(p_eval(params, batch['image'], keys))
@@ -183,7 +183,7 @@ def sweep(config, workdir: str, programs: Programs) -> str:
   steps = _swept_steps(config, workdir)
   rows = [_flatten(evaluate_checkpoint(config, workdir, s, programs))
           for s in console.track(steps, len(steps), 'eval sweep',
-                                  unit='checkpoints')]
+                                 unit='checkpoints')]
   best, criterion = best_step(rows)
   columns = sorted({k for r in rows for k in r}, key=lambda k: (k != 'step',
                                                                 k))

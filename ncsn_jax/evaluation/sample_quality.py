@@ -256,7 +256,8 @@ def stats_path(config) -> str:
 def split_features(config, split: str, extract: Callable,
                    max_examples: Optional[int] = None) -> np.ndarray:
   """pool_3 [N,2048] (and nothing else) of a whole split, in order."""
-  from ncsn_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from ncsn_jax.data import input_pipeline
   feats = []
   batch = config.eval.inception_batch_size * 8
   with console.Progress(max_examples, f'Inception features of {split}',

@@ -219,7 +219,7 @@ def score_errors(score_fn, sigma=0.0, size: int = 161, extent: float = 8.0):
   Returns:
     {'high_density': mean ||s - grad log p||^2 within HIGH_DENSITY_RADIUS of
     a mode, 'low_density': the same farther than LOW_DENSITY_RADIUS from both
-    modes (`toy_mixture`), and the mean ||grad log p||^2 of each region for
+    modes (the radii above), and the mean ||grad log p||^2 of each region for
     scale}.
   """
   axis = np.linspace(-extent, extent, size)
@@ -276,7 +276,7 @@ def _weights(config, plain_score, cond_score, sigmas, keys) -> dict:
                           minval=-toy.init_range, maxval=toy.init_range)
   plain_keys = parallel.per_example_keys(keys['langevin'], s.batch_size)
   annealed_keys = parallel.per_example_keys(keys['annealed'],
-                                                s.batch_size)
+                                            s.batch_size)
   run_plain = jax.jit(lambda score_fn, x0: langevin.langevin(
       score_fn, x0, plain_keys, toy.langevin_step, toy.langevin_steps),
                       static_argnums=0)

@@ -132,7 +132,7 @@ def training_images(config, seed: int) -> tuple[np.ndarray, int]:
     logging.warning('Unknown split size: using every training image.')
   out, offset = [], 0
   with console.Progress(max(total, 0), 'reading training images',
-                         unit='images') as bar:
+                        unit='images') as bar:
     for batch in input_pipeline.numpy_iterator(ds):
       n = len(batch)
       out.append(batch if keep is None else batch[keep[offset:offset + n]])
@@ -211,8 +211,8 @@ def tune(config, workdir: str) -> dict:
                      config.sampling.n_steps_each)
   result.update(source)
   outputs.save_text(os.path.join(workdir, 'tune.json'),
-                        json.dumps(result, indent=2))
+                    json.dumps(result, indent=2))
   outputs.save_text(os.path.join(workdir, 'tune_config.py'),
-                        config_snippet(result))
+                    config_snippet(result))
   logging.info('Tuned hyperparameters: %s', result)
   return result

@@ -174,7 +174,7 @@ def export_checkpoint(config, workdir: str, path: str,
     raise errors.InputError(
         f'{path} already exists; pass --overwrite to replace it.')
   state, step = checkpoints.load_state(config, workdir,
-                                      config.sampling.ckpt_id)
+                                       config.sampling.ckpt_id)
   states = official_states(config, state)
   with outputs.atomic_open(path) as f:
     write_pth(f, states)

@@ -7,7 +7,7 @@ ids, at raw storages kept outside the pickle. Two layouts exist:
   pickle), `<name>/data/<key>` (one raw storage per key) and
   `<name>/byteorder` ('little' or 'big'; absent = little) among other small
   records; TorchScript archives also hold `constants.pkl` and code.
-* legacy (torch <= 1.5 default), one stream: see `legacy_pth`.
+* legacy (torch <= 1.5 default), one stream: see the legacy section below.
 
 The pickles go through `unpickler.Unpickler` (a whitelist; nothing from the
 file runs), their tensors are copied out by `unpickler.materialise`.
@@ -72,7 +72,7 @@ def _read_member(archive: zipfile.ZipFile, name: str, nbytes: int,
       chunk = f.read(min(_CHUNK, nbytes - pos))
       if not chunk:
         raise errors.InputError(f'{where}: record {name!r} ends after '
-                                 f'{pos:,} of {nbytes:,} bytes.')
+                                f'{pos:,} of {nbytes:,} bytes.')
       buf[pos:pos + len(chunk)] = chunk
       pos += len(chunk)
   return buf
@@ -83,8 +83,8 @@ def _read_small(archive: zipfile.ZipFile, name: str, where: str) -> bytes:
   info = archive.getinfo(name)
   if info.file_size > unpickler.MAX_PICKLE_BYTES:
     raise errors.InputError(f'{where}: record {name!r} declares '
-                             f'{info.file_size:,} bytes, more than any '
-                             'PyTorch file\'s pickles.')
+                            f'{info.file_size:,} bytes, more than any '
+                            'PyTorch file\'s pickles.')
   return bytes(_read_member(archive, name, info.file_size, where))
 
 
@@ -164,7 +164,7 @@ def load_pth(path: str, max_bytes: int) -> Any:
       first = f.read(2)
       if first == b'PK':
         raise errors.InputError(f'{path}: a damaged or truncated zip '
-                                 'archive, not a readable PyTorch checkpoint.')
+                                'archive, not a readable PyTorch checkpoint.')
       if first[:1] != b'\x80':  # Every torch pickle starts with PROTO.
         raise errors.InputError(
             f'{path}: not a PyTorch checkpoint (neither a zip archive nor a '
@@ -229,7 +229,7 @@ def load_torchscript(source, max_bytes: int,
 # row -- pickled magic number, pickled protocol version, pickled sys-info
 # dict, the main pickle, the pickled list of storage keys -- then, per key in
 # that order, an int64 element count followed by the storage's raw bytes. The
-# pickles may take at most `torch_objects.MAX_PICKLE_BYTES`, each storage must
+# pickles may take at most `unpickler.MAX_PICKLE_BYTES`, each storage must
 # hold the element count its tensors declare, and views of storages (old
 # torch) must lie inside them.
 
@@ -271,7 +271,7 @@ def _legacy_header(f, where: str) -> str:
   protocol = header.load()
   if protocol != LEGACY_PROTOCOL:
     raise errors.InputError(f'{where}: unsupported legacy protocol '
-                             f'{unpickler.printable(repr(protocol))}.')
+                            f'{unpickler.printable(repr(protocol))}.')
   sys_info = header.load()
   if isinstance(sys_info, dict) and not sys_info.get('little_endian', True):
     return '>'

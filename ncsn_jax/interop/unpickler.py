@@ -102,11 +102,11 @@ def _tensor_array(ref: TensorRef, budget: Budget) -> np.ndarray:
   layout = f'size {size}, stride {stride}, offset {offset}'
   if flat is None:
     raise errors.InputError(f'{where}: the data of storage {storage.key!r} '
-                             'are missing; the file is truncated or corrupt.')
+                            'are missing; the file is truncated or corrupt.')
   if len(size) != len(stride) or offset < 0 or min(size + stride,
                                                    default=0) < 0:
     raise errors.InputError(f'{where}: a tensor on storage {storage.key!r} '
-                             f'has an invalid layout ({printable(layout)}).')
+                            f'has an invalid layout ({printable(layout)}).')
   numel = math.prod(size)
   if numel == 0:
     return np.zeros(size, flat.dtype)
@@ -174,8 +174,8 @@ def materialise(obj: Any, budget: Budget) -> Any:
 #   (REDUCE), setting state (BUILD) on a tensor, storage or whitelisted
 #   function, and NEWOBJ on anything but a TorchScript module class are
 #   refused;
-# * returns the stand-ins of `torch_objects` (tensors not yet copied, see
-#   `torch_objects.materialise`).
+# * returns the stand-ins above (tensors not yet copied, see
+#   `materialise`).
 #
 # Every refusal is an `errors.ConfigError` of one line naming the file.
 
@@ -252,7 +252,7 @@ def _rebuild_parameter(where, data, *unused):
   """`torch._utils._rebuild_parameter`: the tensor itself."""
   if not isinstance(data, TensorRef):
     raise errors.InputError(f'{where}: a parameter is built on a '
-                             f'{type(data).__name__}, not on a tensor.')
+                            f'{type(data).__name__}, not on a tensor.')
   return data
 
 
@@ -314,12 +314,12 @@ class Unpickler(pickle.Unpickler):
   def persistent_load(self, pid):
     if self._storage_fn is None:
       raise errors.InputError(f'{self._where}: unexpected persistent id in '
-                               'a pickle that holds no tensors.')
+                              'a pickle that holds no tensors.')
     if not (isinstance(pid, tuple) and len(pid) in (5, 6) and
             pid[0] == 'storage' and isinstance(pid[1], StorageType) and
             isinstance(pid[2], (str, int)) and isinstance(pid[4], int) and
             not isinstance(pid[4], bool) and pid[4] >= 0):
       raise errors.InputError(f'{self._where}: unknown persistent id '
-                               f'{printable(repr(pid))}.')
+                              f'{printable(repr(pid))}.')
     view = pid[5] if len(pid) == 6 else None
     return self._storage_fn(pid[1], str(pid[2]), pid[4], view)

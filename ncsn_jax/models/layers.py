@@ -380,7 +380,8 @@ def bilinear_matrix(in_size: int, out_size: int, rule: str) -> np.ndarray:
   f = src - i0 computed in the source coordinate's dtype; rows sum to 1.
   """
   if rule not in BILINEAR_RULES:
-    raise ValueError(f'bilinear rule {rule!r} is unknown; use one of {BILINEAR_RULES}.')
+    raise ValueError(f'bilinear rule {rule!r} is unknown; use one of '
+                     f'{BILINEAR_RULES}.')
   if in_size < 1 or out_size < 1:
     raise ValueError(f'sizes must be >= 1, got {in_size} -> {out_size}.')
   src = _sources(in_size, out_size, rule)

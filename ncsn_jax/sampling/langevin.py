@@ -9,7 +9,7 @@ update as x + eps'/2 s + sqrt(eps') z, i.e. eps' = 2 eps.) Nothing is clipped
 inside the chain.
 
 Randomness is data: the sampler gets per-example keys `[B]` (key_i =
-fold_in(root, global index of i), see `random_utils`), and by default the
+fold_in(root, global index of i), see `parallel`), and by default the
 Langevin noise of example i at step t is drawn from fold_in(key_i, t), so
 results do not depend on how a batch is split over devices. Inpainting and
 interpolation (`inpainting.py`, `interpolation.py`) are hooks on
@@ -36,7 +36,7 @@ ProjectFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
 def default_noise(keys: jax.Array, t: jax.Array, x: jax.Array) -> jax.Array:
   """N(0, I) per example from fold_in(key_i, t), shaped like `x`."""
   return parallel.per_example_normal(parallel.step_keys(keys, t),
-                                         x.shape[1:], x.dtype)
+                                     x.shape[1:], x.dtype)
 
 
 def _run_scan(step, x0, total: int, record_every: int):
@@ -166,7 +166,7 @@ def get_sampler(config, model, noise_fn: Optional[NoiseFn] = None):
   return sample_fn
 
 
-# --------------------------- host side: samples drawn with a sampler pmapped once
+# ------------------------ host side: samples drawn with a sampler pmapped once
 #
 # `p_sample` is `parallel.pmap_sampler(langevin.get_sampler(config, model))`,
 # built once per process and passed to every snapshot, sample-mode call and

@@ -57,7 +57,7 @@ def _write_process(config, frames: np.ndarray, root: str) -> dict[str, str]:
   tag = config.sampling.tag
   n_show = min(8, frames.shape[1])
   process = frames[:, :n_show].swapaxes(0, 1).reshape((-1,) +
-                                                       frames.shape[2:])
+                                                      frames.shape[2:])
   paths = {'process': os.path.join(root, f'{tag}_process.png'),
            'gif': os.path.join(root, f'{tag}_process.gif')}
   outputs.save_image_grid(paths['process'], process, ncol=frames.shape[0])
@@ -141,7 +141,7 @@ def inpaint(config, p_inpaint, params, key, root: str) -> dict[str, str]:
                         axis=1)
   paths = {'inpainting': os.path.join(root, f'{s.tag}_inpainting.png')}
   outputs.save_image_grid(paths['inpainting'], rows.reshape((-1,) + shape),
-                           ncol=s.completions + 2)
+                          ncol=s.completions + 2)
   if trajectory is not None:
     paths['inpainting_gif'] = os.path.join(root, f'{s.tag}_inpainting.gif')
     outputs.save_grid_gif(paths['inpainting_gif'],
@@ -174,7 +174,7 @@ def interpolate(config, p_interpolate, params, key,
   paths = {'interpolation': os.path.join(root,
                                          f'{s.tag}_interpolation.png')}
   outputs.save_image_grid(paths['interpolation'], images,
-                           ncol=s.n_interpolations)
+                          ncol=s.n_interpolations)
   if trajectory is not None:
     paths['interpolation_gif'] = os.path.join(root,
                                               f'{s.tag}_interpolation.gif')
@@ -201,8 +201,8 @@ def nearest_neighbor_figure(config, samples: np.ndarray, root: str,
   paths = {'nearest': os.path.join(root, f'{s.tag}_nearest.png'),
            'nearest_json': os.path.join(root, f'{s.tag}_nearest.json')}
   outputs.save_image_grid(paths['nearest'],
-                           rows.reshape((-1,) + samples.shape[1:]),
-                           ncol=k + 1)
+                          rows.reshape((-1,) + samples.shape[1:]),
+                          ncol=k + 1)
   report = {'metric': 'L2 distance of [0, 1] pixels',
             'indices': idx.tolist(), 'distances': dist.tolist()}
   outputs.save_text(paths['nearest_json'], json.dumps(report))

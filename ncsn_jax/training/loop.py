@@ -120,7 +120,8 @@ class _Context:
 
 def _datasets(config):
   """Repeating train (augmented) and test datasets of this process."""
-  from ncsn_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from ncsn_jax.data import input_pipeline
   n = jax.process_count()
   train = input_pipeline.create_dataset(
       config, 'train', batch_size=config.training.batch_size // n,

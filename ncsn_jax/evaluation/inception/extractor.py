@@ -169,9 +169,9 @@ def load(path: str, preprocessing: str, batch_size: int) -> Extractor:
 #   align_corners=False)` (half-pixel centres, source clamped at 0), then
 #   x / 127.5 - 1 (pytorch-fid's 2 (x / 255) - 1).
 #
-# Both resize by exact interpolation matrices (`bilinear`); neither
-# antialiases, as neither reference does (it matters only when shrinking
-# images larger than 299 px).
+# Both resize by exact interpolation matrices (`layers.bilinear_matrix`);
+# neither antialiases, as neither reference does (it matters only when
+# shrinking images larger than 299 px).
 
 
 # Preprocessing mode (config_checks.INCEPTION_PREPROCESSING) -> its bilinear

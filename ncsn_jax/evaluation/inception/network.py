@@ -13,7 +13,7 @@ pytorch-fid, with the TF graph's quirks:
   bias: `fc_bias=False`).
 
 Parameter names are torchvision's (`Mixed_6b/branch7x7dbl_4/kernel`), so the
-pytorch-fid state dict converts by a transpose (`weight_conversion`).
+pytorch-fid state dict converts by a transpose (`weight_files`).
 Inputs are float32 [B,299,299,3] in the network's range (`preprocessing`);
 `extractor` runs the network on uint8 images in fixed-size batches.
 """
@@ -99,23 +99,23 @@ def fused_1x1(x, convs):
 def avg_pool_3x3(x, shifted_views: Optional[bool] = None):
   """3x3 stride-1 average pool, padding 1 not counted: [B,H,W,C].
 
-  `shifted_views`: the pool's form (`pooling`; None: the backend's).
+  `shifted_views`: the pool's form (`models.layers`; None: the backend's).
   """
   return layers.avg_pool(x, 3, padding=1, count_include_pad=False,
-                          shifted_views=shifted_views)
+                         shifted_views=shifted_views)
 
 
 def max_pool_3x3(x, stride: int = 1, shifted_views: Optional[bool] = None):
   """3x3 max pool: stride 1 with padding 1 (-inf), or stride 2 VALID."""
   return layers.max_pool(x, 3, stride, padding=1 if stride == 1 else 0,
-                          shifted_views=shifted_views)
+                         shifted_views=shifted_views)
 
 
 class InceptionA(nn.Module):
   """Mixed_5b/c/d: 35x35 block, pool branch avg (padding not counted)."""
   pool_features: int
   conv: Callable[..., nn.Module] = ConvBN  # `ConvBN` with shared settings.
-  shifted_views: Optional[bool] = None  # Pool form (`pooling`).
+  shifted_views: Optional[bool] = None  # Pool form (`models.layers`).
 
   @nn.compact
   def __call__(self, x):
@@ -134,7 +134,7 @@ class InceptionA(nn.Module):
 class InceptionB(nn.Module):
   """Mixed_6a: 35x35 -> 17x17 reduction."""
   conv: Callable[..., nn.Module] = ConvBN  # `ConvBN` with shared settings.
-  shifted_views: Optional[bool] = None  # Pool form (`pooling`).
+  shifted_views: Optional[bool] = None  # Pool form (`models.layers`).
 
   @nn.compact
   def __call__(self, x):
@@ -151,7 +151,7 @@ class InceptionC(nn.Module):
   """Mixed_6b..6e: 17x17 block with factorised 7x7 convs."""
   channels_7x7: int
   conv: Callable[..., nn.Module] = ConvBN  # `ConvBN` with shared settings.
-  shifted_views: Optional[bool] = None  # Pool form (`pooling`).
+  shifted_views: Optional[bool] = None  # Pool form (`models.layers`).
 
   @nn.compact
   def __call__(self, x):
@@ -173,7 +173,7 @@ class InceptionC(nn.Module):
 class InceptionD(nn.Module):
   """Mixed_7a: 17x17 -> 8x8 reduction."""
   conv: Callable[..., nn.Module] = ConvBN  # `ConvBN` with shared settings.
-  shifted_views: Optional[bool] = None  # Pool form (`pooling`).
+  shifted_views: Optional[bool] = None  # Pool form (`models.layers`).
 
   @nn.compact
   def __call__(self, x):
@@ -192,7 +192,7 @@ class InceptionE(nn.Module):
   """Mixed_7b (avg pool branch, padding not counted) and 7c (max pool)."""
   max_pool: bool
   conv: Callable[..., nn.Module] = ConvBN  # `ConvBN` with shared settings.
-  shifted_views: Optional[bool] = None  # Pool form (`pooling`).
+  shifted_views: Optional[bool] = None  # Pool form (`models.layers`).
 
   @nn.compact
   def __call__(self, x):
@@ -225,7 +225,7 @@ class InceptionV3(nn.Module):
     winograd_min_pixels: 3x3 stride-1 convolutions with at least this many
       output pixels per image run by Winograd (`conv2d`); 0:
       none.
-    shifted_view_pools: the pools' form (`pooling`); None: the backend's.
+    shifted_view_pools: the pools' form (`models.layers`); None: the backend's.
   """
   with_logits: bool = False
   fc_bias: bool = False

