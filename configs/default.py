@@ -85,6 +85,9 @@ def get_default_config():
   sampling.denoise = True  # Final Tweedie step x + sigma_L^2 s(x, L - 1).
   sampling.data_init = False  # Start from noised test images, not U[0, 1).
   sampling.record_every = 0  # Keep every k-th chain state (0 = final only).
+  # Compute dtype of the sampler's network: '' = model.dtype, 'float32' or
+  # 'bfloat16' (parameters stay float32; see the README on its effect).
+  sampling.dtype = ''
   sampling.ckpt_id = 0  # Checkpoint step to sample from; 0 = latest.
   sampling.tag = 'samples'  # File name stem of sample-mode outputs.
   sampling.inpainting = False  # Also complete test images (sample mode).

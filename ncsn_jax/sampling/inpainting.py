@@ -134,8 +134,8 @@ def get_inpainting_sampler(
 
   def sample_fn(params, x0, keys, reference, mask):
     return annealed_langevin_inpainting(
-        score.make_score_fn(model, params), x0, keys, sigmas, s.n_steps_each,
-        s.step_lr, reference, mask, s.denoise, s.record_every, noise_fn,
+        langevin.sampler_score_fn(config, model, params), x0, keys, sigmas,
+        s.n_steps_each, s.step_lr, reference, mask, s.denoise, s.record_every, noise_fn,
         known_noise_fn)
 
   return sample_fn

@@ -84,7 +84,8 @@ def get_interpolation_sampler(config, model):
 
   def sample_fn(params, x0, keys):
     return annealed_langevin_interpolation(
-        score.make_score_fn(model, params), x0, keys, sigmas, s.n_steps_each,
-        s.step_lr, s.n_interpolations, s.denoise, s.record_every)
+        langevin.sampler_score_fn(config, model, params), x0, keys, sigmas,
+        s.n_steps_each, s.step_lr, s.n_interpolations, s.denoise,
+        s.record_every)
 
   return sample_fn

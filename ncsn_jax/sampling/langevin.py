@@ -148,6 +148,15 @@ def init_samples(keys: jax.Array, config,
   return score.data_transform(data, config) + sigma_1 * z
 
 
+def sampler_score_fn(config, model, params) -> score.ScoreFn:
+  """The network as the sampler runs it: in `config.sampling.dtype` (the
+  model's own dtype when empty; parameters stay float32)."""
+  dtype = config.sampling.get('dtype')
+  if dtype:
+    model = model.clone(dtype=jnp.dtype(dtype))
+  return score.make_score_fn(model, params)
+
+
 def get_sampler(config, model, noise_fn: Optional[NoiseFn] = None):
   """Builds `sample_fn(params, x0 [B,...], keys [B]) -> (x, trajectory)`.
 
@@ -159,7 +168,7 @@ def get_sampler(config, model, noise_fn: Optional[NoiseFn] = None):
   s = config.sampling
 
   def sample_fn(params, x0, keys):
-    return annealed_langevin(score.make_score_fn(model, params), x0, keys,
+    return annealed_langevin(sampler_score_fn(config, model, params), x0, keys,
                              sigmas, s.n_steps_each, s.step_lr, s.denoise,
                              s.record_every, noise_fn)
 
