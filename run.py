@@ -1,12 +1,8 @@
-"""ncsn_jax entry point: train, sample or evaluate a score model.
+"""ncsn_jax entry point: flags, then one function per --mode.
 
-  python run.py --config=configs/cifar10_ncsnv2.py --workdir=runs/c10 \
-      --mode=train
+  python run.py --config=configs/cifar10_ncsnv2.py --workdir=runs/c10
   python run.py --config=configs/cifar10_ncsnv2.py --workdir=runs/c10 \
       --mode=sample --config.sampling.ckpt_id=300000
-
-Config fields can be overridden with --config.<section>.<field>=<value>.
-The console shows progress and results; -v (--verbosity=1) adds the logs.
 """
 
 import os
@@ -28,7 +24,8 @@ from ncsn_jax import errors
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
-    'config', None, 'Experiment config file.', lock_config=True)
+    'config', None, 'Experiment config file; override fields with '
+    '--config.<section>.<field>=<value>.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Folder of checkpoints, samples, logs.')
 flags.DEFINE_enum('mode', 'train',
                   ['train', 'sample', 'eval', 'import', 'export', 'toy',
@@ -37,9 +34,8 @@ flags.DEFINE_enum('mode', 'train',
                   'checkpoint, see --checkpoint; export: write one; toy: the '
                   'NCSN paper\'s 2-D experiments; tune: NCSNv2 sigma_1, L and '
                   'eps; fid_stats: Inception reference stats of the data set).')
-flags.DEFINE_string('checkpoint', None,
-                    'Official NCSN/NCSNv2 .pth file to import (--mode=import) '
-                    'or to write (--mode=export).')
+flags.DEFINE_string('checkpoint', None, 'Official NCSN/NCSNv2 .pth file to '
+                    'import (--mode=import) or to write (--mode=export).')
 flags.DEFINE_bool('overwrite', False,
                   'Let --mode=export replace an existing --checkpoint file.')
 flags.DEFINE_bool('multihost', False,
@@ -48,11 +44,12 @@ flags.DEFINE_string('coordinator_address', '',
                     'host:port of process 0 (multihost runs off Cloud TPU).')
 flags.DEFINE_integer('num_processes', 0, 'Processes in a multihost run.')
 flags.DEFINE_integer('process_id', -1, 'This process in a multihost run.')
-flags.DEFINE_integer('distributed_timeout', 300,
-                     'Seconds a multihost process waits for the others at '
-                     'start-up (generous: slow or loaded machines).')
-flags.DEFINE_string('compilation_cache_dir', '',
-                    'Persistent XLA compilation cache (skips recompiles).')
+flags.DEFINE_integer('distributed_timeout', 300, 'Seconds a multihost '
+                     'process waits for the others at start-up.')
+flags.DEFINE_bool('compilation_cache', True, 'Keep compiled programs on '
+                  'disk, so a restart does not compile them again.')
+flags.DEFINE_string('compilation_cache_dir', '', 'Folder of that cache '
+                    '(default: jax/ in the user cache folder).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -72,70 +69,61 @@ def parse_flags(argv):
   sys.exit(2)
 
 
-def _checkpoint_flag(mode: str, what: str) -> str:
-  if not FLAGS.checkpoint:
-    raise errors.ConfigError(f'--mode={mode} needs --checkpoint=PATH.pth '
-                             f'({what}).')
-  return FLAGS.checkpoint
-
-
-# Each mode imports what it needs: a bad flag fails before TF or JAX loads.
-def run_train(config, workdir: str) -> None:
+# Each mode imports what it needs (a bad flag fails before TF or JAX loads)
+# and returns the lines to print: where its outputs went, a summary.
+def run_train(config, workdir: str) -> list[str]:
   from ncsn_jax.training import loop
-  result = loop.train(config, workdir)
-  print(f'Checkpoints: {os.path.join(workdir, "checkpoints")}\n'
-        f'Sample grids: {os.path.join(workdir, "samples")}\n'
-        f'Loss curve: {os.path.join(workdir, "loss_curve.png")}')
-  if result.stopped_early:
+  if loop.train(config, workdir).stopped_early:
     console.exit_now(0)
+  return [f'{what}: {os.path.join(workdir, name)}' for what, name in (
+      ('Checkpoints', 'checkpoints'), ('Sample grids', 'samples'),
+      ('Loss curve', 'loss_curve.png'))]
 
 
-def run_import(config, workdir: str) -> None:
+def run_import(config, workdir: str) -> list[str]:
   from ncsn_jax.interop import official_checkpoint
-  path = _checkpoint_flag('import', 'an official NCSN/NCSNv2 checkpoint')
-  step = official_checkpoint.import_checkpoint(config, workdir, path)
-  print(f'Imported {path} as step {step} into '
-        f'{os.path.join(workdir, "checkpoints")}')
+  step = official_checkpoint.import_checkpoint(config, workdir,
+                                               FLAGS.checkpoint)
+  return [f'Imported {FLAGS.checkpoint} as step {step} into '
+          f'{os.path.join(workdir, "checkpoints")}']
 
 
-def run_export(config, workdir: str) -> None:
+def run_export(config, workdir: str) -> list[str]:
   from ncsn_jax.interop import export
-  path = _checkpoint_flag('export', 'the file to write')
-  step = export.export_checkpoint(config, workdir, path, FLAGS.overwrite)
-  print(f'Exported step {step} of {workdir} as {path}')
+  step = export.export_checkpoint(config, workdir, FLAGS.checkpoint,
+                                  FLAGS.overwrite)
+  return [f'Exported step {step} of {workdir} as {FLAGS.checkpoint}']
 
 
-def run_sample(config, workdir: str) -> None:
+def run_sample(config, workdir: str) -> list[str]:
   from ncsn_jax.sampling import sample_mode
-  paths = sample_mode.sample(config, workdir)
-  print('\n'.join(f'{k}: {v}' for k, v in paths.items()))
+  return [f'{k}: {v}' for k, v in sample_mode.sample(config, workdir).items()]
 
 
-def run_eval(config, workdir: str) -> None:
+def run_eval(config, workdir: str) -> list[str]:
   from ncsn_jax.evaluation import evaluate
   path = evaluate.evaluate(config, workdir)
-  print(f'Report: {path}\n{evaluate.summary_line(path)}')
+  return [f'Report: {path}', evaluate.summary_line(path)]
 
 
-def run_toy(config, workdir: str) -> None:
+def run_toy(config, workdir: str) -> list[str]:
   from ncsn_jax.experiments import toy
   report = toy.run_toy(config, workdir)
-  print(f'annealed_weight: {report["annealed_weight"]:.3f}, '
-        f'langevin_weight: {report["langevin_weight"]:.3f} (true 0.8)\n'
-        f'Report and figures: {os.path.join(workdir, "toy")}')
+  return [f'annealed_weight: {report["annealed_weight"]:.3f}, '
+          f'langevin_weight: {report["langevin_weight"]:.3f} (true 0.8)',
+          f'Report and figures: {os.path.join(workdir, "toy")}']
 
 
-def run_tune(config, workdir: str) -> None:
+def run_tune(config, workdir: str) -> list[str]:
   from ncsn_jax.experiments import tune
-  result = tune.tune(config, workdir)
-  print(tune.config_snippet(result) +
-        f'Report: {os.path.join(workdir, "tune.json")}')
+  return [tune.config_snippet(tune.tune(config, workdir)) +
+          f'Report: {os.path.join(workdir, "tune.json")}']
 
 
-def run_fid_stats(config, workdir: str) -> None:
+def run_fid_stats(config, workdir: str) -> list[str]:
   del workdir  # The statistics go to the cache folder.
   from ncsn_jax.evaluation import sample_quality
-  print(f'Reference stats: {sample_quality.reference_stats(config)}')
+  return [f'Reference stats: {sample_quality.reference_stats(config)}']
 
 
 MODES = {'train': run_train, 'import': run_import, 'export': run_export,
@@ -147,24 +135,27 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError('Too many command-line arguments.')
   console.quiet_logging(FLAGS.verbosity > 0)
-  import jax
-  if FLAGS.compilation_cache_dir:
-    jax.config.update('jax_compilation_cache_dir', FLAGS.compilation_cache_dir)
-  from ncsn_jax import config_checks
-  from ncsn_jax import parallel
+  from ncsn_jax import config_checks, outputs, parallel
+  outputs.compilation_cache(FLAGS.compilation_cache,
+                            FLAGS.compilation_cache_dir)
   if FLAGS.multihost:
     parallel.initialize_distributed(FLAGS.coordinator_address,
                                     FLAGS.num_processes, FLAGS.process_id,
                                     timeout_s=FLAGS.distributed_timeout)
-  config, workdir = FLAGS.config, FLAGS.workdir
+  config, workdir, mode = FLAGS.config, FLAGS.workdir, FLAGS.mode
   try:
     # Every field first: nothing is read or written for a config that fails.
-    config_checks.check_config(config, FLAGS.mode)
+    config_checks.check_config(config, mode)
+    if mode in ('import', 'export') and not FLAGS.checkpoint:
+      raise errors.ConfigError(f'--mode={mode} needs --checkpoint=PATH.pth.')
     print(console.header(config_flags.get_config_filename(FLAGS['config']),
-                         FLAGS.mode, workdir), flush=True)
+                         mode, workdir), flush=True)
     import tensorflow as tf  # It only feeds data: keep it off accelerators.
     tf.config.set_visible_devices([], 'GPU')
-    MODES[FLAGS.mode](config, workdir)
+    print('\n'.join(MODES[mode](config, workdir)))
+  except errors.Interrupted as e:  # SIGTERM / SIGINT: the parts are kept.
+    print(f'stopped: {e}', file=sys.stderr)
+    console.exit_now(0)
   except (errors.InputError, errors.NonFiniteLossError) as e:
     print(f'error: {e}', file=sys.stderr)
     # Past the one line, the teardown of a failed checkpoint write would

@@ -11,10 +11,12 @@ get the plain XLA ops until a measurement on that backend says otherwise.
 | `winograd_min_pixels`   | Winograd for large 3x3 maps | XLA's convolution  |
 | `inception_micro_batch` | one image at a time         | whole batch        |
 | `unroll_train_steps`    | k steps traced one by one   | one `lax.scan`     |
+| `sampler_chains`        | 256 chains per device call  | 4096               |
 
-Users: `models.pooling` (the RefineNet's CRP pools, when traced) and the
+Users: `models.layers` (the RefineNet's CRP pools, when traced) and the
 Inception extractor (`evaluation.inception.extractor`, by its device) for
-the first three, the training step for the last.
+the first three, the training step for the fourth, the host side of the
+sampler (`sampling.langevin`) for the last.
 """
 
 from typing import Optional
@@ -48,6 +50,17 @@ def winograd_min_pixels(name: Optional[str] = None) -> int:
 def inception_micro_batch(name: Optional[str] = None) -> Optional[int]:
   """Images per Inception forward inside a batch (None: the whole batch)."""
   return 1 if is_cpu(name) else None
+
+
+def sampler_chains(devices: int, name: Optional[str] = None) -> int:
+  """Langevin chains per device call when `sampling.chains_per_call` is 0.
+
+  On a CPU a call of 256 small chains takes seconds, so progress lines come
+  often; accelerators get more chains per call: the H200 measurement gave
+  the best score evaluations/s at 2000-4000 chains (and memory stays far
+  from full there).
+  """
+  return max(devices, 256 if is_cpu(name) else 4096)
 
 
 def unroll_train_steps(name: Optional[str] = None) -> bool:

@@ -74,12 +74,11 @@ def lock(workdir: str):
   An exclusive `fcntl.flock` on `WORKDIR/.lock` (process i > 0 of a
   multi-process run: `.lock.<i>`). The lock belongs to the open file, so the
   kernel drops it when the process dies, however it dies: a stale `.lock`
-  file never blocks a new run. The workdir and its checkpoint folder are
-  made, and checked writable, first.
+  file never blocks a new run.
   """
   i = jax.process_index()
   path = os.path.join(workdir, '.lock' if i == 0 else f'.lock.{i}')
-  outputs.check_writable(os.path.join(workdir, CHECKPOINT_DIR), '--workdir')
+  os.makedirs(workdir, exist_ok=True)
   fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
   try:
     try:

@@ -181,6 +181,8 @@ def check_chains(config, batch: bool = True) -> None:
   _at_least(config, 'sampling.n_steps_each', 1)
   _in_range(config, 'sampling.step_lr', 0.0)
   _at_least(config, 'sampling.record_every', 0)
+  if 'chains_per_call' in config.sampling:
+    _at_least(config, 'sampling.chains_per_call', 0)
   if config.sampling.get('dtype'):
     _choice(config, 'sampling.dtype', DTYPES)
 

@@ -24,3 +24,11 @@ class CheckpointError(InputError):
 
 class NonFiniteLossError(FloatingPointError):
   """Training produced a NaN or Inf loss or gradient."""
+
+
+class Interrupted(Exception):
+  """Long work stopped on request (SIGTERM / SIGINT) with its parts saved.
+
+  A rerun of the same command continues from them; `run.py` prints the
+  message and exits 0, as a training run that checkpointed and stopped.
+  """

@@ -276,6 +276,36 @@ def save_grid_gif(path: str, frames: np.ndarray,
   save_gif(path, np.stack(grids), scale=display_scale(frames[0]))
 
 
+def save_shard(path: str, arrays: dict, meta: dict) -> None:
+  """Writes one part of a long job: `arrays` and what made them (`meta`)."""
+  with atomic_open(path) as f:
+    np.savez(f, **arrays, meta=np.array(json.dumps(meta, sort_keys=True)))
+
+
+def load_shard(path: str, meta: dict) -> dict:
+  """The arrays of a part written by `save_shard` with the same `meta`.
+
+  A part made otherwise (another checkpoint, seed or setting) is an
+  `errors.InputError` naming the first field that differs: parts of
+  different runs are never mixed.
+  """
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      saved = json.loads(str(f['meta']))
+      arrays = {k: f[k] for k in f.files if k != 'meta'}
+  except (OSError, ValueError, KeyError) as e:
+    raise errors.InputError(
+        f'{path} is unreadable ({e}); delete it to redo that part.') from e
+  want = json.loads(json.dumps(meta, sort_keys=True))
+  for key in sorted(set(saved) | set(want)):
+    if saved.get(key) != want.get(key):
+      raise errors.InputError(
+          f'{path} was made with {key}={saved.get(key)!r}, this run has '
+          f'{want.get(key)!r}; rerun with the settings it was made with, or '
+          f'move {os.path.dirname(path)} aside to start over.')
+  return arrays
+
+
 # ------------------------------------------------ metrics.jsonl and plots
 
 
@@ -465,6 +495,25 @@ def cache_root() -> str:
   if xdg and os.path.isabs(xdg):  # The XDG spec ignores relative values.
     return os.path.join(xdg, 'ncsn_jax')
   return os.path.join(os.path.expanduser('~'), '.cache', 'ncsn_jax')
+
+
+def compilation_cache(enabled: bool = True, folder: str = '') -> None:
+  """JAX's persistent compilation cache: on by default in `cache_root()/jax`.
+
+  A restart then loads the compiled programs (the train step, the sampler)
+  instead of compiling them again. `folder` overrides where; a folder set
+  through JAX's own `JAX_COMPILATION_CACHE_DIR` is kept when `folder` is
+  empty; `enabled=False` turns the cache off.
+
+  Global state: JAX's `jax_compilation_cache_dir` and
+  `jax_enable_compilation_cache` options.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  if not enabled:
+    jax.config.update('jax_enable_compilation_cache', False)
+  elif folder or not jax.config.jax_compilation_cache_dir:
+    jax.config.update('jax_compilation_cache_dir',
+                      folder or os.path.join(cache_root(), 'jax'))
 
 
 def inception_dir(override: str = '') -> str:

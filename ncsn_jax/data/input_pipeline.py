@@ -143,7 +143,8 @@ def numpy_iterator(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
 
 
 def iterate_split(config, split: str, batch_size: int,
-                  max_examples: Optional[int] = None) -> Iterator[np.ndarray]:
+                  max_examples: Optional[int] = None,
+                  skip_batches: int = 0) -> Iterator[np.ndarray]:
   """The whole split (every process gets all of it) in a fixed order, streamed.
 
   Args:
@@ -151,6 +152,7 @@ def iterate_split(config, split: str, batch_size: int,
     split: 'train' or 'test'.
     batch_size: images per yielded batch.
     max_examples: keep only the first this many examples; None keeps all.
+    skip_batches: start after this many batches (a resumed pass).
 
   Yields:
     float32 `[b, S, S, C]` batches in [0, 1] without augmentation or
@@ -160,7 +162,8 @@ def iterate_split(config, split: str, batch_size: int,
   ds, _ = _images(config, split, 0, 1, None, 0)
   if max_examples is not None:
     ds = ds.take(max_examples)
-  ds = ds.batch(batch_size).map(_to_float, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(batch_size).skip(skip_batches).map(
+      _to_float, num_parallel_calls=tf.data.AUTOTUNE)
   return iter(tfds.as_numpy(ds.prefetch(tf.data.AUTOTUNE)))
 
 

@@ -5,13 +5,20 @@ sample-quality numbers available for the data set, for one checkpoint or a
 sweep over many. The programs it runs (the pmapped test-loss step, the
 pmapped sampler, the sample scorer) are built once per process
 (`build_programs`) and reused for every checkpoint.
+
+The samples are kept as they are drawn, one file per sample batch in
+`WORKDIR/eval/step_<k>/`, with the checkpoint, seed and settings that made
+them: an eval stopped by SIGTERM (or killed) continues where it stopped when
+the same command runs again, and gives the report an uninterrupted run
+gives. A report is written only once it is complete.
 """
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from absl import logging
 import jax
@@ -110,29 +117,51 @@ def build_programs(config, model: Any = None) -> Programs:
       scorer=create_sample_scorer(config))
 
 
-def evaluate_checkpoint(config, workdir: str, step: int,
-                        programs: Programs) -> dict:
+def sample_record(config, step: int, params) -> dict:
+  """What makes an eval's samples: kept with them, checked on reuse."""
+  digest = hashlib.sha256(json.dumps(checkpoints.leaf_digests(params),
+                                     sort_keys=True).encode()).hexdigest()
+  s = config.sampling
+  return {'checkpoint_step': int(step), 'params_sha256': digest,
+          'seed': int(config.seed),
+          'sampling': {'n_steps_each': s.n_steps_each,
+                       'step_lr': float(s.step_lr), 'denoise': s.denoise,
+                       'dtype': s.get('dtype') or config.model.dtype},
+          'noise_levels': [float(x) for x in models.get_sigmas(config)]}
+
+
+def evaluate_checkpoint(config, workdir: str, step: int, programs: Programs,
+                        stop: Optional[Callable[[], bool]] = None) -> dict:
   """Test DSM loss and sample quality of checkpoint `step` (0 = latest).
 
-  Writes `WORKDIR/eval/report_<step>.json` and returns the report.
+  The samples go to `WORKDIR/eval/step_<step>/` batch by batch (reused by
+  a rerun); `stop` is polled between device calls and raises
+  `errors.Interrupted` when it returns True. Writes
+  `WORKDIR/eval/report_<step>.json` (the main process) and returns the
+  report.
   """
   _, params, step = checkpoints.load_params(config, workdir, step)
   key = jax.random.fold_in(jax.random.key(config.seed + 2), step)
   eval_key, sample_key = jax.random.split(key)
   report = {
       'step': step,
-      'test_dsm_loss': test_loss(config, programs.p_eval, params, eval_key),
       'params': 'ema' if config.model.ema else 'raw',
       'num_samples': config.eval.num_samples,
       'quantisation': sample_quality.QUANTISATION,
   }
   if config.eval.num_samples > 0:
-    images = outputs.to_uint8(langevin.generate(
+    images = langevin.generate(
         config, programs.p_sample, params, sample_key,
-        config.eval.num_samples))
-    report.update(programs.scorer(images))
+        config.eval.num_samples,
+        os.path.join(workdir, 'eval', f'step_{step}'),
+        sample_record(config, step, params), stop)
+    if jax.process_index() == 0:
+      report.update(programs.scorer(images))
+  report['test_dsm_loss'] = test_loss(config, programs.p_eval, params,
+                                      eval_key)
   path = os.path.join(workdir, 'eval', f'report_{step}.json')
-  outputs.save_text(path, json.dumps(report, indent=2))
+  if jax.process_index() == 0:
+    outputs.save_text(path, json.dumps(report, indent=2))
   logging.info('Eval report of checkpoint %d: %s', step, path)
   return report
 
@@ -171,7 +200,8 @@ def _swept_steps(config, workdir: str) -> list[int]:
   return steps
 
 
-def sweep(config, workdir: str, programs: Programs) -> str:
+def sweep(config, workdir: str, programs: Programs,
+          stop: Optional[Callable[[], bool]] = None) -> str:
   """Evaluates every checkpoint in [eval.begin_ckpt, eval.end_ckpt].
 
   Only steps that are multiples of `eval.every` are taken (0 = all). Writes
@@ -181,7 +211,7 @@ def sweep(config, workdir: str, programs: Programs) -> str:
   """
   e = config.eval
   steps = _swept_steps(config, workdir)
-  rows = [_flatten(evaluate_checkpoint(config, workdir, s, programs))
+  rows = [_flatten(evaluate_checkpoint(config, workdir, s, programs, stop))
           for s in console.track(steps, len(steps), 'eval sweep',
                                  unit='checkpoints')]
   best, criterion = best_step(rows)
@@ -216,10 +246,12 @@ def evaluate(config, workdir: str) -> str:
   config_checks.check_config(config, 'eval')
   outputs.check_writable(os.path.join(workdir, 'eval'), '--workdir')
   programs = build_programs(config)
-  if config.eval.begin_ckpt > 0:
-    return sweep(config, workdir, programs)
-  step = evaluate_checkpoint(config, workdir, config.eval.ckpt_id,
-                             programs)['step']
+  with checkpoints.PreemptionWatcher() as watcher:
+    stop = lambda: watcher.requested
+    if config.eval.begin_ckpt > 0:
+      return sweep(config, workdir, programs, stop)
+    step = evaluate_checkpoint(config, workdir, config.eval.ckpt_id,
+                               programs, stop)['step']
   return os.path.join(workdir, 'eval', f'report_{step}.json')
 
 

@@ -24,12 +24,14 @@ only) and TTUR / pytorch-fid's (`mu`, `sigma` only: FID but no KID).
 import functools
 import json
 import os
+import shutil
 from typing import Callable, Optional
 
 from absl import logging
 import jax
 import numpy as np
 
+from ncsn_jax import checkpoints
 from ncsn_jax import console
 from ncsn_jax import errors
 from ncsn_jax import outputs
@@ -254,24 +256,60 @@ def stats_path(config) -> str:
 
 
 def split_features(config, split: str, extract: Callable,
-                   max_examples: Optional[int] = None) -> np.ndarray:
-  """pool_3 [N,2048] (and nothing else) of a whole split, in order."""
+                   max_examples: Optional[int] = None,
+                   folder: Optional[str] = None, meta: Optional[dict] = None,
+                   stop: Optional[Callable[[], bool]] = None) -> np.ndarray:
+  """pool_3 [N,2048] (and nothing else) of a whole split, in order.
+
+  With `folder`, the features are kept there in parts of
+  `PART_BATCHES` batches as they are computed (with `meta`), and a rerun
+  starts after the last complete part; `stop` is polled after each batch
+  and raises `errors.Interrupted` when it returns True.
+  """
   # pylint: disable-next=g-import-not-at-top
   from ncsn_jax.data import input_pipeline
-  feats = []
   batch = config.eval.inception_batch_size * 8
+  parts, done = [], 0
+  while folder and os.path.exists(_part(folder, len(parts))):
+    record = dict(meta or {}, part=len(parts), batch=batch)
+    parts.append(outputs.load_shard(_part(folder, len(parts)),
+                                    record)['pool_3'])
+    done += parts[-1].shape[0]
+  feats = []
   with console.Progress(max_examples, f'Inception features of {split}',
-                        unit='images') as bar:
-    for images in input_pipeline.iterate_split(config, split, batch):
+                        unit='images', initial=done) as bar:
+    images_iter = input_pipeline.iterate_split(
+        config, split, batch, skip_batches=len(parts) * PART_BATCHES)
+    for images in images_iter:
       if max_examples is not None:
-        images = images[:max_examples - sum(f.shape[0] for f in feats)]
-      if images.shape[0]:
-        feats.append(extract(outputs.to_uint8(images))['pool_3'])
-        bar.update(images.shape[0])
-  if not feats:
+        images = images[:max_examples - done]
+      if not images.shape[0]:
+        break
+      feats.append(extract(outputs.to_uint8(images))['pool_3'])
+      done += images.shape[0]
+      bar.update(images.shape[0])
+      if folder and len(feats) == PART_BATCHES:
+        record = dict(meta or {}, part=len(parts), batch=batch)
+        outputs.save_shard(_part(folder, len(parts)),
+                           {'pool_3': np.concatenate(feats)}, record)
+        parts.append(np.concatenate(feats))
+        feats = []
+      if stop is not None and stop():
+        raise errors.Interrupted(
+            f'stopped on request after {done} images of split {split!r} '
+            f'(kept in {folder}); rerun the same command to continue.')
+  out = parts + ([np.concatenate(feats)] if feats else [])
+  if not out:
     raise errors.InputError(
         f'split {split!r} of {config.data.dataset} is empty.')
-  return np.concatenate(feats)
+  return np.concatenate(out)
+
+
+PART_BATCHES = 8  # Inception batches (of 8 forward passes) per kept part.
+
+
+def _part(folder: str, i: int) -> str:
+  return os.path.join(folder, f'features_{i}.npz')
 
 
 def _stats_meta(config, split: str, extractor: inception.Extractor) -> dict:
@@ -293,16 +331,23 @@ def reference_stats(config,
     config: the run config.
     extractor: the Inception extractor to use instead of the config's.
 
+  The features are kept in `<path>.parts/` as they are computed, so a
+  stopped (SIGTERM) or killed run continues where it stopped.
+
   Returns:
     The path written (process 0 writes; others only compute).
   """
   extractor = extractor or create_extractor(config)
   split = config.eval.stats_split
   path = stats_path(config)
-  pool_3 = split_features(config, split, extractor)
   meta = _stats_meta(config, split, extractor)
+  parts = path + '.parts' if jax.process_index() == 0 else None
+  with checkpoints.PreemptionWatcher() as watcher:
+    pool_3 = split_features(config, split, extractor, folder=parts,
+                            meta=meta, stop=lambda: watcher.requested)
   if jax.process_index() == 0:
     meta = save_reference(path, pool_3, meta)
+    shutil.rmtree(parts, ignore_errors=True)
   logging.info('Reference stats of %s/%s (N=%d): %s', config.data.dataset,
                split, pool_3.shape[0], path)
   return path

@@ -17,13 +17,18 @@ interpolation (`inpainting.py`, `interpolation.py`) are hooks on
 before each update.
 """
 
+import os
 from typing import Callable, Optional
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
+from ncsn_jax import backend
 from ncsn_jax import console
+from ncsn_jax import errors
+from ncsn_jax import outputs
 from ncsn_jax import parallel
 from ncsn_jax.models import score
 
@@ -130,6 +135,12 @@ def langevin(score_fn: score.ScoreFn, x0: jax.Array, keys: jax.Array,
   return x
 
 
+def init_shape(config) -> tuple[int, int, int]:
+  """The `[H,W,C]` of one chain's state."""
+  return (config.data.image_size, config.data.image_size,
+          config.data.channels)
+
+
 def init_samples(keys: jax.Array, config,
                  data: Optional[jax.Array] = None) -> jax.Array:
   """Initial chain states in the model's input space `[B,H,W,C]`.
@@ -138,8 +149,7 @@ def init_samples(keys: jax.Array, config,
   (data-space images `[B,H,W,C]`) is given, data + sigma_1 z (NCSNv2's
   `data_init`); example i draws from its key `keys[i]` (`[B]`).
   """
-  shape = (config.data.image_size, config.data.image_size,
-           config.data.channels)
+  shape = init_shape(config)
   if data is None:
     return score.data_transform(
         parallel.per_example_uniform(keys, shape), config)
@@ -179,14 +189,27 @@ def get_sampler(config, model, noise_fn: Optional[NoiseFn] = None):
 #
 # `p_sample` is `parallel.pmap_sampler(langevin.get_sampler(config, model))`,
 # built once per process and passed to every snapshot, sample-mode call and
-# swept checkpoint, so the sampler compiles once. Batch i of `generate` and
-# the single batch of `sample_batch` start chain j from the key
-# fold_in(batch key, j), which also drives its Langevin noise.
+# swept checkpoint, so the sampler compiles once. Chain j of a batch starts
+# from the key fold_in(batch key, j), which also drives its Langevin noise;
+# batch i of `generate` uses the batch key fold_in(key, i). A batch runs in
+# device calls of at most `chains_per_call` chains (the last one padded, so
+# one shape compiles), which bounds device memory and lets progress lines
+# come every few seconds; how a batch is cut does not change its numbers.
+
+
+def chains_per_call(config) -> int:
+  """Chains per device call: `sampling.chains_per_call`, else the backend's
+  default, a multiple of the local device count."""
+  d = jax.local_device_count()
+  m = config.sampling.get('chains_per_call') or backend.sampler_chains(d)
+  return max(d, m // d * d)
 
 
 def sample_batch(config, p_sample, params, key: jax.Array, n: int,
-                 data: Optional[np.ndarray] = None):
-  """`n` chains from `key`: (samples, trajectory) in data space (NumPy).
+                 data: Optional[np.ndarray] = None, start: int = 0,
+                 bar: Optional[console.Progress] = None,
+                 stop: Optional[Callable[[], bool]] = None):
+  """Chains `start .. n - 1` of the batch of `key`, in data space (NumPy).
 
   Args:
     config: run config (data transform, `sampling.data_init` handled by the
@@ -194,34 +217,94 @@ def sample_batch(config, p_sample, params, key: jax.Array, n: int,
     p_sample: `p_sample(params, x0, keys) -> (x, trajectory or None)`.
     params: the model parameters (usually the EMA ones).
     key: root key of the batch.
-    n: number of chains (divisible by the local device count).
+    n: chains in the batch.
     data: data-space images `[n,H,W,C]` to start from (NCSNv2's data_init).
+    start: the first chain to draw (a resumed batch).
+    bar: counts the chains drawn, call by call.
+    stop: polled after each device call; when it returns True the chains
+      drawn so far are returned.
 
   Returns:
-    (samples float `[n,H,W,C]`, trajectory `[m, n,H,W,C]` or None).
+    (samples float `[k,H,W,C]`, trajectory `[m, k,H,W,C]` or None) of the k
+    chains drawn, k = n - start unless stopped.
   """
-  keys = parallel.per_example_keys(key, n)
-  x0 = init_samples(keys, config, data)
-  x, trajectory = p_sample(params, x0, keys)
-  images = np.asarray(score.inverse_data_transform(x, config))
-  if trajectory is not None:
-    trajectory = np.asarray(
-        score.inverse_data_transform(trajectory, config))
-  return images, trajectory
+  m = chains_per_call(config)
+  images, frames = [], []
+  for first in range(start, n, m):
+    idx = np.minimum(np.arange(first, first + m), n - 1)  # Pad with chain n-1.
+    keys = parallel.keys_at(key, idx)
+    x0 = init_samples(keys, config, None if data is None else data[idx])
+    x, trajectory = p_sample(params, x0, keys)
+    k = min(m, n - first)
+    images.append(np.asarray(score.inverse_data_transform(x[:k], config)))
+    if trajectory is not None:
+      frames.append(np.asarray(
+          score.inverse_data_transform(trajectory[:, :k], config)))
+    if bar is not None:
+      bar.update(k)
+    if stop is not None and stop():
+      break
+  if not images:
+    return np.zeros((0,) + init_shape(config), np.float32), None
+  return (np.concatenate(images),
+          np.concatenate(frames, axis=1) if frames else None)
 
 
-def generate(config, p_sample, params, key: jax.Array, n: int) -> np.ndarray:
-  """`n` samples in data space, float `[n,H,W,C]`, in sampler-sized batches.
+def generate(config, p_sample, params, key: jax.Array, n: int,
+             folder: Optional[str] = None, meta: Optional[dict] = None,
+             stop: Optional[Callable[[], bool]] = None) -> np.ndarray:
+  """`n` samples as uint8 `[n,H,W,C]`, in batches of `sampling.batch_size`.
 
-  Every batch has `config.sampling.batch_size` chains (the last one padded),
-  so the sampler runs one compiled shape; batch i uses fold_in(key, i).
-  Reports progress per batch (`console.Progress`).
+  Batch i uses fold_in(key, i); the last one is drawn whole and cut. With
+  `folder`, batch i is written to `folder/samples_<i>.npz` as it completes
+  (atomically, with `meta` and the batch's own fields), and a rerun reuses
+  every batch found there that `meta` matches; a file made otherwise is an
+  `errors.InputError`, never mixed in. With several processes, process p
+  draws the batches i with i % processes == p, and every process returns all
+  `n` samples once all are written (the folder must be shared).
+
+  Args:
+    config: run config (`sampling.batch_size`).
+    p_sample: the pmapped sampler (`parallel.pmap_sampler`).
+    params: the model parameters.
+    key: root key of the samples.
+    n: number of samples.
+    folder: where the batches are kept (None: in memory only).
+    meta: what made the samples (checkpoint, seed, settings), JSON-ready.
+    stop: polled after each device call; when it returns True the current
+      batch is dropped and `errors.Interrupted` is raised.
+
+  Returns:
+    uint8 samples `[n,H,W,C]`.
   """
   batch = config.sampling.batch_size
-  out = []
+  count = -(-n // batch)
+  mine = [i for i in range(count)
+          if i % jax.process_count() == jax.process_index()]
+  shards = {}
   with console.Progress(n, 'sampling', unit='samples') as bar:
-    for i in range(-(-n // batch)):
-      out.append(sample_batch(config, p_sample, params,
-                              jax.random.fold_in(key, i), batch)[0])
-      bar.update(min(batch, n - i * batch))
-  return np.concatenate(out)[:n]
+    for i in mine:
+      path = folder and os.path.join(folder, f'samples_{i}.npz')
+      record = dict(meta or {}, batch=i, batch_size=batch)
+      if path and os.path.exists(path):
+        shards[i] = outputs.load_shard(path, record)['images']
+        bar.update(min(batch, n - i * batch))
+        continue
+      images, _ = sample_batch(config, p_sample, params,
+                               jax.random.fold_in(key, i), batch, bar=bar,
+                               stop=stop)
+      if len(images) < batch:  # Stopped: the batch is dropped.
+        raise errors.Interrupted(
+            f'stopped on request with {len(shards)} of {count} sample '
+            'batches done; rerun the same command to continue.')
+      shards[i] = outputs.to_uint8(images)
+      if path:
+        outputs.save_shard(path, {'images': shards[i]}, record)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('ncsn_jax_generate')
+    for i in range(count):
+      if i not in shards:
+        record = dict(meta or {}, batch=i, batch_size=batch)
+        shards[i] = outputs.load_shard(
+            os.path.join(folder, f'samples_{i}.npz'), record)['images']
+  return np.concatenate([shards[i] for i in range(count)])[:n]

@@ -10,6 +10,7 @@ themselves are in `langevin.py`, `inpainting.py` and `interpolation.py`.
 
 import json
 import os
+import shutil
 
 from absl import logging
 import jax
@@ -81,20 +82,63 @@ def sample(config, workdir: str) -> dict[str, str]:
   data = None
   if s.data_init:
     data = input_pipeline.load_split_arrays(config, 'test', s.batch_size)
-  with console.Progress(s.batch_size, 'sampling', unit='samples') as bar:
-    images, frames = langevin.sample_batch(config, samplers['plain'], params,
-                                           key, s.batch_size, data)
-    bar.update(s.batch_size)
+  parts = os.path.join(root, f'.{s.tag}_parts')
+  record = {'checkpoint_step': int(step), 'seed': int(config.seed),
+            'sampling': {k: s[k] for k in ('batch_size', 'n_steps_each',
+                                           'step_lr', 'denoise', 'data_init',
+                                           'record_every')},
+            'dtype': s.get('dtype') or config.model.dtype}
+  images, frames = _draw(config, samplers['plain'], params, key, data, parts,
+                         record)
   paths = {'grid': os.path.join(root, f'{s.tag}.png'),
            'npz': os.path.join(root, f'{s.tag}.npz')}
   outputs.save_image_grid(paths['grid'], images)
   outputs.save_npz_images(paths['npz'], images)
   if frames is not None:
     paths.update(_write_process(config, frames, root))
-  paths.update(write_figures(config, samplers, params, key, images,
-                                     root))
+  paths.update(write_figures(config, samplers, params, key, images, root))
+  shutil.rmtree(parts, ignore_errors=True)
   logging.info('Sampled checkpoint %d: %s', step, paths)
   return paths
+
+
+def _draw(config, p_sample, params, key, data, folder: str, record: dict):
+  """The sample-mode batch, one device call at a time, each call's chains
+  kept in `folder` until the outputs are written.
+
+  A run stopped by SIGTERM / SIGINT (or killed) continues from the calls
+  kept there; calls made with other settings are refused (`outputs`).
+
+  Returns:
+    (samples float `[B,H,W,C]`, trajectory `[m, B,H,W,C]` or None).
+  """
+  n, m = config.sampling.batch_size, langevin.chains_per_call(config)
+  images, frames = [], []
+  with checkpoints.PreemptionWatcher() as watcher, console.Progress(
+      n, 'sampling', unit='samples') as bar:
+    for part, first in enumerate(range(0, n, m)):
+      path = os.path.join(folder, f'part_{part}.npz')
+      last = min(first + m, n)
+      meta = dict(record, first_chain=first, last_chain=last)
+      if os.path.exists(path):
+        arrays = outputs.load_shard(path, meta)
+        bar.update(last - first)
+      else:
+        x, trajectory = langevin.sample_batch(config, p_sample, params, key,
+                                              last, data, start=first,
+                                              bar=bar)
+        arrays = {'x': x}
+        if trajectory is not None:
+          arrays['trajectory'] = trajectory
+        outputs.save_shard(path, arrays, meta)
+      images.append(arrays['x'])
+      frames.append(arrays.get('trajectory'))
+      if watcher.requested and last < n:
+        raise errors.Interrupted(
+            f'stopped on request after {last} of {n} samples (kept in '
+            f'{folder}); rerun the same command to continue.')
+  frames = None if frames[0] is None else np.concatenate(frames, axis=1)
+  return np.concatenate(images), frames
 
 
 # --------------------------------------------------------------------------

@@ -278,6 +278,8 @@ def train(config, workdir: str) -> TrainResult:
   second run in the same workdir is refused (`checkpoints.lock`).
   """
   config_checks.check_config(config, 'train')
+  outputs.check_writable(os.path.join(workdir, checkpoints.CHECKPOINT_DIR),
+                         '--workdir')
   ctx = _build(config, workdir)  # Bad input fails here, lock-free.
   with checkpoints.lock(workdir):
     ctx = dataclasses.replace(ctx, manager=checkpoints.create_manager(
