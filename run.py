@@ -1,12 +1,10 @@
 """ncsn_jax entry point: flags, then one function per --mode.
 
-  python run.py --config=configs/cifar10_ncsnv2.py --workdir=runs/c10
   python run.py --config=configs/cifar10_ncsnv2.py --workdir=runs/c10 \
-      --mode=sample --config.sampling.ckpt_id=300000
+      [--mode=train|sample|eval|...] [--config.sampling.ckpt_id=300000]
 """
 
 import os
-import re
 import sys
 
 from ncsn_jax import console
@@ -27,21 +25,15 @@ config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file; override fields with '
     '--config.<section>.<field>=<value>.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Folder of checkpoints, samples, logs.')
-flags.DEFINE_enum('mode', 'train',
-                  ['train', 'sample', 'eval', 'import', 'export', 'toy',
-                   'tune', 'fid_stats'],
-                  'What to do (import: convert an official PyTorch '
-                  'checkpoint, see --checkpoint; export: write one; toy: the '
-                  'NCSN paper\'s 2-D experiments; tune: NCSNv2 sigma_1, L and '
-                  'eps; fid_stats: Inception reference stats of the data set).')
+flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval', 'import',
+                                     'export', 'toy', 'tune', 'fid_stats'],
+                  'What to do; see the README\'s table of modes.')
 flags.DEFINE_string('checkpoint', None, 'Official NCSN/NCSNv2 .pth file to '
                     'import (--mode=import) or to write (--mode=export).')
 flags.DEFINE_bool('overwrite', False,
                   'Let --mode=export replace an existing --checkpoint file.')
-flags.DEFINE_bool('multihost', False,
-                  'Join a multi-process run through jax.distributed.')
-flags.DEFINE_string('coordinator_address', '',
-                    'host:port of process 0 (multihost runs off Cloud TPU).')
+flags.DEFINE_bool('multihost', False, 'Join a multi-process run.')
+flags.DEFINE_string('coordinator_address', '', 'host:port of process 0.')
 flags.DEFINE_integer('num_processes', 0, 'Processes in a multihost run.')
 flags.DEFINE_integer('process_id', -1, 'This process in a multihost run.')
 flags.DEFINE_integer('distributed_timeout', 300, 'Seconds a multihost '
@@ -57,16 +49,10 @@ def parse_flags(argv):
   """absl flag parsing; bad flags and config overrides exit 2 in one line."""
   try:
     return FLAGS(argv)
-  except flags.Error as e:
-    message = str(e).splitlines()[0]
-    field = re.match(r'flag --(config\.[^=]+)=', message)
-    if field and field.group(1) in FLAGS:
-      kind = type(FLAGS[field.group(1)].default).__name__
-      message += f'; {field.group(1)} takes {kind} values'
-  except (AttributeError, KeyError) as e:  # A --config.<field> that is not.
-    message = console.unknown_field(argv, e)
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
+  except (flags.Error, AttributeError, KeyError) as e:  # Key, Attribute: a
+    # --config.<field> that is not one.
+    print(f'error: {console.flag_error(argv, e, FLAGS)}', file=sys.stderr)
+    sys.exit(2)
 
 
 # Each mode imports what it needs (a bad flag fails before TF or JAX loads)
@@ -81,11 +67,9 @@ def run_train(config, workdir: str) -> list[str]:
 
 
 def run_import(config, workdir: str) -> list[str]:
-  from ncsn_jax.interop import official_checkpoint
-  step = official_checkpoint.import_checkpoint(config, workdir,
-                                               FLAGS.checkpoint)
-  return [f'Imported {FLAGS.checkpoint} as step {step} into '
-          f'{os.path.join(workdir, "checkpoints")}']
+  from ncsn_jax.interop import official_checkpoint as official
+  step = official.import_checkpoint(config, workdir, FLAGS.checkpoint)
+  return [f'Imported {FLAGS.checkpoint} as step {step} into {workdir}']
 
 
 def run_export(config, workdir: str) -> list[str]:
@@ -120,8 +104,7 @@ def run_tune(config, workdir: str) -> list[str]:
           f'Report: {os.path.join(workdir, "tune.json")}']
 
 
-def run_fid_stats(config, workdir: str) -> list[str]:
-  del workdir  # The statistics go to the cache folder.
+def run_fid_stats(config, unused_workdir: str) -> list[str]:  # To the cache.
   from ncsn_jax.evaluation import sample_quality
   return [f'Reference stats: {sample_quality.reference_stats(config)}']
 

@@ -140,6 +140,25 @@ def exit_now(status: int) -> None:
   os._exit(status)  # pylint: disable=protected-access
 
 
+def flag_error(argv: Sequence[str], error: Exception, flag_values) -> str:
+  """The one-line message of a command line absl cannot parse.
+
+  Args:
+    argv: the command line.
+    error: what parsing raised: an absl `flags.Error`, or the
+      AttributeError / KeyError of a `--config.<field>` that is not one.
+    flag_values: the absl `FLAGS`, to name a config field's type.
+  """
+  if isinstance(error, (AttributeError, KeyError)):
+    return unknown_field(argv, error)
+  message = str(error).splitlines()[0]
+  field = re.match(r'flag --(config\.[^=]+)=', message)
+  if field and field.group(1) in flag_values:
+    kind = type(flag_values[field.group(1)].default).__name__
+    message += f'; {field.group(1)} takes {kind} values'
+  return message
+
+
 def unknown_field(argv: Sequence[str], error: Exception) -> str:
   """The one-line message of a misspelt `--config.<field>` override.
 
