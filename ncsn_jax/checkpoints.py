@@ -612,7 +612,8 @@ class PreemptionWatcher:
 
   def _handle(self, signum, frame):
     del frame
-    logging.warning('Signal %d: checkpointing after this step.', signum)
+    logging.warning('Signal %d: saving the work done so far, then stopping.',
+                    signum)
     self.requested = True
 
   def should_stop(self, manager, step: int) -> bool:

@@ -280,8 +280,14 @@ class Progress:
   def __enter__(self) -> 'Progress':
     return self
 
-  def __exit__(self, *exc) -> None:
-    self.close()
+  def __exit__(self, exc_type, *unused) -> None:
+    if exc_type is None:
+      self.close()
+    elif self.tty:  # End the rewritten line; the error gets its own.
+      self.closed = True
+      self._write(self.line(), final=True)
+    else:
+      self.closed = True  # The error (or stop) line says what happened.
 
   def rate(self) -> float:
     """Units per second since the first update (0.0 until there is one)."""

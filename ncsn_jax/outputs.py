@@ -282,6 +282,16 @@ def save_shard(path: str, arrays: dict, meta: dict) -> None:
     np.savez(f, **arrays, meta=np.array(json.dumps(meta, sort_keys=True)))
 
 
+def _flat(record: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in record.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f'{prefix}{k}.'))
+    else:
+      out[prefix + k] = v
+  return out
+
+
 def load_shard(path: str, meta: dict) -> dict:
   """The arrays of a part written by `save_shard` with the same `meta`.
 
@@ -296,7 +306,8 @@ def load_shard(path: str, meta: dict) -> dict:
   except (OSError, ValueError, KeyError) as e:
     raise errors.InputError(
         f'{path} is unreadable ({e}); delete it to redo that part.') from e
-  want = json.loads(json.dumps(meta, sort_keys=True))
+  saved = _flat(saved)
+  want = _flat(json.loads(json.dumps(meta, sort_keys=True)))
   for key in sorted(set(saved) | set(want)):
     if saved.get(key) != want.get(key):
       raise errors.InputError(

@@ -1,10 +1,10 @@
-"""Runs run.py and SIGKILLs it at a named moment of one checkpoint save.
+"""Runs run.py and SIGKILLs it at a named moment of its work.
 
-  python tests/run_killed.py <point>:<step> [run.py flags...]
+  python tests/run_killed.py <point>:<n> [run.py flags...]
 
 A signal sent from outside hits these moments only by chance; this wrapper
-patches `ncsn_jax.checkpoints` so that the process kills itself there. The
-points, in save order:
+patches the library so that the process kills itself there. The points of
+the save of checkpoint n, in save order:
 
 * `in_save`: the input-pipeline position is being written (its iterators
   are, its `position.json` is not); nothing of the step is committed.
@@ -12,6 +12,9 @@ points, in save order:
   renamed into place.
 * `after_commit`: the checkpoint is committed; the sample grid, loss curve
   and anything else the snapshot writes are not.
+
+and `part`: right after the n-th part of a long job (an eval's sample
+batch, a sample-mode call, fid_stats features) is written.
 
 The repository root must be importable (PYTHONPATH; tests/conftest.py sets
 it for the processes the tests start).
@@ -24,7 +27,9 @@ import sys
 
 from ncsn_jax import checkpoints
 
-POINTS = ('in_save', 'before_commit', 'after_commit')
+from ncsn_jax import outputs
+
+POINTS = ('in_save', 'before_commit', 'after_commit', 'part')
 
 
 def _kill(*unused):
@@ -32,7 +37,8 @@ def _kill(*unused):
 
 
 def patch(point: str, step: int) -> None:
-  """Makes this process SIGKILL itself at `point` of the save of `step`."""
+  """Makes this process SIGKILL itself at `point` of the save of `step`
+  (`part`: after writing `step` parts)."""
   handler = checkpoints.DataPositionHandler
   save_item, save = handler.save, checkpoints.save
 
@@ -53,8 +59,16 @@ def patch(point: str, step: int) -> None:
     if s == step and point == 'after_commit':
       _kill()
 
+  def save_part(*args, **kwargs):
+    save_shard(*args, **kwargs)
+    written.append(1)
+    if point == 'part' and len(written) == step:
+      _kill()
+
   handler.save, handler.finalize = save_position, finalize
   checkpoints.save = save_checkpoint
+  save_shard, written = outputs.save_shard, []
+  outputs.save_shard = save_part
 
 
 if __name__ == '__main__':

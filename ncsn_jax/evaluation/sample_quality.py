@@ -258,20 +258,22 @@ def stats_path(config) -> str:
 def split_features(config, split: str, extract: Callable,
                    max_examples: Optional[int] = None,
                    folder: Optional[str] = None, meta: Optional[dict] = None,
-                   stop: Optional[Callable[[], bool]] = None) -> np.ndarray:
+                   stop: Optional[Callable[[], bool]] = None,
+                   part_batches: int = 8) -> np.ndarray:
   """pool_3 [N,2048] (and nothing else) of a whole split, in order.
 
-  With `folder`, the features are kept there in parts of
-  `PART_BATCHES` batches as they are computed (with `meta`), and a rerun
-  starts after the last complete part; `stop` is polled after each batch
-  and raises `errors.Interrupted` when it returns True.
+  With `folder`, the features are kept there in parts of `part_batches`
+  batches as they are computed (with `meta`), and a rerun starts after the
+  last complete part; `stop` is polled after each batch and raises
+  `errors.Interrupted` when it returns True.
   """
   # pylint: disable-next=g-import-not-at-top
   from ncsn_jax.data import input_pipeline
   batch = config.eval.inception_batch_size * 8
   parts, done = [], 0
   while folder and os.path.exists(_part(folder, len(parts))):
-    record = dict(meta or {}, part=len(parts), batch=batch)
+    record = dict(meta or {}, part=len(parts), batch=batch,
+                  part_batches=part_batches)
     parts.append(outputs.load_shard(_part(folder, len(parts)),
                                     record)['pool_3'])
     done += parts[-1].shape[0]
@@ -279,7 +281,7 @@ def split_features(config, split: str, extract: Callable,
   with console.Progress(max_examples, f'Inception features of {split}',
                         unit='images', initial=done) as bar:
     images_iter = input_pipeline.iterate_split(
-        config, split, batch, skip_batches=len(parts) * PART_BATCHES)
+        config, split, batch, skip_batches=len(parts) * part_batches)
     for images in images_iter:
       if max_examples is not None:
         images = images[:max_examples - done]
@@ -288,8 +290,9 @@ def split_features(config, split: str, extract: Callable,
       feats.append(extract(outputs.to_uint8(images))['pool_3'])
       done += images.shape[0]
       bar.update(images.shape[0])
-      if folder and len(feats) == PART_BATCHES:
-        record = dict(meta or {}, part=len(parts), batch=batch)
+      if folder and len(feats) == part_batches:
+        record = dict(meta or {}, part=len(parts), batch=batch,
+                      part_batches=part_batches)
         outputs.save_shard(_part(folder, len(parts)),
                            {'pool_3': np.concatenate(feats)}, record)
         parts.append(np.concatenate(feats))
@@ -303,9 +306,6 @@ def split_features(config, split: str, extract: Callable,
     raise errors.InputError(
         f'split {split!r} of {config.data.dataset} is empty.')
   return np.concatenate(out)
-
-
-PART_BATCHES = 8  # Inception batches (of 8 forward passes) per kept part.
 
 
 def _part(folder: str, i: int) -> str:

@@ -293,13 +293,14 @@ def generate(config, p_sample, params, key: jax.Array, n: int,
       images, _ = sample_batch(config, p_sample, params,
                                jax.random.fold_in(key, i), batch, bar=bar,
                                stop=stop)
-      if len(images) < batch:  # Stopped: the batch is dropped.
+      if len(images) == batch:  # Else stopped: the batch is dropped.
+        shards[i] = outputs.to_uint8(images)
+        if path:
+          outputs.save_shard(path, {'images': shards[i]}, record)
+      if stop is not None and stop() and i != mine[-1]:
         raise errors.Interrupted(
             f'stopped on request with {len(shards)} of {count} sample '
             'batches done; rerun the same command to continue.')
-      shards[i] = outputs.to_uint8(images)
-      if path:
-        outputs.save_shard(path, {'images': shards[i]}, record)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices('ncsn_jax_generate')
     for i in range(count):
