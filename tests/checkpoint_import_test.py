@@ -203,15 +203,21 @@ class BoundTest(absltest.TestCase):
     limit = official_checkpoint.max_checkpoint_bytes(params)
     count = sum(v.size for v in jax.tree.leaves(params))
     self.assertEqual(limit, 4 * 8 * count + (1 << 20))
-    # A file declaring one storage just over it is refused unread.
-    numel = limit // 4 + 1
-    body = torch_files.dict_({'module.begin_conv.weight': torch_files.tensor(
-        '0', numel, 0, (numel,), (1,))})
+    # A file with the model's tensors whose storages declare more than a
+    # checkpoint of it can hold (one storage just over the bound) is
+    # refused unread.
+    pairs, arrays = {}, {}
+    for i, (key, value) in enumerate(states[0].items()):
+      numel = value.size if i else limit // 4 + 1
+      strides = np.cumprod((1,) + value.shape[:0:-1])[::-1]
+      pairs[key] = torch_files.tensor(str(i), numel, 0, value.shape,
+                                      tuple(int(x) for x in strides))
+      arrays[str(i)] = np.ascontiguousarray(value, np.float32)
     path = torch_files.write(
         os.path.join(self.create_tempdir().full_path, 'big.pth'),
-        torch_files.zip_archive(body, {'0': np.zeros(4, np.float32)}))
+        torch_files.zip_archive(torch_files.dict_(pairs), arrays))
     with self.assertRaisesRegex(ValueError, f'big.pth: its storages come to '
-                                f'{4 * numel:,} bytes, more than the '
+                                f'{4 * (limit // 4 + 1):,} bytes, more than the '
                                 f'{limit:,} expected'):
       official_checkpoint.read_checkpoint(config, path)
     with self.assertRaisesRegex(ValueError, 'big.pth: its storages'):

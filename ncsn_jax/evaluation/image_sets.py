@@ -118,7 +118,7 @@ def open_side(path: str, what: str, preprocessing: str, chunk: int) -> Side:
   """Checks one side and reads what is cheap: statistics, file lists."""
   side = Side(what=what, path=path, kind=kind_of(path, what))
   if side.kind == 'stats':
-    side.stats = sample_quality.load_reference(path)
+    side.stats = sample_quality.load_reference(path, f'{what}={path}')
     sample_quality.check_preprocessing(
         side.stats, preprocessing, f'{what}={path}',
         'pass --preprocessing={mode} or recompute them')

@@ -108,9 +108,11 @@ def save_reference(path: str, pool_3: np.ndarray, meta: dict) -> dict:
   return stats['meta']
 
 
-def load_reference(path: str) -> dict:
+def load_reference(path: str, name: str = '') -> dict:
   """Statistics of a file: ours, score_sde's (`pool_3`), TTUR's (`mu`,
-  `sigma`). Non-finite values are an `errors.InputError` naming the file."""
+  `sigma`). Non-finite values are an `errors.InputError` naming the file
+  (as `name`, e.g. 'B=path', when given)."""
+  name = name or path
   with np.load(path, allow_pickle=False) as f:
     names = set(f.files)
     pool_3 = f['pool_3'].astype(np.float32) if 'pool_3' in names else None
@@ -121,12 +123,12 @@ def load_reference(path: str) -> dict:
       mu, sigma = metrics.mean_and_covariance(pool_3)
     else:
       raise errors.InputError(
-          f'{path}: reference stats need pool_3 or mu and sigma '
+          f'{name}: reference stats need pool_3 or mu and sigma '
           f'(found {sorted(names)}).')
-  for name, value in (('mu', mu), ('sigma', sigma), ('pool_3', pool_3)):
+  for key, value in (('mu', mu), ('sigma', sigma), ('pool_3', pool_3)):
     if value is not None and not np.all(np.isfinite(value)):
       raise errors.InputError(
-          f'{path}: its {name} holds NaN or Inf values; recompute the '
+          f'{name}: its {key} holds NaN or Inf values; recompute the '
           'statistics (--mode=fid_stats) or use another file.')
   meta.setdefault('num_examples',
                   int(pool_3.shape[0]) if pool_3 is not None else None)

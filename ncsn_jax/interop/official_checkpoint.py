@@ -166,9 +166,19 @@ def max_checkpoint_bytes(params) -> int:
 
 
 def read_checkpoint(config, path: str) -> Any:
-  """`torch_pickle.load_pth` of `path`, bounded by the config's model."""
+  """`torch_pickle.load_pth` of `path`, bounded by the config's model.
+
+  The file's tensor shapes are compared with the config's model before any
+  storage is read, so a checkpoint of another model (larger or smaller) is
+  named as such, not as a file too large to be a checkpoint of this one.
+  """
   abstract = train_state.abstract_train_state(config)
-  return torch_pickle.load_pth(path, max_checkpoint_bytes(abstract.params))
+
+  def check_shapes(shapes):  # Values are zeros here: shapes only.
+    _convert_params(split_official(shapes), abstract.params, None)
+
+  return torch_pickle.load_pth(path, max_checkpoint_bytes(abstract.params),
+                               check_shapes)
 
 
 def _convert_params(parts, target, sigmas):

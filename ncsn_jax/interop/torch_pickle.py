@@ -24,7 +24,7 @@ import io
 import os
 import pickle
 import struct
-from typing import Any
+from typing import Any, Callable, Optional
 import zipfile
 import zlib
 
@@ -100,45 +100,54 @@ def _zip_byteorder(archive: zipfile.ZipFile, prefix: str, where: str) -> str:
 
 
 def _load_zip(archive: zipfile.ZipFile, record: str, where: str,
-              max_bytes: int, torchscript: bool = False) -> Any:
+              max_bytes: int, torchscript: bool = False,
+              inspect: Optional[Callable[[Any], None]] = None) -> Any:
   """The object pickled in `record` of a zip-layout file, tensors copied."""
   prefix = record[:-len('data.pkl')]
   order = _zip_byteorder(archive, prefix, where)
   budget = unpickler.Budget(where, max_bytes)
-  storages: dict[str, unpickler.Storage] = {}
+  storages: dict[str, tuple[unpickler.Storage, np.dtype]] = {}
   names = set(archive.namelist())
 
   def storage_fn(storage_type, key, numel, unused_view):
     if key in storages:
-      return storages[key]
+      return storages[key][0]
     name = f'{prefix}data/{key}'
     if name not in names:
       raise errors.InputError(
           f'{where}: storage record {unpickler.printable(name)!r} is '
           'missing; the file is truncated or corrupt.')
     dtype = storage_type.dtype.newbyteorder(order)
-    budget.declare(numel * dtype.itemsize)
-    raw = _read_member(archive, name, numel * dtype.itemsize, where)
-    array = np.frombuffer(raw, dtype)
-    if not dtype.isnative:
-      array = array.byteswap().view(dtype.newbyteorder('='))
-    storage = unpickler.Storage(key, array.dtype, numel, where)
-    storage.array = array
-    storages[key] = storage
+    storage = unpickler.Storage(key, dtype.newbyteorder('='), numel, where)
+    storages[key] = storage, dtype
     return storage
 
   data = _read_small(archive, record, where)
   obj = unpickler.Unpickler(io.BytesIO(data), where, storage_fn,
                             torchscript).load()
+  if inspect is not None:  # Shapes first: nothing is read yet.
+    inspect(unpickler.materialise(obj, None))
+  for key, (storage, dtype) in storages.items():
+    budget.declare(storage.numel * dtype.itemsize)
+    raw = _read_member(archive, f'{prefix}data/{key}',
+                       storage.numel * dtype.itemsize, where)
+    array = np.frombuffer(raw, dtype)
+    if not dtype.isnative:
+      array = array.byteswap().view(dtype.newbyteorder('='))
+    storage.array = array
   return unpickler.materialise(obj, budget)
 
 
-def load_pth(path: str, max_bytes: int) -> Any:
+def load_pth(path: str, max_bytes: int,
+             inspect: Optional[Callable[[Any], None]] = None) -> Any:
   """Loads a `torch.save` file: dicts / lists / numbers with array leaves.
 
   Args:
     path: a `.pth` file in the zip or the legacy serialisation.
     max_bytes: the most bytes its storages, and its tensors, may hold.
+    inspect: called with the object before any storage is read or
+      bounded, its tensors as zero arrays of their shapes and dtypes that
+      take no memory: a caller can refuse a file by its shapes first.
 
   Returns:
     The saved object; every tensor is an `np.ndarray` (a copy, native byte
@@ -159,7 +168,8 @@ def load_pth(path: str, max_bytes: int) -> Any:
           raise errors.InputError(
               f'{path}: a zip archive but not a PyTorch checkpoint (found '
               f'{len(pickles)} data.pkl records).')
-        return _load_zip(archive, pickles[0], path, max_bytes)
+        return _load_zip(archive, pickles[0], path, max_bytes,
+                         inspect=inspect)
     with open(path, 'rb') as f:
       first = f.read(2)
       if first == b'PK':
@@ -170,7 +180,7 @@ def load_pth(path: str, max_bytes: int) -> Any:
             f'{path}: not a PyTorch checkpoint (neither a zip archive nor a '
             'legacy torch pickle).')
       f.seek(0)
-      return load(f, path, max_bytes)
+      return load(f, path, max_bytes, inspect)
 
 
 def _collect_tensors(obj, prefix: str, out: dict[str, np.ndarray]) -> None:
@@ -296,8 +306,9 @@ def _read_legacy_storage(f, storage, order: str, end: int, where: str):
       dtype.newbyteorder('='))
 
 
-def load(f, where: str, max_bytes: int) -> Any:
-  """The object of a legacy-layout stream, tensors copied (`torch_pickle`)."""
+def load(f, where: str, max_bytes: int,
+         inspect: Optional[Callable[[Any], None]] = None) -> Any:
+  """The object of a legacy-layout stream, tensors copied (`load_pth`)."""
   pickles = _LimitedReader(f, where)
   order = _legacy_header(pickles, where)
   budget = unpickler.Budget(where, max_bytes)
@@ -307,7 +318,6 @@ def load(f, where: str, max_bytes: int) -> Any:
   def storage_fn(storage_type, key, numel, view):
     dtype = storage_type.dtype
     if key not in storages:
-      budget.declare(numel * dtype.itemsize)
       storages[key] = unpickler.Storage(key, dtype, numel, where)
     if view is None:
       return storages[key]
@@ -320,6 +330,11 @@ def load(f, where: str, max_bytes: int) -> Any:
   keys = unpickler.Unpickler(pickles, where).load()
   if not isinstance(keys, list) or any(str(k) not in storages for k in keys):
     raise errors.InputError(f'{where}: malformed storage key list.')
+  if inspect is not None:  # Shapes first: nothing is read yet.
+    inspect(unpickler.materialise(obj, None))
+  for key in keys:
+    storage = storages[str(key)]
+    budget.declare(storage.numel * storage.dtype.itemsize)
   end = os.fstat(f.fileno()).st_size
   for key in keys:
     _read_legacy_storage(f, storages[str(key)], order, end, where)

@@ -129,17 +129,23 @@ def _tensor_array(ref: TensorRef, budget: Budget) -> np.ndarray:
   return np.array(view, copy=True, order='C')
 
 
-def materialise(obj: Any, budget: Budget) -> Any:
+def materialise(obj: Any, budget: Optional[Budget]) -> Any:
   """`obj` with every `TensorRef` replaced by its array (a copy).
 
   Shared and cyclic references stay shared: each object is converted once.
+  With `budget=None` no storage is read: each tensor becomes a read-only
+  zero array of its shape and dtype that takes no memory (for checking a
+  file's shapes before reading it).
   """
   done: dict[int, Any] = {}
 
   def walk(o):
     if id(o) in done:
       return done[id(o)]
-    if isinstance(o, TensorRef):
+    if isinstance(o, TensorRef) and budget is None:
+      done[id(o)] = np.broadcast_to(np.zeros((), o.storage.dtype),
+                                    tuple(o.size))
+    elif isinstance(o, TensorRef):
       done[id(o)] = _tensor_array(o, budget)
     elif isinstance(o, ScriptObject):
       done[id(o)] = o
