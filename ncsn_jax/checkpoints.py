@@ -20,8 +20,7 @@ leaves the whole checkpoint or none of it):
 
 The public surface: `lock` (one training run per workdir), `create_manager`,
 `save`, `restore`, `resume` (what a restarted run continues from),
-`load_state` / `load_params` (sample, eval, export), `steps` and
-`PreemptionWatcher`.
+`load_state` / `load_params` (sample, eval, export) and `steps`.
 Every failure a user can fix is an `errors.CheckpointError` of one line
 naming the step folder and the fix.
 """
@@ -34,8 +33,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
-import threading
 from typing import Any, Optional
 
 from absl import logging
@@ -583,41 +580,3 @@ class DataPositionSave(ocp.args.CheckpointArgs):
 class DataPositionRestore(ocp.args.CheckpointArgs):
   """{name: tf.data iterator} to move to the saved position."""
   iterators: dict
-
-
-# ---------------------------------------------------------------- preemption
-
-
-class PreemptionWatcher:
-  """Turns SIGTERM / SIGINT into a request to checkpoint and stop cleanly.
-
-  A context manager around the training loop; the previous handlers come
-  back on exit. With several processes, orbax's preemption sync point
-  (backed by `jax.distributed`) makes all of them stop at the same step.
-  """
-
-  def __init__(self):
-    self.requested = False
-    self._previous = {}
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM, signal.SIGINT):
-        self._previous[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-
-  def _handle(self, signum, frame):
-    del frame
-    logging.warning('Signal %d: saving the work done so far, then stopping.',
-                    signum)
-    self.requested = True
-
-  def should_stop(self, manager, step: int) -> bool:
-    """Whether to checkpoint and stop after `step` (orbax `manager`)."""
-    if jax.process_count() > 1:
-      return self.requested or manager.reached_preemption(step)
-    return self.requested

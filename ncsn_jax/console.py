@@ -9,8 +9,9 @@ unless `--verbosity=1` (or `-v`) is given; the metrics are in TensorBoard and
 JAX is imported, so this module imports neither at the top.
 
 This is the one module that touches process-wide state for the console:
-environment variables, absl's log handler and verbosity, `sys.stderr` and
-`threading.excepthook` (each function says which).
+environment variables, absl's log handler and verbosity, `sys.stderr`,
+`threading.excepthook` and the SIGTERM / SIGINT handlers (each function or
+class says which).
 
   with console.Progress(50_000, 'sampling', unit='samples') as bar:
     for batch in batches:
@@ -22,6 +23,7 @@ import contextlib
 import io
 import os
 import re
+import signal
 import sys
 import threading
 import time
@@ -124,6 +126,44 @@ def held_stderr():
     sys.stderr, threading.excepthook = real, hook
     if ok and held.getvalue():
       real.write(held.getvalue())
+
+
+class StopRequest:
+  """SIGTERM / SIGINT as a request to stop after the current unit of work.
+
+  A context manager around long work (training steps, sample batches,
+  feature parts): inside it the two signals set `requested` instead of
+  ending the process, so the work in hand is saved first; the previous
+  handlers come back on exit.
+
+  Global state: the process's SIGTERM and SIGINT handlers (set from the main
+  thread only).
+  """
+
+  def __init__(self):
+    self.requested = False
+    self._previous = {}
+
+  def __enter__(self) -> 'StopRequest':
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    from absl import logging  # pylint: disable=g-import-not-at-top
+    logging.warning('Signal %d: saving the work done so far, then stopping.',
+                    signum)
+    self.requested = True
+
+  def __call__(self) -> bool:
+    """Whether a stop was requested (a `stop` callable for long loops)."""
+    return self.requested
 
 
 def exit_now(status: int) -> None:

@@ -246,8 +246,7 @@ def evaluate(config, workdir: str) -> str:
   config_checks.check_config(config, 'eval')
   outputs.check_writable(os.path.join(workdir, 'eval'), '--workdir')
   programs = build_programs(config)
-  with checkpoints.PreemptionWatcher() as watcher:
-    stop = lambda: watcher.requested
+  with console.StopRequest() as stop:
     if config.eval.begin_ckpt > 0:
       return sweep(config, workdir, programs, stop)
     step = evaluate_checkpoint(config, workdir, config.eval.ckpt_id,

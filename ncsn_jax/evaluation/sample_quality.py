@@ -31,7 +31,6 @@ from absl import logging
 import jax
 import numpy as np
 
-from ncsn_jax import checkpoints
 from ncsn_jax import console
 from ncsn_jax import errors
 from ncsn_jax import outputs
@@ -344,9 +343,9 @@ def reference_stats(config,
   path = stats_path(config)
   meta = _stats_meta(config, split, extractor)
   parts = path + '.parts' if jax.process_index() == 0 else None
-  with checkpoints.PreemptionWatcher() as watcher:
+  with console.StopRequest() as stop:
     pool_3 = split_features(config, split, extractor, folder=parts,
-                            meta=meta, stop=lambda: watcher.requested)
+                            meta=meta, stop=stop)
   if jax.process_index() == 0:
     meta = save_reference(path, pool_3, meta)
     shutil.rmtree(parts, ignore_errors=True)

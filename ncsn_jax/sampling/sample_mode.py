@@ -114,7 +114,7 @@ def _draw(config, p_sample, params, key, data, folder: str, record: dict):
   """
   n, m = config.sampling.batch_size, langevin.chains_per_call(config)
   images, frames = [], []
-  with checkpoints.PreemptionWatcher() as watcher, console.Progress(
+  with console.StopRequest() as stop, console.Progress(
       n, 'sampling', unit='samples') as bar:
     for part, first in enumerate(range(0, n, m)):
       path = os.path.join(folder, f'part_{part}.npz')
@@ -133,7 +133,7 @@ def _draw(config, p_sample, params, key, data, folder: str, record: dict):
         outputs.save_shard(path, arrays, meta)
       images.append(arrays['x'])
       frames.append(arrays.get('trajectory'))
-      if watcher.requested and last < n:
+      if stop() and last < n:
         raise errors.Interrupted(
             f'stopped on request after {last} of {n} samples (kept in '
             f'{folder}); rerun the same command to continue.')

@@ -242,7 +242,7 @@ def _train_steps(ctx: _Context, state, inexact: int) -> tuple[Any, bool]:
   t = ctx.config.training
   step, skipped = int(parallel.unreplicate(state).step), 0
   profiler, pending = _profiler(ctx), []
-  with checkpoints.PreemptionWatcher() as watcher, console.Progress(
+  with console.StopRequest() as requested, console.Progress(
       t.n_iters, 'training', unit='steps', every_s=30, initial=step) as bar:
     while step < t.n_iters:
       k = min(t.n_jitted_steps, t.n_iters - step)
@@ -258,7 +258,10 @@ def _train_steps(ctx: _Context, state, inexact: int) -> tuple[Any, bool]:
       record = _log(ctx, state, metrics, step, k,
                     {'skipped_steps': skipped, 'steps_per_sec': bar.rate()})
       bar.update(k, f'loss {record["loss"]:.4g}' if 'loss' in record else None)
-      stop = watcher.should_stop(ctx.manager, step)
+      # With several processes orbax's preemption sync point makes all of
+      # them stop at the same step.
+      stop = requested() or (jax.process_count() > 1 and ctx.manager and
+                             ctx.manager.reached_preemption(step))
       if stop or _crossed(step, k, t.snapshot_freq) or step == t.n_iters:
         _snapshot(ctx, state, step, inexact)
       if stop:
