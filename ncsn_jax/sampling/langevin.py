@@ -297,7 +297,7 @@ def generate(config, p_sample, params, key: jax.Array, n: int,
         shards[i] = outputs.to_uint8(images)
         if path:
           outputs.save_shard(path, {'images': shards[i]}, record)
-      if stop is not None and stop() and i != mine[-1]:
+      if stop is not None and stop() and (i != mine[-1] or i not in shards):
         raise errors.Interrupted(
             f'stopped on request with {len(shards)} of {count} sample '
             'batches done; rerun the same command to continue.')
