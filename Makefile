@@ -1,5 +1,7 @@
 # ncsn_jax: `make demo` trains and samples the digits model, `make test` runs
 # the test suite. Both create .venv and install what they need first.
+# `make test-newest` runs the core tests again on Python 3.12 with the newest
+# releases the requirements allow, in its own virtualenv.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -7,7 +9,8 @@ BIN := $(VENV)/bin
 WORKDIR ?= runs/digits
 PYTEST_ARGS ?=
 
-.PHONY: install install-test inception-weights demo test clean
+.PHONY: install install-test inception-weights demo test test-newest \
+  newest-core clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,5 +53,63 @@ test: install-test inception-weights
 	NCSN_JAX_INCEPTION_CACHE=$(CURDIR)/$(INCEPTION_CACHE) TF_CPP_MIN_LOG_LEVEL=2 \
 	  $(BIN)/python -m pytest tests -q $(PYTEST_ARGS)
 
+# The other end of the supported range: .venv holds the lowest versions the
+# requirements allow on Python 3.11; this checks the core again on Python
+# 3.12 with the newest ones (releases after jax 0.10 need 3.12). The
+# interpreter: PYTHON312 when set, else pyenv's 3.12 (PYENV_VERSION when it
+# names one, else the newest of its versions/3.12.*), else python3.12 on
+# PATH. Without one it says so in one line and passes: `make test` decides.
+# Its virtualenv, .cache/venv-pyX.Y, is resolved once from the requirements
+# files (again when they change; `make clean` drops it).
+NEWEST_TESTS ?= tests/models_test.py tests/losses_test.py \
+  tests/langevin_test.py tests/step_test.py tests/loop_test.py \
+  tests/parity_train_test.py tests/parity_sampler_test.py \
+  tests/checkpoint_errors_test.py tests/run_test.py tests/package_test.py
+# Set by test-newest for newest-core (these defaults: its usual choice).
+NEWEST_PYTHON ?= python3.12
+NEWEST_VENV ?= .cache/venv-py3.12
+
+test-newest:
+	@py='$(PYTHON312)'; \
+	if [ -z "$$py" ]; then \
+	  root=$$(pyenv root 2>/dev/null || true); \
+	  if [ -n "$$root" ]; then \
+	    v=$$(echo "$${PYENV_VERSION:-}" | tr ':' '\n' | grep '^3\.12' | \
+	      head -n 1); \
+	    [ -n "$$v" ] || v=$$(ls "$$root/versions" 2>/dev/null | \
+	      grep '^3\.12\.[0-9]*$$' | sort -t. -k3,3n | tail -n 1); \
+	    [ -n "$$v" ] && [ -x "$$root/versions/$$v/bin/python3.12" ] && \
+	      py="$$root/versions/$$v/bin/python3.12"; \
+	  fi; \
+	  [ -n "$$py" ] || py=$$(command -v python3.12 || true); \
+	fi; \
+	if [ -z "$$py" ]; then \
+	  echo "test-newest: no Python 3.12 (pyenv, python3.12 on PATH," \
+	    "PYTHON312=...): not run"; \
+	  exit 0; \
+	fi; \
+	ver=$$("$$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])' \
+	  2>/dev/null) || \
+	  { echo "test-newest: PYTHON312=$$py does not run"; exit 2; }; \
+	$(MAKE) --no-print-directory newest-core NEWEST_PYTHON="$$py" \
+	  NEWEST_VENV=.cache/venv-py$$ver
+
+$(NEWEST_VENV)/bin/python:
+	$(NEWEST_PYTHON) -m venv $(NEWEST_VENV)
+	$(NEWEST_VENV)/bin/pip install -q --upgrade pip
+
+$(NEWEST_VENV)/.installed-test: requirements.txt requirements-test.txt \
+    | $(NEWEST_VENV)/bin/python
+	$(NEWEST_VENV)/bin/pip install -q --upgrade -r requirements-test.txt
+	touch $@
+
+newest-core: $(NEWEST_VENV)/.installed-test inception-weights
+	@$(NEWEST_VENV)/bin/python -c 'import sys, importlib.metadata as m; \
+	  print("test-newest: Python " + sys.version.split()[0] + ",", \
+	  ", ".join(p + " " + m.version(p) for p in sys.argv[1:]))' \
+	  jax jaxlib flax optax orbax-checkpoint tensorflow-cpu
+	NCSN_JAX_INCEPTION_CACHE=$(CURDIR)/$(INCEPTION_CACHE) TF_CPP_MIN_LOG_LEVEL=2 \
+	  $(NEWEST_VENV)/bin/python -m pytest $(NEWEST_TESTS) -q $(PYTEST_ARGS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .cache/venv-py* .pytest_cache

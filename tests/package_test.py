@@ -1,18 +1,23 @@
 """The package's shape: dependencies, layers, no test hooks; the user cache.
 
-pyproject.toml matches the requirements files; the library's modules form
-layers without cycles, read no test variables and use only public JAX; the
-cache folder is per user.
+pyproject.toml matches the requirements files, whose ranges admit the
+installed versions, and its requires-python is where they install; the
+library's modules form layers without cycles, read no test variables and use
+only public JAX; the cache folder is per user.
 """
 
 import ast
+from importlib import metadata
 import os
 import re
+import sys
 import tomllib
 from unittest import mock
 
 from absl.testing import absltest
 from configs import tiny
+from packaging import requirements
+from packaging import specifiers
 
 from ncsn_jax import outputs
 from ncsn_jax.evaluation import sample_quality
@@ -140,8 +145,29 @@ class PyprojectTest(absltest.TestCase):
   def test_only_ncsn_jax_is_packaged(self):
     find = _pyproject()['tool']['setuptools']['packages']['find']
     self.assertEqual(find['include'], ['ncsn_jax', 'ncsn_jax.*'])
-    self.assertTrue(
-        _pyproject()['project']['requires-python'].startswith('>=3.10'))
+
+  def test_requires_python_is_the_range_that_installs(self):
+    # orbax-checkpoint 0.12 and jax 0.10 need 3.11; tensorflow-cpu 2.21 has
+    # no 3.14 wheels: outside 3.11-3.13 the requirements do not resolve.
+    supported = specifiers.SpecifierSet(
+        _pyproject()['project']['requires-python'])
+    for version in ('3.11', '3.12', '3.13'):
+      self.assertIn(version, supported)
+    for version in ('3.10', '3.14'):
+      self.assertNotIn(version, supported)
+    running = '.'.join(map(str, sys.version_info[:3]))
+    self.assertIn(running, supported)  # The suite runs only where it installs.
+
+  def test_installed_versions_are_in_the_declared_ranges(self):
+    # `make test` and `make test-newest` both run this: the versions each
+    # suite ran with are ones the declared ranges admit.
+    for line in (_requirements('requirements.txt') +
+                 _requirements('requirements-test.txt')):
+      requirement = requirements.Requirement(line)
+      installed = metadata.version(requirement.name)
+      self.assertTrue(
+          requirement.specifier.contains(installed, prereleases=True),
+          f'{requirement.name} {installed} is outside {line}')
 
   def test_no_sys_path_edits_for_the_package(self):
     folders = [os.path.join(ROOT, 'tests'), os.path.join(ROOT, 'bench')]
