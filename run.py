@@ -30,8 +30,7 @@ flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval', 'import',
                   'What to do; see the README\'s table of modes.')
 flags.DEFINE_string('checkpoint', None, 'Official NCSN/NCSNv2 .pth file to '
                     'import (--mode=import) or to write (--mode=export).')
-flags.DEFINE_bool('overwrite', False,
-                  'Let --mode=export replace an existing --checkpoint file.')
+flags.DEFINE_bool('overwrite', False, 'Let export replace --checkpoint.')
 flags.DEFINE_bool('multihost', False, 'Join a multi-process run.')
 flags.DEFINE_string('coordinator_address', '', 'host:port of process 0.')
 flags.DEFINE_integer('num_processes', 0, 'Processes in a multihost run.')
@@ -59,11 +58,14 @@ def parse_flags(argv):
 # and returns the lines to print: where its outputs went, a summary.
 def run_train(config, workdir: str) -> list[str]:
   from ncsn_jax.training import loop
-  if loop.train(config, workdir).stopped_early:
-    console.exit_now(0)
-  return [f'{what}: {os.path.join(workdir, name)}' for what, name in (
+  result = loop.train(config, workdir)
+  lines = [f'{what}: {os.path.join(workdir, name)}' for what, name in (
       ('Checkpoints', 'checkpoints'), ('Sample grids', 'samples'),
       ('Loss curve', 'loss_curve.png'))]
+  if result.stopped_early:  # Checkpointed on SIGTERM: say where, leave now.
+    print('\n'.join(lines), flush=True)
+    console.exit_now(0)
+  return lines
 
 
 def run_import(config, workdir: str) -> list[str]:
@@ -140,10 +142,8 @@ def main(argv):
     print(f'stopped: {e}', file=sys.stderr)
     console.exit_now(0)
   except (errors.InputError, errors.NonFiniteLossError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    # Past the one line, the teardown of a failed checkpoint write would
-    # print its worker threads' tracebacks.
-    console.exit_now(2)
+    print(f'error: {e}', file=sys.stderr)  # And no teardown: it would print
+    console.exit_now(2)  # the threads' tracebacks of a failed checkpoint.
 
 
 if __name__ == '__main__':

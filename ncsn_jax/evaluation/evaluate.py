@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 from ncsn_jax import checkpoints
@@ -251,6 +252,8 @@ def evaluate(config, workdir: str) -> str:
       return sweep(config, workdir, programs, stop)
     step = evaluate_checkpoint(config, workdir, config.eval.ckpt_id,
                                programs, stop)['step']
+  if jax.process_count() > 1:  # The main process has written the report.
+    multihost_utils.sync_global_devices('ncsn_jax_eval_report')
   return os.path.join(workdir, 'eval', f'report_{step}.json')
 
 
