@@ -3,15 +3,18 @@
   python -m bench.bench --batch=16 --threads=2 [--ncsnv2_repo=PATH \
       --torch_python=PY] [--json=PATH]
 
-Compiles the train step (per `--dtypes`), the score network and a short
-annealed Langevin chain at each `--sample_batches`, then times them in
-rounds interleaved with the official PyTorch NCSNv2 (`torch_reference.py`,
-a long-lived subprocess; optional, never a dependency): per side the median
-and spread of the seconds per step and the ratio of medians. Also: compile
-times (train step; full 232 x 5 sampler against a 1-step one), XLA's
-buffer assignment, the device's peak memory, model FLOPs and achieved
-FLOP/s against the chip's peak (`chips.py`), and the FID-50k sampling time.
-Needs only jax, flax, optax and numpy (`plain_config.py`).
+Compiles the train step (`make_train_step`, per `--dtypes`), the score
+network and a short annealed Langevin chain at each `--sample_batches`
+(per `--sample_dtypes`), then times them in rounds interleaved with the
+official PyTorch NCSNv2 (`torch_reference.py`, a long-lived subprocess;
+optional, never a dependency): per side the median and spread of the
+seconds per step and the ratio of medians. Also: compile times (train
+step; full 232 x 5 sampler against a 1-step one), XLA's buffer assignment,
+the device's peak memory, model FLOPs (`flops.py`: counted from the traced
+program, so the same on every backend) and achieved FLOP/s against the
+chip's peak (`chips.py`), and the FID-50k sampling time beside its lower
+bound at the chip's peak. Needs only jax, flax, optax and numpy
+(`plain_config.py`).
 """
 
 import argparse
@@ -50,6 +53,9 @@ def parse_args(argv=None):
   p.add_argument('--sample_batches',
                  default='',
                  help='Comma list of sampling batches ("" = --batch).')
+  p.add_argument('--sample_dtypes',
+                 default='float32',
+                 help='Comma list of sampling.dtype values for the chain.')
   p.add_argument('--sample_levels',
                  type=int,
                  default=2,
@@ -98,10 +104,12 @@ def _peak_bytes():
 
 
 def _rate(info, summary, kind, dtype='float32') -> dict:
+  """`summary` with the achieved FLOP/s and its fraction of the peak."""
   flop_per_s = info['flops_per_item'] * summary['median_per_s']
   return dict(summary,
               flop_per_s=flop_per_s,
-              **chips.fraction_of_peak(flop_per_s, kind, dtype))
+              **chips.fraction_of_peak(flop_per_s, kind, dtype,
+                                       info.get('devices', 1)))
 
 
 def bench_compute(config, args, kind):
@@ -157,7 +165,7 @@ def ratios(out) -> dict:
   return r
 
 
-def bench_sampler(config, args, kind):
+def _sampler_batches(config, args, kind, dtype) -> dict:
   """Score evaluations/s of the Langevin chain per sampling batch."""
   out = {}
   batches = [
@@ -165,8 +173,10 @@ def bench_sampler(config, args, kind):
   ]
   for batch in batches:
     try:
-      timer, info = jax_timers.sampler(config, batch, args.sample_levels)
-      log(f'sampler at batch {batch} compiled in {info["compile_s"]:.1f} s')
+      timer, info = jax_timers.sampler(config, batch, args.sample_levels,
+                                       dtype)
+      log(f'sampler {dtype} at batch {batch} compiled in '
+          f'{info["compile_s"]:.1f} s')
       times = interleave.interleave({'s': timer},
                                     'sample',
                                     1,
@@ -179,26 +189,39 @@ def bench_sampler(config, args, kind):
       out[str(batch)] = {'error': 'out of memory'}
       break
     s = _rate(info, interleave.summary(times['s'], info['evals_per_call']),
-              kind)
+              kind, dtype)
     out[str(batch)] = dict(s, **info, score_evals_per_s=s['median_per_s'])
-  rates = {b: r['score_evals_per_s'] for b, r in out.items() if 'error' not in r}
+  rates = {b: r['score_evals_per_s'] for b, r in out.items()
+           if 'error' not in r}
   if not rates:
     raise RuntimeError(f'no sampling batch of {batches} fits in memory.')
   best = max(rates, key=rates.get)
-  result = {
+  return {
       'per_batch': out,
       'best_batch': int(best),
       'best_score_evals_per_s': rates[best],
       'fid50k_seconds': chips.fid50k_seconds(rates[best]),
-      'fid50k_formula': chips.fid50k_formula(rates[best], int(best))
+      'fid50k_formula': chips.fid50k_formula(rates[best], int(best)),
   }
+
+
+def bench_sampler(config, args, kind, forward_flops):
+  """The chain per `--sample_dtypes`, the FID-50k time and its bound."""
+  result = {}
+  for dtype in args.sample_dtypes.split(','):
+    r = _sampler_batches(config, args, kind, dtype)
+    # What the chip's peak allows: the sampler's FLOPs are the network's.
+    r['fid50k_bound_seconds'] = chips.fid50k_bound_seconds(
+        forward_flops, kind, dtype)
+    result[dtype] = r
   if args.compile_ratio:
-    full = jax_timers.sampler_compile_seconds(config, batches[0], 232, 5)
-    one = jax_timers.sampler_compile_seconds(config, batches[0], 1, 1)
+    batch = int((args.sample_batches or str(args.batch)).split(',')[0])
+    full = jax_timers.sampler_compile_seconds(config, batch, 232, 5)
+    one = jax_timers.sampler_compile_seconds(config, batch, 1, 1)
     log(f'full sampler compiled in {full:.1f} s, 1-step one in {one:.1f} s')
-    result.update(compile_s_232x5=full,
-                  compile_s_1x1=one,
-                  compile_ratio=full / one)
+    result['compile'] = dict(compile_s_232x5=full,
+                             compile_s_1x1=one,
+                             compile_ratio=full / one)
   return result
 
 
@@ -251,9 +274,18 @@ def main(argv=None):
     config.data.image_size = args.image_size
   result = environment(args)
   result.update(bench_compute(config, args, result['device']))
+  train = result['train'][f"ncsn_jax {args.dtypes.split(',')[0]}"]
+  result['flops'] = {
+      'forward_per_image':
+          result['forward']['ncsn_jax float32']['flops_per_item'],
+      'train_per_image': train['flops_per_item'],
+      'counted': 'from the traced program (jaxpr): 2 x the multiply-adds '
+                 'of every convolution and matrix product (flops.py)',
+  }
   result['device_peak_bytes_after_train'] = _peak_bytes()
   write_json(args.json, result)  # Kept if the sampler part fails.
-  result['sampler'] = bench_sampler(config, args, result['device'])
+  result['sampler'] = bench_sampler(config, args, result['device'],
+                                    result['flops']['forward_per_image'])
   result['device_peak_bytes'] = _peak_bytes()
   write_json(args.json, result)
   report(result)
@@ -266,26 +298,52 @@ def write_json(path: str, result: dict) -> None:
       json.dump(result, f, indent=2)
 
 
+def _fractions(s) -> str:
+  """', 41% of tf32 peak' etc. for the peaks in a timing summary."""
+  return ''.join(f', {v:.1%} of {k[3:-5]} peak' for k, v in s.items()
+                 if k.startswith('of_') and k.endswith('_peak'))
+
+
+def _duration(seconds: float) -> str:
+  return (f'{seconds / 3600:.3g} h' if seconds >= 3600 else
+          f'{seconds / 60:.3g} min')
+
+
 def report(r) -> None:
   """A short human-readable summary of the JSON."""
   print(f"{r['device']} ({r['backend']}), jax {r['versions']['jax']}, "
         f"batch {r['batch']}, {r['rounds']} rounds x {r['steps']} steps")
+  f = r['flops']
+  print(f"model FLOPs per image: forward {f['forward_per_image'] / 1e9:.4g} "
+        f"G, train step {f['train_per_image'] / 1e9:.4g} G "
+        f"({f['train_per_image'] / f['forward_per_image']:.2f}x forward)")
   for what in ('train', 'forward'):
     for name, s in r[what].items():
       print(f"{what:8s} {name:20s} {s['median_per_s']:9.4g} img/s median "
             f"(min-max {r['batch'] / s['max_s']:.4g}-"
             f"{r['batch'] / s['min_s']:.4g}, spread {s['spread']:.1%})" +
-            (f", compile {s['compile_s']:.1f} s" if 'compile_s' in s else ''))
+            (f", compile {s['compile_s']:.1f} s" if 'compile_s' in s else '') +
+            (f", {s['flop_per_s'] / 1e12:.4g} TFLOP/s{_fractions(s)}"
+             if 'flop_per_s' in s else ''))
   for name, value in r['ratios'].items():
     print(f'ratio    {name:32s} {value:.3g}x')
-  for b, s in r['sampler']['per_batch'].items():
-    print(f'sampler  batch {b:6s} ' +
-          (s.get('error') or f"{s['score_evals_per_s']:.4g} score evals/s, "
-           f"compile {s['compile_s']:.1f} s"))
-  if 'compile_ratio' in r['sampler']:
-    print(f"sampler  compile 232x5 {r['sampler']['compile_s_232x5']:.1f} s, "
-          f"1x1 {r['sampler']['compile_s_1x1']:.1f} s")
-  print(r['sampler']['fid50k_formula'])
+  for dtype, d in r['sampler'].items():
+    if dtype == 'compile':
+      continue
+    for b, s in d['per_batch'].items():
+      print(f'sampler  {dtype} batch {b:6s} ' +
+            (s.get('error') or f"{s['score_evals_per_s']:.4g} score evals/s, "
+             f"compile {s['compile_s']:.1f} s, "
+             f"{s['flop_per_s'] / 1e12:.4g} TFLOP/s{_fractions(s)}"))
+    print(f'{dtype}: ' + d['fid50k_formula'])
+    for peak, seconds in d['fid50k_bound_seconds'].items():
+      print(f'{dtype}: FID-50k sampling at the {peak} peak (lower bound): '
+            f'{_duration(seconds)}, measured {_duration(d["fid50k_seconds"])}'
+            f' ({d["fid50k_seconds"] / seconds:.2f}x the bound)')
+  if 'compile' in r['sampler']:
+    c = r['sampler']['compile']
+    print(f"sampler  compile 232x5 {c['compile_s_232x5']:.1f} s, "
+          f"1x1 {c['compile_s_1x1']:.1f} s")
   if r.get('device_peak_bytes'):
     print(f"device peak memory {r['device_peak_bytes'] / 2**30:.2f} GiB")
 

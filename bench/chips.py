@@ -96,13 +96,29 @@ def peak_tflops(device_kind: str) -> Optional[dict]:
   return None
 
 
-def fraction_of_peak(flop_per_s: float, device_kind: str, dtype: str) -> dict:
-  """Achieved FLOP/s over the chip's peak(s) for `dtype` ({} if unknown)."""
+def _peaks_for(device_kind: str, dtype: str) -> dict:
+  """{peak name: TFLOP/s} that a run in `dtype` is set against."""
   peaks = peak_tflops(device_kind) or {}
   names = ('float32', 'tf32') if dtype == 'float32' else (dtype,)
-  return {
-      f'of_{n}_peak': flop_per_s / (peaks[n] * 1e12) for n in names if n in peaks
-  }
+  return {n: peaks[n] for n in names if n in peaks}
+
+
+def fraction_of_peak(flop_per_s: float, device_kind: str, dtype: str,
+                     devices: int = 1) -> dict:
+  """Achieved FLOP/s over the peak(s) of `devices` chips ({} if unknown).
+
+  Args:
+    flop_per_s: achieved model FLOP/s (`flops.count` x items per second).
+    device_kind: jax's `device_kind` of the chips.
+    dtype: the compute dtype; float32 is set against both the float32 and
+      the TF32 peak.
+    devices: how many chips produced `flop_per_s`.
+
+  Returns:
+    {'of_<peak>_peak': fraction} for each peak of the chip.
+  """
+  return {f'of_{n}_peak': flop_per_s / (devices * tflops * 1e12)
+          for n, tflops in _peaks_for(device_kind, dtype).items()}
 
 
 def fid50k_seconds(score_evals_per_s: float,
@@ -116,7 +132,29 @@ def fid50k_seconds(score_evals_per_s: float,
   return samples * evals_per_sample / score_evals_per_s
 
 
+def fid50k_bound_seconds(flops_per_eval: float, device_kind: str,
+                         dtype: str) -> dict:
+  """The FID-50k sampling time if one chip ran at its peak ({} if unknown).
+
+  seconds >= samples x (L T + 1) x FLOPs per score evaluation / peak FLOP/s,
+  a lower bound for each peak `dtype` is set against (float32: float32 and
+  TF32).
+
+  Args:
+    flops_per_eval: model FLOPs of one score evaluation (one image).
+    device_kind: jax's `device_kind`.
+    dtype: the sampler's compute dtype.
+
+  Returns:
+    {peak name: seconds}.
+  """
+  work = FID_SAMPLES * FID_EVALS_PER_SAMPLE * flops_per_eval
+  return {n: work / (tflops * 1e12)
+          for n, tflops in _peaks_for(device_kind, dtype).items()}
+
+
 def fid50k_formula(score_evals_per_s: float, batch: int) -> str:
+  """The FID-50k sampling time as a one-line formula with its numbers."""
   seconds = fid50k_seconds(score_evals_per_s)
   return (f'FID-50k sampling: {FID_SAMPLES} x ({FID_EVALS_PER_SAMPLE - 1} + '
           f'1 denoise) score evaluations / {score_evals_per_s:.4g} per s '

@@ -28,7 +28,11 @@ from ncsn_jax.training import step as step_lib
 
 
 def scanned_train_step(state, images, keys, **kwargs):
-  """The k steps in a `lax.scan` on every backend (for comparison)."""
+  """The k steps in a `lax.scan` on every backend.
+
+  A deliberately different form of the step (`scan=1`): it times the loop
+  that `step.multi_train_step` avoids on XLA:CPU.
+  """
   step = functools.partial(step_lib.train_step, **kwargs)
   return jax.lax.scan(lambda s, batch: step(s, *batch), state, (images, keys))
 
@@ -49,14 +53,17 @@ def bench(o):
   config.model.num_classes = o.get('L', config.model.num_classes)
   config.sampling.batch_size = o.get('sbatch', config.sampling.batch_size)
   k = o.get('k', 1)
+  config.training.n_jitted_steps = k
   model = models.create_model(config)
-  tx = train_state.create_optimizer(config)
-  loss_fn = losses.get_loss_fn(config, model)
+  # The loop's step, or (scan=1) the same k steps inside a lax.scan.
+  p_train, tx = step_lib.make_train_step(config, model)
+  if o.get('scan'):
+    p_train = parallel.pmap_train_step(functools.partial(
+        scanned_train_step, config=config,
+        loss_fn=losses.get_loss_fn(config, model), tx=tx,
+        axis_name=parallel.AXIS))
   state = train_state.create_train_state(config, model, tx, jax.random.key(0))
   n_params = models.count_params(state.params)
-  multi = scanned_train_step if o.get('scan') else step_lib.multi_train_step
-  p_train = parallel.pmap_train_step(functools.partial(
-      multi, config=config, loss_fn=loss_fn, tx=tx, axis_name=parallel.AXIS))
   s, b = config.data.image_size, config.training.batch_size
   images = np.random.rand(k, b, s, s, 1).astype(np.float32)
   keys = loop.train_keys(jax.random.key(1), 0, k, b)

@@ -1,105 +1,110 @@
-"""XLA's memory figures of the NCSNv2 CIFAR-10 train step, donated or not.
+"""XLA's memory figures of the NCSNv2 CIFAR-10 train step, per setting.
 
-  python -m bench.memory [--batch=128] [--json=PATH]
+  python -m bench.memory [--batch=128] [--settings=base,bfloat16,...] \
+      [--undonated] [--json=PATH]
 
-Compiles (does not run) the pmapped train step of the NCSNv2 CIFAR-10 model
-(ngf 128, 32x32x3) on one device of the local backend, in three forms:
+Compiles (does not run) the train step the loop runs (`make_train_step`:
+pmapped over the local devices, the state donated; `jax_timers.
+lower_train_step`) of the CIFAR-10 NCSNv2 config (ngf 128, 32x32x3, from
+`plain_config`) for each setting:
 
-* `replicated_in_axes_none`: the state broadcast to the devices
-  (`in_axes=None`, `out_axes=None`), as the step was pmapped before; there
-  is no per-device input buffer to donate;
-* `device_state`: the state device-replicated (`in_axes=0`), not donated;
-* `device_state_donated`: the same with `donate_argnums=(0,)`, which is
-  what `parallel.pmap_train_step` builds;
+* `base`: the config as it is (float32);
+* `bfloat16`: `model.dtype='bfloat16'`;
+* `accum2`: `training.grad_accum_steps=2`;
+* `bfloat16_remat`: bfloat16 and `model.remat=True`;
 
-and prints `compiled.memory_analysis()` for each: argument, output, alias
-(output bytes written into donated input buffers), temporaries, and XLA's
-peak estimate. Compiling takes minutes on a small CPU.
+and prints `compiled.memory_analysis()` (`jax_timers.memory`): argument,
+output, alias (output bytes written into donated input buffers),
+temporaries and XLA's peak estimate. `--undonated` also compiles the first
+setting's step without donation, only to show what donation saves; nothing
+runs that form. Compiling takes a minute or more per setting on a small
+CPU; `--ngf` and `--image_size` make quick runs.
 """
 
 import argparse
-import functools
 import json
 import time
 
-from configs import cifar10_ncsnv2
+from bench import jax_timers
+from bench import plain_config
 import jax
 
-from ncsn_jax import models
-from ncsn_jax import parallel
 from ncsn_jax import train_state
-from ncsn_jax.training import losses
-from ncsn_jax.training import step as step_lib
 
-FORMS = {
-    'replicated_in_axes_none': dict(in_axes=(None, 0, 0),
-                                    out_axes=(None, None)),
-    'device_state': dict(in_axes=(0, 0, 0), out_axes=(0, None)),
-    'device_state_donated': dict(in_axes=(0, 0, 0), out_axes=(0, None),
-                                 donate_argnums=(0,)),
+SETTINGS = {
+    'base': {},
+    'bfloat16': {('model', 'dtype'): 'bfloat16'},
+    'accum2': {('training', 'grad_accum_steps'): 2},
+    'bfloat16_remat': {('model', 'dtype'): 'bfloat16',
+                       ('model', 'remat'): True},
 }
+FIELDS = ('argument_bytes', 'output_bytes', 'alias_bytes', 'temp_bytes',
+          'peak_bytes')
 
 
-def _abstract(tree, lead=()):
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(lead + tuple(x.shape), x.dtype), tree)
+def setting_config(name: str, batch: int, ngf: int = 0, image_size: int = 0):
+  """The CIFAR-10 NCSNv2 config with one of `SETTINGS` applied."""
+  config = jax_timers.train_config(plain_config.get_config(), batch)
+  if ngf:
+    config.model.ngf = ngf
+  if image_size:
+    config.data.image_size = image_size
+  for (section, field), value in SETTINGS[name].items():
+    config[section][field] = value
+  return config
 
 
-def memory_figures(batch: int) -> dict:
-  """{form: memory figures in bytes, and compile seconds}."""
-  config = cifar10_ncsnv2.get_config()
-  config.training.batch_size = batch
-  model = models.create_model(config)
-  tx = train_state.create_optimizer(config)
-  step_fn = functools.partial(
-      step_lib.multi_train_step, config=config,
-      loss_fn=losses.get_loss_fn(config, model), tx=tx,
-      axis_name=parallel.AXIS)
-  state = jax.eval_shape(lambda: train_state.create_train_state(
-      config, model, tx, jax.random.key(0)))
-  images = jax.ShapeDtypeStruct((1, 1, batch, 32, 32, 3), 'float32')
-  keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0),
-                                                 batch)[None, None])
-  out = {'state_bytes': sum(x.size * x.dtype.itemsize
-                            for x in jax.tree.leaves(state))}
-  for name, kwargs in FORMS.items():
-    mapped = jax.pmap(step_fn, axis_name=parallel.AXIS,
-                      devices=jax.devices()[:1], **kwargs)
-    lead = () if kwargs['in_axes'][0] is None else (1,)
-    start = time.perf_counter()
-    compiled = mapped.lower(_abstract(state, lead), images, keys).compile()
-    m = compiled.memory_analysis()
-    out[name] = {
-        'compile_s': round(time.perf_counter() - start, 1),
-        'argument_bytes': int(m.argument_size_in_bytes),
-        'output_bytes': int(m.output_size_in_bytes),
-        'alias_bytes': int(m.alias_size_in_bytes),
-        'temp_bytes': int(m.temp_size_in_bytes),
-        'peak_bytes': int(m.peak_memory_in_bytes),
-    }
-    print(name, out[name], flush=True)
-  return out
+def figures(config, donate: bool = True) -> dict:
+  """Memory figures (bytes) and compile seconds of the config's step."""
+  start = time.perf_counter()
+  compiled = jax_timers.lower_train_step(config, donate)[0].compile()
+  return dict(jax_timers.memory(compiled),
+              compile_s=round(time.perf_counter() - start, 1))
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--batch', type=int, default=128)
+  parser.add_argument('--settings', default='base',
+                      help=f'Comma list of {", ".join(SETTINGS)}.')
+  parser.add_argument('--undonated', action='store_true')
+  parser.add_argument('--ngf', type=int, default=0, help='0: 128.')
+  parser.add_argument('--image_size', type=int, default=0, help='0: 32.')
   parser.add_argument('--json', default='')
   args = parser.parse_args()
+  names = args.settings.split(',')
+  for name in names:
+    if name not in SETTINGS:
+      parser.error(f'--settings: unknown {name!r}; use {", ".join(SETTINGS)}')
+  first = setting_config(names[0], args.batch, args.ngf, args.image_size)
+  state = train_state.abstract_train_state(first)
   result = {'backend': jax.default_backend(),
-            'device': jax.devices()[0].device_kind, 'batch': args.batch,
-            'jax': jax.__version__}
-  result.update(memory_figures(args.batch))
-  gib = lambda b: f'{b / 2**30:.2f} GiB'
-  print(f'train state (params, Adam, EMA): {gib(result["state_bytes"])}')
-  print(f'{"form":26s} {"argument":>10s} {"output":>10s} {"alias":>10s} '
-        f'{"temp":>10s} {"peak":>10s}')
-  for name in FORMS:
-    r = result[name]
+            'device': jax.devices()[0].device_kind,
+            'devices': jax.local_device_count(), 'batch': args.batch,
+            'ngf': first.model.ngf, 'image_size': first.data.image_size,
+            'jax': jax.__version__,
+            'state_bytes': sum(x.size * x.dtype.itemsize
+                               for x in jax.tree.leaves(state)),
+            'settings': {}}
+  for name in names:
+    config = setting_config(name, args.batch, args.ngf, args.image_size)
+    result['settings'][name] = figures(config)
+    print(name, result['settings'][name], flush=True)
+  if args.undonated:
+    result['undonated'] = {names[0]: figures(first, donate=False)}
+    print(f'{names[0]} (not donated)', result['undonated'][names[0]],
+          flush=True)
+  gib = lambda b: (f'{b / 2**30:.2f} GiB' if b >= 2**30 else
+                   f'{b / 2**20:.2f} MiB')
+  print(f'{result["device"]} x {result["devices"]}, batch {args.batch}, '
+        f'train state (params, Adam, EMA): {gib(result["state_bytes"])}')
+  print(f'{"setting":26s} ' + ' '.join(f'{f[:-6]:>10s}' for f in FIELDS))
+  rows = list(result['settings'].items()) + [
+      (f'{n} (not donated)', r) for n, r in result.get('undonated',
+                                                       {}).items()]
+  for name, r in rows:
     print(f'{name:26s} ' + ' '.join(
-        f'{gib(r[k]):>10s}' for k in ('argument_bytes', 'output_bytes',
-                                      'alias_bytes', 'temp_bytes',
-                                      'peak_bytes')))
+        f'{gib(r[f]) if f in r else "-":>10s}' for f in FIELDS))
   if args.json:
     with open(args.json, 'w') as f:
       json.dump(result, f, indent=2)
