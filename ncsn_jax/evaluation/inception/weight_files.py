@@ -255,10 +255,6 @@ def main(argv) -> int:
   return 0
 
 
-if __name__ == '__main__':
-  sys.exit(main(sys.argv[1:]))
-
-
 # -------- FID Inception weights from their PyTorch sources -> flat flax params
 #
 # Two sources of the TF "inception-2015-12-05" FID network are understood
@@ -404,3 +400,7 @@ def trunk_sha256(flat: dict[str, np.ndarray]) -> str:
     h.update(f'{key}:{value.shape};'.encode())
     h.update(value.tobytes())
   return h.hexdigest()
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv[1:]))
