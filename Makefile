@@ -8,6 +8,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 WORKDIR ?= runs/digits
 PYTEST_ARGS ?=
+# pytest-xdist processes; each takes whole test files (their shared
+# fixtures and compiled programs stay in one process).
+TEST_WORKERS ?= 3
+PYTEST := -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: install install-test inception-weights demo test test-newest \
   newest-core clean
@@ -51,7 +55,7 @@ demo: install
 
 test: install-test inception-weights
 	NCSN_JAX_INCEPTION_CACHE=$(CURDIR)/$(INCEPTION_CACHE) TF_CPP_MIN_LOG_LEVEL=2 \
-	  $(BIN)/python -m pytest tests -q $(PYTEST_ARGS)
+	  $(BIN)/python $(PYTEST) tests $(PYTEST_ARGS)
 
 # The other end of the supported range: .venv holds the lowest versions the
 # requirements allow on Python 3.11; this checks the core again on Python
@@ -109,7 +113,7 @@ newest-core: $(NEWEST_VENV)/.installed-test inception-weights
 	  ", ".join(p + " " + m.version(p) for p in sys.argv[1:]))' \
 	  jax jaxlib flax optax orbax-checkpoint tensorflow-cpu
 	NCSN_JAX_INCEPTION_CACHE=$(CURDIR)/$(INCEPTION_CACHE) TF_CPP_MIN_LOG_LEVEL=2 \
-	  $(NEWEST_VENV)/bin/python -m pytest $(NEWEST_TESTS) -q $(PYTEST_ARGS)
+	  $(NEWEST_VENV)/bin/python $(PYTEST) $(NEWEST_TESTS) $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache/venv-py* .pytest_cache

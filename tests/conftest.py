@@ -47,3 +47,18 @@ def _free_programs_after_each_module():
   import jax  # pylint: disable=g-import-not-at-top
   jax.clear_caches()
   gc.collect()
+
+
+# The longest test files (minutes each, most of it in the processes they
+# start): run first, so that with pytest-xdist (`make test`) the short ones
+# fill the other workers and no long file starts last.
+LONG_FILES = ('multihost_test.py', 'bench_test.py', 'step_test.py',
+              'eval_resume_test.py', 'data_end_to_end_test.py',
+              'run_test.py', 'console_test.py', 'loop_test.py',
+              'fid_cli_test.py', 'resume_kill_test.py',
+              'checkpoint_errors_test.py')
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(LONG_FILES)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))

@@ -1,16 +1,19 @@
 """run.py's console (short, no C++ start-up chatter) and TensorBoard files.
 
 Trains the tiny digits config, samples, and sweeps its two checkpoints, in
-subprocesses as a user runs them; then reads the event files back.
+subprocesses as a user runs them (offline, no tfds data); then reads the
+event files and the reports back.
 """
 
 import collections
 import glob
+import json
 import os
 import subprocess
 import sys
 
 from absl.testing import absltest
+import numpy as np
 import tensorflow as tf
 
 from ncsn_jax import console
@@ -118,6 +121,13 @@ class ConsoleTest(absltest.TestCase):
     for tag in ('eval/test_dsm_loss', 'eval/digits_classifier/score_ratio',
                 'eval/digits_classifier/frechet_distance'):
       self.assertEqual(tags[tag], {2, 4}, tag)
+    # The tiny config runs offline on its own (digits, no tfds): each
+    # checkpoint's report has the test loss and the digits scores.
+    for step in (2, 4):
+      with open(os.path.join(eval_dir, f'report_{step}.json')) as f:
+        report = json.load(f)
+      self.assertTrue(np.isfinite(report['test_dsm_loss']))
+      self.assertIn('digits_classifier', report)
 
 
 if __name__ == '__main__':

@@ -263,19 +263,5 @@ class ImageFolderRunTest(absltest.TestCase):
                      r'config.training.batch_size=64')
 
 
-class TinyConfigTest(absltest.TestCase):
-
-  def test_tiny_config_runs_offline_standalone(self):
-    workdir = self.create_tempdir().full_path
-    result = run(workdir, 'train', config='configs/tiny.py')
-    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
-    result = run(workdir, 'eval', config='configs/tiny.py')
-    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
-    with open(os.path.join(workdir, 'eval', 'report_2.json')) as f:
-      report = json.load(f)
-    self.assertTrue(np.isfinite(report['test_dsm_loss']))
-    self.assertIn('digits_classifier', report)
-
-
 if __name__ == '__main__':
   absltest.main()

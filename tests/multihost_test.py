@@ -1,9 +1,11 @@
 """2 processes x 2 CPU devices on localhost, against 1 process x 4 devices."""
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from unittest import mock
 
 from absl.testing import absltest
@@ -27,26 +29,29 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def start_two_processes(workdir: str, mode: str):
+def start_two_processes(workdir: str, modes: str):
+  """Two workers running `modes` (comma-separated, see multihost_worker)."""
   port = str(free_port())
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
   env.pop('XLA_FLAGS', None)
   procs = []
   for i in range(2):  # Output to files: a full pipe would stall a worker.
-    with open(f'{workdir}.{mode}_log_{i}.txt', 'w') as log:
+    with open(f'{workdir}.log_{i}.txt', 'w') as log:
       procs.append(subprocess.Popen(
-          [sys.executable, WORKER, str(i), port, workdir, mode], env=env,
+          [sys.executable, WORKER, str(i), port, workdir, modes], env=env,
           stdout=log, stderr=subprocess.STDOUT))
   return procs
 
 
-def run_two_processes(workdir: str, mode: str, procs=None):
-  """The workers' parameters (`procs`: already started ones)."""
-  procs = procs or start_two_processes(workdir, mode)
+def wait(workdir: str, procs) -> None:
   for i, p in enumerate(procs):
     p.wait(timeout=600)
-    with open(f'{workdir}.{mode}_log_{i}.txt') as log:
+    with open(f'{workdir}.log_{i}.txt') as log:
       assert p.returncode == 0, log.read()[-4000:]
+
+
+def params(workdir: str, mode: str):
+  """Both workers' parameters after `mode`."""
   return [np.load(os.path.join(workdir, f'{mode}_params_{i}.npz'))
           for i in range(2)]
 
@@ -58,37 +63,57 @@ def assert_same(a, b, rtol, atol):
 
 
 class MultihostTest(absltest.TestCase):
+  """One pair of workers takes the fixed-batch steps, then trains 4 steps.
+
+  Their start-up (imports, connection) is paid once for both tests; the
+  resume test starts a second pair from a copy of that run's step-2
+  checkpoint.
+  """
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.workdir = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
+    cls.procs = start_two_processes(cls.workdir, 'step,train')
 
   def test_two_processes_equal_one_process_four_devices(self):
-    workdir = self.create_tempdir().full_path
-    procs = start_two_processes(workdir, 'step')
     # The reference run overlaps the workers' start-up and compilation.
     config = multihost_common.config()
     self.assertEqual(jax.local_device_count(), 4)
     single = multihost_common.run_steps(
         config, multihost_common.global_batches(config))
-    p0, p1 = run_two_processes(workdir, 'step', procs)
+    wait(self.workdir, self.procs)
+    p0, p1 = params(self.workdir, 'step')
     assert_same(p0, p1, rtol=0, atol=0)
     leaves = jax.tree.leaves(single.params)
     for i, leaf in enumerate(leaves):
       np.testing.assert_allclose(p0[f'arr_{i}'], leaf, rtol=1e-4, atol=1e-6)
 
   def test_two_process_training_loop(self):
-    workdir = self.create_tempdir().full_path
-    p0, p1 = run_two_processes(workdir, 'train')
+    wait(self.workdir, self.procs)
+    p0, p1 = params(self.workdir, 'train')
     assert_same(p0, p1, rtol=0, atol=0)
-    # Stopped at step 2 and resumed: bit-identical, both processes.
-    part = self.create_tempdir().full_path
-    run_two_processes(part, 'train:2')
-    r0, r1 = run_two_processes(part, 'train:4')
-    assert_same(r0, p0, rtol=0, atol=0)
-    assert_same(r1, p1, rtol=0, atol=0)
-    manager = checkpoints.create_manager(workdir, create=False)
+    manager = checkpoints.create_manager(self.workdir, create=False)
     self.assertEqual(sorted(manager.all_steps()), [2, 4])
     for i in range(2):
       self.assertTrue(os.path.isfile(os.path.join(
-          workdir, 'checkpoints', '4', 'data', f'process_{i}',
+          self.workdir, 'checkpoints', '4', 'data', f'process_{i}',
           'position.json')))
+    # Stopped after step 2 (the run's own checkpoint, copied) and resumed:
+    # bit-identical, both processes.
+    part = os.path.join(self.create_tempdir().full_path, 'run')
+    def later_and_results(folder, names):  # Step 4 and the saved params.
+      if folder.endswith(os.sep + 'checkpoints'):
+        return ['4']
+      return [n for n in names if n.endswith('.npz')] if folder == (
+          self.workdir) else []
+    shutil.copytree(self.workdir, part, ignore=later_and_results)
+    self.assertEqual(checkpoints.create_manager(
+        part, create=False).all_steps(), [2])
+    wait(part, start_two_processes(part, 'train'))
+    r0, r1 = params(part, 'train')
+    assert_same(r0, p0, rtol=0, atol=0)
+    assert_same(r1, p1, rtol=0, atol=0)
 
 
 class DistributedStartTest(absltest.TestCase):

@@ -1,8 +1,10 @@
 """One process of the 2-process x 2-CPU-device tests (see multihost_test).
 
-Usage: multihost_worker.py PROCESS_ID PORT WORKDIR MODE, MODE = step | train
-| train:N (train up to step N), with the repository root on PYTHONPATH
-(tests/conftest.py puts it there). Saves the parameters to an .npz.
+Usage: multihost_worker.py PROCESS_ID PORT WORKDIR MODES, MODES a
+comma-separated list of step | train | train:N (train up to step N), run in
+order in one process, with the repository root on PYTHONPATH
+(tests/conftest.py puts it there). Saves the parameters of each to
+WORKDIR/MODE_params_PROCESS_ID.npz.
 """
 
 import os
@@ -17,7 +19,7 @@ from ncsn_jax import parallel
 TIMEOUT_S = 600
 
 
-def main(process_id: int, port: str, workdir: str, mode: str):
+def main(process_id: int, port: str, workdir: str, modes: str):
   parallel.initialize_distributed(f'localhost:{port}',
                                   2,
                                   process_id,
@@ -26,18 +28,21 @@ def main(process_id: int, port: str, workdir: str, mode: str):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from tests import multihost_common  # pylint: disable=g-import-not-at-top
   from ncsn_jax.training import loop
-  config = multihost_common.config()
-  if mode == 'step':
-    images = multihost_common.global_batches(config)
-    per_process = images.shape[1] // 2
-    local = images[:, process_id * per_process:(process_id + 1) * per_process]
-    state = multihost_common.run_steps(config, local)
-  else:
-    if mode.startswith('train:'):  # train:N stops after step N.
-      config.training.n_iters = int(mode.split(':')[1])
-    state = loop.train(config, workdir).state
-  leaves = jax.tree.leaves(jax.device_get(state.params))
-  np.savez(os.path.join(workdir, f'{mode}_params_{process_id}.npz'), *leaves)
+  for mode in modes.split(','):
+    config = multihost_common.config()
+    if mode == 'step':
+      images = multihost_common.global_batches(config)
+      per_process = images.shape[1] // 2
+      local = images[:, process_id * per_process:(process_id + 1) *
+                     per_process]
+      state = multihost_common.run_steps(config, local)
+    else:
+      if mode.startswith('train:'):  # train:N stops after step N.
+        config.training.n_iters = int(mode.split(':')[1])
+      state = loop.train(config, workdir).state
+    leaves = jax.tree.leaves(jax.device_get(state.params))
+    np.savez(os.path.join(workdir, f'{mode}_params_{process_id}.npz'),
+             *leaves)
 
 
 if __name__ == '__main__':

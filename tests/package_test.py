@@ -112,6 +112,26 @@ class LayoutTest(absltest.TestCase):
         self.assertNotIn('jax.pmap(', text, path)
       self.assertNotIn('NCSN_JAX_TEST', text, path)
 
+  def test_command_entry_points_come_last(self):
+    # `python -m module` runs the block when it is reached: a definition
+    # after it does not exist yet when `main` calls it.
+    paths = [os.path.join(ROOT, p) for p in _library_imports()]
+    paths += [os.path.join(ROOT, root, name)
+              for root in ('tests', 'bench', 'tools', '.')
+              for name in os.listdir(os.path.join(ROOT, root))
+              if name.endswith('.py')]
+    commands = 0
+    for path in paths:
+      with open(path) as f:
+        body = ast.parse(f.read()).body
+      for i, node in enumerate(body):
+        if (isinstance(node, ast.If) and isinstance(node.test, ast.Compare)
+            and isinstance(node.test.left, ast.Name)
+            and node.test.left.id == '__name__'):
+          commands += 1
+          self.assertEqual(i, len(body) - 1, f'{path}: code after __main__')
+    self.assertGreater(commands, 5)
+
   def test_public_jax_only(self):
     private = 'jax.' + '_src'  # JAX's compatibility policy excludes it.
     for path, imports in _library_imports().items():

@@ -26,7 +26,7 @@ from ncsn_jax import train_state
 from ncsn_jax.training import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-N_ITERS, EVERY, KEEP = 40, 4, 3
+N_ITERS, EVERY, KEEP = 24, 4, 3
 OVERRIDES = {
     'data.channels': 1,
     'model.ngf': 8,
