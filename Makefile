@@ -9,9 +9,11 @@ BIN := $(VENV)/bin
 WORKDIR ?= runs/digits
 PYTEST_ARGS ?=
 # pytest-xdist processes; each takes whole test files (their shared
-# fixtures and compiled programs stay in one process).
+# fixtures and compiled programs stay in one process), in the order
+# tests/conftest.py gives them (the longest first).
 TEST_WORKERS ?= 3
-PYTEST := -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+PYTEST := -m pytest -q -n $(TEST_WORKERS) --dist loadfile \
+  --no-loadscope-reorder
 
 .PHONY: install install-test inception-weights demo test test-newest \
   newest-core clean

@@ -49,14 +49,17 @@ def _free_programs_after_each_module():
   gc.collect()
 
 
-# The longest test files (minutes each, most of it in the processes they
-# start): run first, so that with pytest-xdist (`make test`) the short ones
-# fill the other workers and no long file starts last.
-LONG_FILES = ('multihost_test.py', 'bench_test.py', 'step_test.py',
-              'eval_resume_test.py', 'data_end_to_end_test.py',
-              'run_test.py', 'console_test.py', 'loop_test.py',
+# The longest test files, longest first (minutes each on 2 cores, much of it
+# in the processes they start): with pytest-xdist (`make test`, which keeps
+# this order) the short files then fill the other workers and no long file
+# starts last.
+LONG_FILES = ('multihost_test.py', 'step_test.py', 'eval_resume_test.py',
+              'data_end_to_end_test.py', 'bench_test.py', 'loop_test.py',
               'fid_cli_test.py', 'resume_kill_test.py',
-              'checkpoint_errors_test.py')
+              'checkpoint_errors_test.py', 'langevin_test.py', 'run_test.py',
+              'sampler_dtypes_test.py', 'console_test.py', 'export_test.py',
+              'models_test.py', 'checkpoint_import_test.py',
+              'sliced_sm_test.py')
 
 
 def pytest_collection_modifyitems(items):
