@@ -76,6 +76,14 @@ class MultihostTest(absltest.TestCase):
     cls.workdir = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
     cls.procs = start_two_processes(cls.workdir, 'step,train')
 
+  @classmethod
+  def tearDownClass(cls):
+    for p in cls.procs:  # Still running only when a test failed early.
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+    super().tearDownClass()
+
   def test_two_processes_equal_one_process_four_devices(self):
     # The reference run overlaps the workers' start-up and compilation.
     config = multihost_common.config()
