@@ -135,8 +135,6 @@ def main(argv):
       raise errors.ConfigError(f'--mode={mode} needs --checkpoint=PATH.pth.')
     print(console.header(config_flags.get_config_filename(FLAGS['config']),
                          mode, workdir), flush=True)
-    import tensorflow as tf  # It only feeds data: keep it off accelerators.
-    tf.config.set_visible_devices([], 'GPU')
     print('\n'.join(MODES[mode](config, workdir)))
   except errors.Interrupted as e:  # SIGTERM / SIGINT: the parts are kept.
     print(f'stopped: {e}', file=sys.stderr)

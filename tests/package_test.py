@@ -10,6 +10,7 @@ import ast
 from importlib import metadata
 import os
 import re
+import subprocess
 import sys
 import tomllib
 from unittest import mock
@@ -141,6 +142,23 @@ class LayoutTest(absltest.TestCase):
         if name.endswith('.py'):
           with open(os.path.join(ROOT, root, name)) as f:
             self.assertNotIn(private, f.read(), name)
+
+  def test_modes_without_data_never_import_tensorflow(self):
+    # TensorFlow takes seconds to import; sample, import and export read no
+    # data. The data package is still what brings it (and hides GPUs).
+    code = ('import sys, run\n'
+            'from ncsn_jax.sampling import sample_mode\n'
+            'from ncsn_jax.interop import export, official_checkpoint\n'
+            'loaded = lambda: sorted({m.split(".")[0] for m in sys.modules}\n'
+            '    & {"tensorflow", "tensorflow_datasets", "clu"})\n'
+            'print(loaded())\n'
+            'from ncsn_jax.data import input_pipeline\n'
+            'print(loaded())\n')
+    result = subprocess.run([sys.executable, '-c', code], cwd=ROOT,
+                            capture_output=True, text=True, check=True,
+                            env=dict(os.environ, JAX_PLATFORMS='cpu'))
+    self.assertEqual(result.stdout.splitlines(),
+                     ['[]', "['tensorflow', 'tensorflow_datasets']"])
 
 
 class PyprojectTest(absltest.TestCase):

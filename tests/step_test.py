@@ -60,10 +60,18 @@ def run_pmapped(kwargs, state, images, devices=None):
 ONE = jax.devices()[:1]
 
 
+def tiny_config():
+  """The tiny config with one EMA rate for every test here (the EMA test's,
+  far from 1): tests of equal shapes then share their compiled programs."""
+  config = tiny.get_config()
+  config.model.ema_rate = 0.9
+  return config
+
+
 class TrainStepTest(absltest.TestCase):
 
   def test_ema_update_formula(self):
-    config = tiny.get_config()
+    config = tiny_config()
     config.model.ema_rate = 0.9
     state, kwargs = setup(config)
     images = batches(config, 1, 4)
@@ -79,7 +87,7 @@ class TrainStepTest(absltest.TestCase):
 
   def test_four_devices_equal_one_device_and_no_pmap(self):
     self.assertEqual(jax.local_device_count(), 4)
-    config = tiny.get_config()
+    config = tiny_config()
     config.training.batch_size = 8
     state, kwargs = setup(config)
     images = batches(config, 2, 8)  # [k=2, B=8, ...]
@@ -100,7 +108,7 @@ class TrainStepTest(absltest.TestCase):
 
   def test_jitted_steps_equal_single_steps(self):
     # The shapes of the other tests here: their compiled programs are reused.
-    config = tiny.get_config()
+    config = tiny_config()
     config.training.batch_size = 8
     state, kwargs = setup(config)
     images = batches(config, 2, 8)
@@ -112,7 +120,7 @@ class TrainStepTest(absltest.TestCase):
     self.assertEqual(int(scanned.step), 2)
 
   def test_gradient_accumulation_equals_full_batch(self):
-    config = tiny.get_config()
+    config = tiny_config()
     config.training.batch_size = 8
     state, kwargs = setup(config)
     images = batches(config, 1, 8)
@@ -126,7 +134,7 @@ class TrainStepTest(absltest.TestCase):
       config_checks.check_config(config, 'train')
 
   def test_bfloat16_compute_close_to_float32(self):
-    config = tiny.get_config()
+    config = tiny_config()
     state, kwargs = setup(config)
     images = batches(config, 1, 4)
     f32, m32 = run_pmapped(kwargs, state, images, devices=ONE)
@@ -147,7 +155,7 @@ class TrainStepTest(absltest.TestCase):
     self.assertGreater(cos(flat32, flat16), 0.9)
 
   def test_nonfinite_step_keeps_state(self):
-    config = tiny.get_config()
+    config = tiny_config()
     state, kwargs = setup(config)
     images = batches(config, 1, 4).copy()
     images[0, 0, 0, 0, 0] = np.nan
@@ -175,7 +183,7 @@ class InjectionTest(absltest.TestCase):
   def test_recorded_draws_through_the_real_train_step(self):
     # A perturb_fn returning given labels and noise drives the real loss and
     # train step: the step's loss is the DSM loss of exactly those draws.
-    config = tiny.get_config()
+    config = tiny_config()
     sigmas = np.asarray(score.get_sigmas(config))
     labels = jnp.array([0, 3, 1, 2], jnp.int32)
     z = jax.random.normal(jax.random.key(9), (4, 8, 8, 3))
@@ -199,17 +207,18 @@ class InjectionTest(absltest.TestCase):
 class DonationTest(absltest.TestCase):
 
   def test_the_pmapped_step_donates_its_state(self):
-    config = tiny.get_config()
+    config = tiny_config()
+    config.training.batch_size = 8  # TrainStepTest's 4-device program.
     state, kwargs = setup(config)
     p_train = parallel.pmap_train_step(functools.partial(
         step_lib.multi_train_step, axis_name=parallel.AXIS, **kwargs))
     replicated = parallel.replicate(state)
-    images = batches(config, 1, 4)
+    images = batches(config, 2, 8)
     new, _ = p_train(replicated, images, loop.train_keys(jax.random.key(1),
-                                                         0, 1, 4))
+                                                         0, 2, 8))
     self.assertTrue(all(x.is_deleted() for x in jax.tree.leaves(replicated)))
     self.assertFalse(any(x.is_deleted() for x in jax.tree.leaves(new)))
-    self.assertEqual(int(parallel.unreplicate(new).step), 1)
+    self.assertEqual(int(parallel.unreplicate(new).step), 2)
 
 
 if __name__ == '__main__':

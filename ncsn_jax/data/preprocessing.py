@@ -14,6 +14,14 @@ import numpy as np
 from PIL import Image
 import tensorflow as tf
 
+# TensorFlow only feeds data, on the host; the accelerators' memory is JAX's.
+# Global state: TensorFlow's visible devices (before it first uses them; a
+# program that already ran TensorFlow on a GPU keeps its choice).
+try:
+  tf.config.set_visible_devices([], 'GPU')
+except RuntimeError:
+  pass
+
 
 def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
   """torchvision `Resize(int)` output `(h, w)`: the shorter side is `size`."""

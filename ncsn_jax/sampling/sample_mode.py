@@ -24,11 +24,17 @@ from ncsn_jax import errors
 from ncsn_jax import outputs
 from ncsn_jax import parallel
 from ncsn_jax.data import distances
-from ncsn_jax.data import input_pipeline
 from ncsn_jax.models import score
 from ncsn_jax.sampling import inpainting
 from ncsn_jax.sampling import interpolation
 from ncsn_jax.sampling import langevin
+
+
+def _split_arrays(config, split: str, max_examples=None) -> np.ndarray:
+  """`input_pipeline.load_split_arrays`, imported here: TensorFlow (seconds to
+  import) is needed only by the figures that show data, never to sample."""
+  from ncsn_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  return input_pipeline.load_split_arrays(config, split, max_examples)
 
 
 def build_samplers(config, model):
@@ -81,7 +87,7 @@ def sample(config, workdir: str) -> dict[str, str]:
   key = jax.random.fold_in(jax.random.key(config.seed), step)
   data = None
   if s.data_init:
-    data = input_pipeline.load_split_arrays(config, 'test', s.batch_size)
+    data = _split_arrays(config, 'test', s.batch_size)
   parts = os.path.join(root, f'.{s.tag}_parts')
   record = {'checkpoint_step': int(step), 'seed': int(config.seed),
             'sampling': {k: s[k] for k in ('batch_size', 'n_steps_each',
@@ -163,7 +169,7 @@ def inpaint(config, p_inpaint, params, key, root: str) -> dict[str, str]:
   """
   s = config.sampling
   n_refs = s.batch_size // s.completions
-  refs = input_pipeline.load_split_arrays(config, 'test', n_refs)
+  refs = _split_arrays(config, 'test', n_refs)
   if len(refs) < n_refs:
     raise errors.InputError(
         f'inpainting needs {n_refs} test images, the test split '
@@ -209,7 +215,7 @@ def interpolate(config, p_interpolate, params, key,
   init_key, chain_key = jax.random.split(key)
   data = None
   if s.data_init:
-    data = input_pipeline.load_split_arrays(config, 'test', rows)
+    data = _split_arrays(config, 'test', rows)
   x0 = langevin.init_samples(parallel.per_example_keys(init_key, rows),
                              config, data)
   x, trajectory = p_interpolate(params, x0,
@@ -238,7 +244,7 @@ def nearest_neighbor_figure(config, samples: np.ndarray, root: str,
   """
   s = config.sampling
   k = s.nearest_neighbors
-  train = input_pipeline.load_split_arrays(config, 'train')
+  train = _split_arrays(config, 'train')
   queries = samples[:max_rows]
   dist, idx = distances.nearest_neighbors(queries, train, k)
   rows = np.concatenate([queries[:, None], train[idx]], axis=1)
