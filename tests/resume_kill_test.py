@@ -29,8 +29,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_ITERS, EVERY, KEEP = 24, 4, 3
 OVERRIDES = {
     'data.channels': 1,
-    'model.ngf': 8,
-    'training.batch_size': 8,
     'training.n_iters': N_ITERS,
     'training.snapshot_freq': EVERY,
     'training.keep_checkpoints': KEEP,
