@@ -90,12 +90,19 @@ class TrainStepTest(absltest.TestCase):
     config = tiny_config()
     config.training.batch_size = 8
     state, kwargs = setup(config)
-    images = batches(config, 2, 8)  # [k=2, B=8, ...]
-    s1, m1 = run_pmapped(kwargs, state, images, devices=ONE)
-    s4, m4 = run_pmapped(kwargs, state, images)
+    # Two steps of B=8, a call each: the one-step programs of the other
+    # tests (test_jitted_steps_equal_single_steps checks calls of 2 steps).
+    images = batches(config, 2, 8)
+    s1, s4, m1, m4 = state, state, [], []
+    for i in range(2):
+      s1, m = run_pmapped(kwargs, s1, images[i:i + 1], devices=ONE)
+      m1.append(m)
+      s4, m = run_pmapped(kwargs, s4, images[i:i + 1])
+      m4.append(m)
     assert_trees_close(self, s4, s1, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(m4['loss'], m1['loss'], rtol=1e-5)
-    np.testing.assert_array_equal(m4['group_counts'], m1['group_counts'])
+    for a, b in zip(m4, m1):
+      np.testing.assert_allclose(a['loss'], b['loss'], rtol=1e-5)
+      np.testing.assert_array_equal(a['group_counts'], b['group_counts'])
     # The same step outside pmap (axis_name=None), step by step.
     plain = jax.jit(functools.partial(step_lib.train_step, **kwargs))
     s0 = state
@@ -103,7 +110,7 @@ class TrainStepTest(absltest.TestCase):
       keys = parallel.per_example_keys(
           jax.random.fold_in(jax.random.key(1), i), 8)
       s0, m0 = plain(s0, images[i], keys)
-      np.testing.assert_allclose(m0['loss'], m1['loss'][i], rtol=1e-5)
+      np.testing.assert_allclose(m0['loss'], m1[i]['loss'][0], rtol=1e-5)
     assert_trees_close(self, s0, s1, rtol=1e-4, atol=1e-6)
 
   def test_jitted_steps_equal_single_steps(self):
@@ -213,12 +220,12 @@ class DonationTest(absltest.TestCase):
     p_train = parallel.pmap_train_step(functools.partial(
         step_lib.multi_train_step, axis_name=parallel.AXIS, **kwargs))
     replicated = parallel.replicate(state)
-    images = batches(config, 2, 8)
+    images = batches(config, 1, 8)
     new, _ = p_train(replicated, images, loop.train_keys(jax.random.key(1),
-                                                         0, 2, 8))
+                                                         0, 1, 8))
     self.assertTrue(all(x.is_deleted() for x in jax.tree.leaves(replicated)))
     self.assertFalse(any(x.is_deleted() for x in jax.tree.leaves(new)))
-    self.assertEqual(int(parallel.unreplicate(new).step), 2)
+    self.assertEqual(int(parallel.unreplicate(new).step), 1)
 
 
 if __name__ == '__main__':
