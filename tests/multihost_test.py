@@ -73,7 +73,9 @@ class MultihostTest(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.workdir = tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir())
+    root = absltest.get_default_test_tmpdir()  # Absent on a fresh machine.
+    os.makedirs(root, exist_ok=True)
+    cls.workdir = tempfile.mkdtemp(dir=root)
     cls.procs = start_two_processes(cls.workdir, 'step,train')
 
   @classmethod
