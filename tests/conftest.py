@@ -22,8 +22,8 @@ def _jaxlib_version() -> tuple[int, ...]:
     return (0,)
 
 
-# jaxlib 0.12.1 runs some XLA:CPU ops through YNNPACK fusions, which sum
-# reductions in another order: NCSN v1's norm-embedding Adam moments then
+# jaxlib 0.12.1 runs some XLA:CPU ops through YNNPACK fusions, which compute
+# some reductions differently: NCSN v1's norm-embedding Adam moments then
 # land 300-900 float32 ulps from the official ones, where the parity test
 # allows 16 times what one ulp of input jitter moves them (7-25 ulps) plus
 # 32 (tests/parity_train_test.py). The tests keep XLA's own emitters;
