@@ -14,12 +14,7 @@ from importlib import metadata
 import os
 import tempfile
 
-
-def _jaxlib_version() -> tuple[int, ...]:
-  try:
-    return tuple(int(p) for p in metadata.version('jaxlib').split('.')[:3])
-  except (metadata.PackageNotFoundError, ValueError):
-    return (0,)
+from packaging import version
 
 
 # jaxlib 0.12.1 runs some XLA:CPU ops through YNNPACK fusions, which compute
@@ -28,9 +23,10 @@ def _jaxlib_version() -> tuple[int, ...]:
 # allows 16 times what one ulp of input jitter moves them (7-25 ulps) plus
 # 32 (tests/parity_train_test.py). The tests keep XLA's own emitters;
 # runs keep jaxlib's default. XLA aborts on a flag it does not know, so
-# older jaxlibs do not get it.
-_NO_YNN = (' --xla_cpu_experimental_ynn_fusion_type='
-           if _jaxlib_version() >= (0, 12, 1) else '')
+# older jaxlibs do not get it. The processes tests start with other device
+# counts keep these flags (multihost_common.xla_flags).
+_NO_YNN = (' --xla_cpu_experimental_ynn_fusion_type=' if version.parse(
+    metadata.version('jaxlib')) >= version.parse('0.12.1') else '')
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + _NO_YNN +
                            ' --xla_force_host_platform_device_count=4')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')

@@ -23,6 +23,7 @@ from configs import tiny
 import numpy as np
 import tensorflow_datasets as tfds
 from tests import inception_metrics_test
+from tests import multihost_common
 
 from ncsn_jax import errors
 from ncsn_jax import outputs
@@ -166,7 +167,7 @@ class EvalResumeTest(absltest.TestCase):
     with socket.socket() as s:
       s.bind(('localhost', 0))
       port = s.getsockname()[1]
-    env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+    env = {'XLA_FLAGS': multihost_common.xla_flags(2)}
     procs = [run_py(workdir, '--multihost',
                     f'--coordinator_address=localhost:{port}',
                     '--num_processes=2', f'--process_id={i}',

@@ -1,6 +1,8 @@
 """Shared set-up of the multi-process tests (imported by both sides)."""
 
 import functools
+import os
+import re
 
 from configs import tiny
 import jax
@@ -14,6 +16,14 @@ from ncsn_jax.training import losses
 from ncsn_jax.training import step as step_lib
 
 N_STEPS = 3
+_DEVICES = re.compile(r'--xla_force_host_platform_device_count=\d+')
+
+
+def xla_flags(devices: int) -> str:
+  """This process's XLA_FLAGS (tests/conftest.py's) with `devices` CPU
+  devices, for the processes a test starts."""
+  return _DEVICES.sub(f'--xla_force_host_platform_device_count={devices}',
+                      os.environ.get('XLA_FLAGS', ''))
 
 
 def config():

@@ -32,8 +32,8 @@ def free_port() -> int:
 def start_two_processes(workdir: str, modes: str):
   """Two workers running `modes` (comma-separated, see multihost_worker)."""
   port = str(free_port())
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
-  env.pop('XLA_FLAGS', None)
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2',
+             XLA_FLAGS=multihost_common.xla_flags(2))
   procs = []
   for i in range(2):  # Output to files: a full pipe would stall a worker.
     with open(f'{workdir}.log_{i}.txt', 'w') as log:

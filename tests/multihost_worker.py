@@ -10,7 +10,8 @@ WORKDIR/MODE_params_PROCESS_ID.npz.
 import os
 import sys
 
-os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'
+# The test passes its own flags with 2 devices (multihost_common.xla_flags).
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
 os.environ['JAX_PLATFORMS'] = 'cpu'
 
 from ncsn_jax import parallel
