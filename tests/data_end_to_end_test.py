@@ -3,8 +3,9 @@
 tfds's own cifar10 builder (no mock) downloads a tiny archive in CIFAR-10's
 binary format from a loopback HTTP server (only the URL it fetches is changed)
 and prepares it into a temporary data_dir through `config.data.download=True`;
-run.py then trains 2 steps and evaluates on it. The same for a folder of real
-PNG and JPEG files of mixed sizes and modes. A data set that is not in
+run.py then trains 4 steps and sweeps IS/FID/KID over its two checkpoints
+on it. A folder of real PNG and JPEG files of mixed sizes and modes trains 2
+steps and is evaluated. A data set that is not in
 `config.data.data_dir` fails every mode that reads data in one line.
 """
 
@@ -102,11 +103,11 @@ def sorted_rows(images: np.ndarray) -> np.ndarray:
   return flat[np.lexsort(flat.T[::-1])]
 
 
-def run(workdir, mode, *flags, config='configs/tiny.py:cifar10'):
+def run(workdir, mode, *flags, config='configs/tiny.py:cifar10', n_iters=2):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', JAX_PLATFORMS='cpu')
   cmd = [sys.executable, os.path.join(ROOT, 'run.py'),
          f'--config={os.path.join(ROOT, config)}', f'--workdir={workdir}',
-         f'--mode={mode}', '--config.training.n_iters=2', *flags]
+         f'--mode={mode}', f'--config.training.n_iters={n_iters}', *flags]
   return subprocess.run(cmd, env=env, capture_output=True, text=True,
                         timeout=600, cwd=ROOT)
 
@@ -157,24 +158,45 @@ class TfdsCifar10Test(parameterized.TestCase):
   def test_run_py_trains_and_evaluates(self):
     workdir = self.create_tempdir().full_path
     data = f'--config.data.data_dir={self.data_dir}'
-    result = run(workdir, 'train', data)
+    result = run(workdir, 'train', data, n_iters=4)
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
-    self.assertEqual(os.listdir(os.path.join(workdir, 'checkpoints')), ['2'])
-    result = run(workdir, 'eval', data)
+    self.assertEqual(sorted(os.listdir(os.path.join(workdir, 'checkpoints'))),
+                     ['2', '4'])
+    # A fast-FID sweep over both checkpoints names the best one, labelled
+    # as not comparable with the papers' 50k-sample FID.
+    result = run(workdir, 'eval', data, '--config.eval.begin_ckpt=1',
+                 n_iters=4)
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
-    with open(os.path.join(workdir, 'eval', 'report_2.json')) as f:
+    with open(os.path.join(workdir, 'eval', 'sweep.json')) as f:
+      sweep = json.load(f)
+    self.assertEqual(sweep['criterion'], 'fid')
+    fids = {r['step']: r['fid'] for r in sweep['rows']}
+    self.assertEqual(sorted(fids), [2, 4])
+    self.assertEqual(sweep['best_step'], min(fids, key=fids.get))
+    self.assertIn('not comparable', sweep['note'])
+    self.assertIn(f'best checkpoint by fid: {sweep["best_step"]}',
+                  result.stdout)
+    with open(os.path.join(workdir, 'eval', 'report_4.json')) as f:
       report = json.load(f)
+    self.assertEqual(report['step'], 4)
     self.assertTrue(np.isfinite(report['test_dsm_loss']))
     self.assertGreater(report['test_dsm_loss'], 0)
-    # The Inception reference is the 4-image test split, read on the fly.
-    self.assertEqual(report['inception']['num_reference'], 4)
+    # IS/FID/KID with the real FID trunk (make test fetches it); no cached
+    # reference stats: the 4-image test split, read on the fly.
     self.assertGreater(report['fid'], 0)
+    self.assertTrue(np.isfinite(report['kid']))
+    self.assertIn('fc head', report['inception_score_note'])
+    self.assertEqual(report['inception']['num_samples'], 8)
+    self.assertEqual(report['inception']['num_reference'], 4)
+    self.assertIn('on the fly', report['inception']['reference'])
+    self.assertEqual(len(report['inception']['weights_trunk_sha256']), 64)
+    self.assertFalse(report['inception']['comparable_to_papers'])
 
   @parameterized.parameters('train', 'eval', 'fid_stats', 'tune')
   def test_missing_data_set_is_one_line(self, mode):
     workdir = self.create_tempdir().full_path
     empty = self.create_tempdir().full_path
-    if mode == 'eval':  # eval reads data only after it finds a checkpoint.
+    if mode == 'eval':  # With a checkpoint: it fails before sampling it.
       config = tiny.get_config('cifar10')
       model = models.create_model(config)
       state = train_state.create_train_state(
@@ -186,6 +208,8 @@ class TfdsCifar10Test(parameterized.TestCase):
     self.assertNotIn('Traceback', result.stderr)
     lines = error_lines(result)
     self.assertLen(lines, 1, result.stderr[-3000:])
+    if mode == 'eval':
+      self.assertFalse(os.path.exists(os.path.join(workdir, 'eval', 'step_1')))
     for part in ('cifar10/3.0.2', f'config.data.data_dir={empty}',
                  os.path.join(empty, 'cifar10', '3.0.2'),
                  '--config.data.download=True', 'tfds build cifar10',

@@ -8,6 +8,7 @@ same command must end with the reference's numbers, reusing what was kept.
 """
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -77,14 +78,23 @@ def batches(workdir: str) -> dict[str, float]:
           for n in os.listdir(folder) if n.endswith('.npz')}
 
 
+@functools.cache
+def trained() -> str:
+  """A workdir of `config()` trained once for the module (4 steps, two
+  checkpoints); sampling and eval settings do not change the training."""
+  workdir = os.path.join(absltest.get_default_test_tmpdir(),
+                         f'trained_{os.getpid()}')
+  loop.train(config(), workdir)
+  return workdir
+
+
 class EvalResumeTest(absltest.TestCase):
 
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
     cls.root = absltest.get_default_test_tmpdir()
-    cls.trained = os.path.join(cls.root, f'trained_{os.getpid()}')
-    loop.train(config(), cls.trained)
+    cls.trained = trained()
     cls.reference = cls.copy()
     evaluate.evaluate(config(), cls.reference)
     cls.want = report(cls.reference)
@@ -188,13 +198,11 @@ class EvalResumeTest(absltest.TestCase):
 class SampleModeResumeTest(absltest.TestCase):
 
   def test_stopped_sample_mode_continues_to_the_same_files(self):
-    c = tiny.get_config()
-    c.data.channels = 1
-    c.training.snapshot_sampling = False
+    c = config()
     c.sampling.batch_size, c.sampling.chains_per_call = 8, 4
     c.sampling.record_every = 2
     workdir = self.create_tempdir().full_path
-    loop.train(c, workdir)
+    shutil.copytree(trained(), workdir, dirs_exist_ok=True)
     want = sample_mode.sample(c, workdir)
     with open(want['npz'], 'rb') as f:
       want_npz = f.read()

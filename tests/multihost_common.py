@@ -1,6 +1,5 @@
 """Shared set-up of the multi-process tests (imported by both sides)."""
 
-import functools
 import os
 import re
 
@@ -12,7 +11,6 @@ from ncsn_jax import models
 from ncsn_jax import parallel
 from ncsn_jax import train_state
 from ncsn_jax.training import loop
-from ncsn_jax.training import losses
 from ncsn_jax.training import step as step_lib
 
 N_STEPS = 3
@@ -30,15 +28,16 @@ def config():
   c = tiny.get_config()
   c.data.dataset = 'digits'
   c.data.channels = 1
-  c.training.batch_size = 8
+  # eval_resume_test's training run has the same 4-device train step:
+  # compiled once for both (JAX's persistent cache).
+  c.training.batch_size = 4
   c.training.n_iters = 4
   c.training.snapshot_sampling = False
-  c.eval.batch_size = 8
   return c
 
 
 def global_batches(c) -> np.ndarray:
-  """Fixed global batches `[N_STEPS, 8, H, W, 1]`, the same everywhere."""
+  """Fixed global batches `[N_STEPS, 4, H, W, 1]`, the same everywhere."""
   shape = (N_STEPS, c.training.batch_size, c.data.image_size,
            c.data.image_size, c.data.channels)
   return np.asarray(jax.random.uniform(jax.random.key(11), shape))
@@ -47,11 +46,8 @@ def global_batches(c) -> np.ndarray:
 def run_steps(c, images: np.ndarray):
   """N_STEPS train steps on this process's `[N_STEPS, B_process, ...]`."""
   model = models.create_model(c)
-  tx = train_state.create_optimizer(c)
+  p_train, tx = step_lib.make_train_step(c, model)  # The loop's program.
   state = train_state.create_train_state(c, model, tx, jax.random.key(0))
-  p_train = parallel.pmap_train_step(functools.partial(
-      step_lib.multi_train_step, config=c,
-      loss_fn=losses.get_loss_fn(c, model), tx=tx, axis_name=parallel.AXIS))
   state = parallel.replicate(state)
   for i in range(N_STEPS):
     keys = loop.train_keys(jax.random.key(1), i, 1, images.shape[1])

@@ -42,15 +42,29 @@ def batches(config, k, n):
   return np.asarray(jax.random.uniform(jax.random.key(5), shape))
 
 
+_PROGRAMS = {}
+
+
+def pmapped_step(kwargs, devices=None):
+  """The pmapped multi-step of `setup`'s kwargs (no injected draws), built
+  once per config and devices in this module: equal configs give equal
+  programs, which are then neither traced nor looked up again."""
+  key = (kwargs['config'].to_json(), None if devices is None else tuple(
+      d.id for d in devices))
+  if key not in _PROGRAMS:
+    _PROGRAMS[key] = parallel.pmap_train_step(functools.partial(
+        step_lib.multi_train_step, axis_name=parallel.AXIS, **kwargs),
+                                              devices=devices)
+  return _PROGRAMS[key]
+
+
 def run_pmapped(kwargs, state, images, devices=None):
   """k steps `[k, B, ...]` of the pmapped multi-step from a host state.
 
   The train key is key(1): step s draws from fold_in(fold_in(key, s), i).
   """
   key = jax.random.key(1)
-  p_train = parallel.pmap_train_step(functools.partial(
-      step_lib.multi_train_step, axis_name=parallel.AXIS, **kwargs),
-                                     devices=devices)
+  p_train = pmapped_step(kwargs, devices)
   k, n = images.shape[:2]
   keys = loop.train_keys(key, int(state.step), k, n)
   new, metrics = p_train(parallel.replicate(state, devices), images, keys)
@@ -61,10 +75,12 @@ ONE = jax.devices()[:1]
 
 
 def tiny_config():
-  """The tiny config with one EMA rate for every test here (the EMA test's,
-  far from 1): tests of equal shapes then share their compiled programs."""
+  """The tiny config with one EMA rate (the EMA test's, far from 1) and one
+  batch of 8 for every pmapped step here: tests then share their compiled
+  programs."""
   config = tiny.get_config()
   config.model.ema_rate = 0.9
+  config.training.batch_size = 8
   return config
 
 
@@ -74,7 +90,7 @@ class TrainStepTest(absltest.TestCase):
     config = tiny_config()
     config.model.ema_rate = 0.9
     state, kwargs = setup(config)
-    images = batches(config, 1, 4)
+    images = batches(config, 1, 8)
     new, _ = run_pmapped(kwargs, state, images, devices=ONE)
     expected = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, state.ema_params,
                             new.params)
@@ -88,7 +104,6 @@ class TrainStepTest(absltest.TestCase):
   def test_four_devices_equal_one_device_and_no_pmap(self):
     self.assertEqual(jax.local_device_count(), 4)
     config = tiny_config()
-    config.training.batch_size = 8
     state, kwargs = setup(config)
     # Two steps of B=8, a call each: the one-step programs of the other
     # tests (test_jitted_steps_equal_single_steps checks calls of 2 steps).
@@ -116,7 +131,6 @@ class TrainStepTest(absltest.TestCase):
   def test_jitted_steps_equal_single_steps(self):
     # The shapes of the other tests here: their compiled programs are reused.
     config = tiny_config()
-    config.training.batch_size = 8
     state, kwargs = setup(config)
     images = batches(config, 2, 8)
     scanned, _ = run_pmapped(kwargs, state, images, devices=ONE)
@@ -128,7 +142,6 @@ class TrainStepTest(absltest.TestCase):
 
   def test_gradient_accumulation_equals_full_batch(self):
     config = tiny_config()
-    config.training.batch_size = 8
     state, kwargs = setup(config)
     images = batches(config, 1, 8)
     full, m_full = run_pmapped(kwargs, state, images, devices=ONE)
@@ -143,7 +156,7 @@ class TrainStepTest(absltest.TestCase):
   def test_bfloat16_compute_close_to_float32(self):
     config = tiny_config()
     state, kwargs = setup(config)
-    images = batches(config, 1, 4)
+    images = batches(config, 1, 8)
     f32, m32 = run_pmapped(kwargs, state, images, devices=ONE)
     config.model.dtype = 'bfloat16'
     b16, m16 = run_pmapped(setup(config)[1], state, images, devices=ONE)
@@ -164,7 +177,7 @@ class TrainStepTest(absltest.TestCase):
   def test_nonfinite_step_keeps_state(self):
     config = tiny_config()
     state, kwargs = setup(config)
-    images = batches(config, 1, 4).copy()
+    images = batches(config, 1, 8).copy()
     images[0, 0, 0, 0, 0] = np.nan
     new, metrics = run_pmapped(kwargs, state, images, devices=ONE)
     self.assertEqual(int(metrics['nonfinite'][0]), 1)
@@ -215,10 +228,8 @@ class DonationTest(absltest.TestCase):
 
   def test_the_pmapped_step_donates_its_state(self):
     config = tiny_config()
-    config.training.batch_size = 8  # TrainStepTest's 4-device program.
     state, kwargs = setup(config)
-    p_train = parallel.pmap_train_step(functools.partial(
-        step_lib.multi_train_step, axis_name=parallel.AXIS, **kwargs))
+    p_train = pmapped_step(kwargs)  # TrainStepTest's 4-device program.
     replicated = parallel.replicate(state)
     images = batches(config, 1, 8)
     new, _ = p_train(replicated, images, loop.train_keys(jax.random.key(1),

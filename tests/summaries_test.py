@@ -6,7 +6,7 @@ from absl.testing import absltest
 from clu import metric_writers
 import numpy as np
 from PIL import Image
-from tests import console_test
+from tests import run_test
 
 from ncsn_jax import outputs
 
@@ -23,7 +23,7 @@ class SummariesTest(absltest.TestCase):
         'digits_classifier.kid_std': None
     } for s in (2, 4, 6)]
     path = outputs.write_sweep(root, rows, 'test_dsm_loss')
-    tags = console_test.event_tags(root)
+    tags = run_test.event_tags(root)
     self.assertEqual(
         set(tags), {'eval/test_dsm_loss', 'eval/digits_classifier/score_ratio'})
     self.assertEqual(tags['eval/test_dsm_loss'], {2, 4, 6})
@@ -39,7 +39,7 @@ class SummariesTest(absltest.TestCase):
     writer = metric_writers.SummaryWriter(logdir)
     outputs.write_grid(writer, 7, np.zeros((10, 12, 1), np.uint8))
     writer.flush()
-    self.assertEqual(console_test.event_tags(logdir), {'samples': {7}})
+    self.assertEqual(run_test.event_tags(logdir), {'samples': {7}})
 
 
 if __name__ == '__main__':

@@ -41,16 +41,26 @@ from ncsn_jax.sampling import langevin
 from ncsn_jax.training import step as step_lib
 
 
-def test_loss(config, p_eval, params, key) -> float:
+def test_split(config):
+  """This process's test split in `eval.batch_size` batches, one pass in a
+  fixed order (a tf.data dataset: each iteration starts it again).
+
+  Opening it is what fails when the data set is missing or too small, so
+  eval mode opens it before it draws any sample.
+  """
+  return input_pipeline.create_dataset(
+      config, 'test', batch_size=config.eval.batch_size // jax.process_count(),
+      shuffle=False, repeat=False, augment=False, seed=config.seed + 1)
+
+
+def test_loss(config, p_eval, params, key, ds) -> float:
   """Mean DSM loss over the whole test split (per-example random levels).
 
   `p_eval(params, images, keys)` is the pmapped `step.eval_step`; batch i
-  draws example j's level and noise from fold_in(fold_in(key, i), j).
+  draws example j's level and noise from fold_in(fold_in(key, i), j). `ds`
+  is `test_split(config)`.
   """
   per_process = config.eval.batch_size // jax.process_count()
-  ds = input_pipeline.create_dataset(
-      config, 'test', batch_size=per_process, shuffle=False, repeat=False,
-      augment=False, seed=config.seed + 1)
   total, count = 0.0, 0
   batches = console.track(input_pipeline.numpy_iterator(ds),
                           max(int(ds.cardinality()), 0), 'test loss',
@@ -102,20 +112,27 @@ class Programs:
     p_eval: pmapped `step.eval_step`, `(params, images, keys) -> loss`.
     p_sample: pmapped sampler, `(params, x0, keys) -> (x, trajectory)`.
     scorer: `create_sample_scorer(config)`.
+    test_data: `test_split(config)`, what `p_eval` runs on.
   """
   p_eval: Callable
   p_sample: Callable
   scorer: Callable[[np.ndarray], dict]
+  test_data: Any
 
 
 def build_programs(config, model: Any = None) -> Programs:
-  """The eval-mode programs of `config` (its model unless `model`)."""
+  """The eval-mode programs of `config` (its model unless `model`).
+
+  Opens the test split first: a missing data set is one error line before
+  any compilation or sampling.
+  """
+  test_data = test_split(config)
   if model is None:
     model = models.create_model(config)
   return Programs(
       p_eval=step_lib.make_eval_step(config, model),
       p_sample=parallel.pmap_sampler(langevin.get_sampler(config, model)),
-      scorer=create_sample_scorer(config))
+      scorer=create_sample_scorer(config), test_data=test_data)
 
 
 def sample_record(config, step: int, params) -> dict:
@@ -159,7 +176,7 @@ def evaluate_checkpoint(config, workdir: str, step: int, programs: Programs,
     if jax.process_index() == 0:
       report.update(programs.scorer(images))
   report['test_dsm_loss'] = test_loss(config, programs.p_eval, params,
-                                      eval_key)
+                                      eval_key, programs.test_data)
   path = os.path.join(workdir, 'eval', f'report_{step}.json')
   if jax.process_index() == 0:
     outputs.save_text(path, json.dumps(report, indent=2))
