@@ -59,7 +59,7 @@ def main(process_id: int, port: str, workdir: str, modes: str):
                                   process_id,
                                   timeout_s=TIMEOUT_S)
   import jax  # pylint: disable=g-import-not-at-top
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top,line-too-long
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from tests import multihost_common  # pylint: disable=g-import-not-at-top
   from ncsn_jax import checkpoints  # pylint: disable=g-import-not-at-top
