@@ -67,11 +67,11 @@ def _free_programs_after_each_module():
 # in the processes they start): with pytest-xdist (`make test`, which keeps
 # this order) the short files then fill the other workers and no long file
 # starts last.
-LONG_FILES = ('run_test.py', 'step_test.py', 'bench_test.py',
-              'data_end_to_end_test.py', 'eval_resume_test.py',
-              'multihost_test.py', 'resume_kill_test.py', 'langevin_test.py',
-              'loop_test.py', 'fid_cli_test.py', 'sampler_dtypes_test.py',
-              'checkpoint_errors_test.py', 'export_test.py', 'models_test.py',
+LONG_FILES = ('multihost_test.py', 'step_test.py', 'eval_resume_test.py',
+              'data_end_to_end_test.py', 'bench_test.py', 'loop_test.py',
+              'fid_cli_test.py', 'resume_kill_test.py',
+              'checkpoint_errors_test.py', 'langevin_test.py', 'run_test.py',
+              'sampler_dtypes_test.py', 'export_test.py', 'models_test.py',
               'checkpoint_import_test.py', 'sliced_sm_test.py')
 
 
