@@ -115,6 +115,7 @@ newest-core: $(NEWEST_VENV)/.installed-test inception-weights
 	  ", ".join(p + " " + m.version(p) for p in sys.argv[1:]))' \
 	  jax jaxlib flax optax orbax-checkpoint tensorflow-cpu
 	NCSN_JAX_INCEPTION_CACHE=$(CURDIR)/$(INCEPTION_CACHE) TF_CPP_MIN_LOG_LEVEL=2 \
+	  XLA_FLAGS="$$XLA_FLAGS --xla_backend_optimization_level=3" \
 	  $(NEWEST_VENV)/bin/python $(PYTEST) $(NEWEST_TESTS) $(PYTEST_ARGS)
 
 clean:
