@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 from absl.testing import absltest
-from configs import toy_gmm
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,6 +68,7 @@ class ToyTest(absltest.TestCase):
     self.assertIn(f'annealed_weight: {report["annealed_weight"]:.3f}, '
                   f'langevin_weight: {report["langevin_weight"]:.3f}',
                   result.stdout)
+
 
 if __name__ == '__main__':
   absltest.main()
