@@ -31,13 +31,14 @@ _NO_YNN = (' --xla_cpu_experimental_ynn_fusion_type=' if version.parse(
 # suite's CPU time is compiling small programs, of which LLVM's optimisation
 # passes are the larger part; at level 0 a tiny train step compiles in 60%
 # of the CPU time and a model initialises in 35% (its eager initialisers are
-# hundreds of small programs), while running at most twice as slow. Results
-# then differ from the default level (3) by floating-point rounding only
-# (e.g. no fused multiply-add), within every tolerance here but that of the
-# parity with the official training steps, which compiles its step at the
-# default level (tests/parity_train_test.py); tests that ask for equal bits
-# compare runs under the same flags. The toy test, which mostly runs rather
-# than compiles, and `make test-newest` (the core tests) use the default.
+# hundreds of small programs). Programs run slower: the tiny train step
+# twice as slowly, and the toy test took 2.4 times the CPU time. Results
+# differ from the default level (3) by floating-point rounding only (no
+# fused multiply-adds), within every tolerance here but that of the parity
+# with the official training steps, which compiles its step at the default
+# level (tests/parity_train_test.py); tests that ask for equal bits compare
+# runs under the same flags. The toy test, which mostly runs rather than
+# compiles, and `make test-newest` (the core tests) use the default.
 _OPT = ('' if 'xla_backend_optimization_level' in os.environ.get(
     'XLA_FLAGS', '') else ' --xla_backend_optimization_level=0')
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + _NO_YNN + _OPT +
