@@ -45,8 +45,8 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + _NO_YNN + _OPT +
                            ' --xla_force_host_platform_device_count=4')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # One BLAS thread per process: the suite already runs more processes than
-# there are cores, and OpenBLAS's idle threads spin (FID's 2048x2048
-# eigendecompositions take about a fifth less CPU time).
+# there are cores (with two threads, FID's 2048x2048 eigendecompositions
+# took about a fifth more CPU time).
 os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # Tests (and the run.py subprocesses they start) compile the same small

@@ -94,10 +94,10 @@ class DistancesTest(parameterized.TestCase):
                         data.reshape(1, 45, -1))**2, axis=-1))
     np.testing.assert_array_equal(idx, np.argsort(d, axis=1)[:, :4])
     np.testing.assert_allclose(dist, np.sort(d, axis=1)[:, :4], rtol=1e-4)
-    # A training image is its own nearest neighbour, at distance ~0.
+    # A training image is its own nearest neighbour, at distance 0.
     dist, idx = distances.nearest_neighbors(data[:3], data, 1, block)
     np.testing.assert_array_equal(idx[:, 0], [0, 1, 2])
-    np.testing.assert_array_equal(dist, 0.0)  # Measured directly.
+    np.testing.assert_array_equal(dist, 0.0)
 
 
 class TuneModeTest(absltest.TestCase):

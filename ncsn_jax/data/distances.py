@@ -103,7 +103,7 @@ def _nearest(queries, data, k: int, block: int, n: int):
   (_, idx), _ = jax.lax.scan(body, init, starts)
 
   # The expansion loses about sqrt(ulp(||a||^2)) to cancellation (an image
-  # came out 1e-3 from itself at 25 values in [0, 1]): measure the k again.
+  # of 25 values in [0, 1] came out 1.4e-3 from itself): measure them again.
   def direct(column):  # [Q] indices into data -> [Q] distances
     diff = queries - jnp.take(data, column, axis=0)
     return jnp.sqrt(jnp.sum(diff * diff, axis=1))
