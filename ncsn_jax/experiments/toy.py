@@ -191,7 +191,9 @@ def get_train_fn(loss_fn, tx, n_iters: int, batch_size: int,
       (loss, _), grads = grad_fn(params, x, keys)
       updates, opt_state = tx.update(grads, opt_state, params)
       params = optax.apply_updates(params, updates)
-      ema = optax.incremental_update(params, ema, 1.0 - ema_rate)
+      # Rate 0 (EMA off): the parameters themselves, as in the train step.
+      ema = (optax.incremental_update(params, ema, 1.0 - ema_rate)
+             if ema_rate else params)
       return (params, opt_state, ema), loss
 
     (params, _, ema), history = jax.lax.scan(
