@@ -76,6 +76,8 @@ def parse_args(argv=None):
                  'checkpoint); "" = freshly initialised weights.')
   p.add_argument('--digits_ngf', type=int, default=0,
                  help='0: the config (16).')
+  p.add_argument('--digits_levels', type=int, default=0,
+                 help='Noise levels L of the model; 0: the config (16).')
   p.add_argument('--seeds', default='42,43,44,45,46',
                  help='Comma list of config.seed values (sampling keys).')
   p.add_argument('--num_samples', type=int, default=1000,
@@ -111,8 +113,8 @@ def parse_args(argv=None):
   for name in ('num_samples', 'cifar_ngf', 'cifar_image_size', 'cifar_batch'):
     if getattr(args, name) < 1:
       p.error(f'--{name}={getattr(args, name)}: give a positive integer.')
-  for name in ('digits_ngf', 'cifar_levels', 'sampling_batch',
-               'digits_drift_batch'):
+  for name in ('digits_ngf', 'digits_levels', 'cifar_levels',
+               'sampling_batch', 'digits_drift_batch'):
     if getattr(args, name) < 0:
       p.error(f'--{name}={getattr(args, name)}: give 0 (the default) or a '
               'positive integer.')
@@ -292,6 +294,8 @@ def digits_part(args) -> dict:
   config = digits.get_config()
   if args.digits_ngf:
     config.model.ngf = args.digits_ngf
+  if args.digits_levels:
+    config.model.num_classes = args.digits_levels
   if args.sampling_batch:
     config.sampling.batch_size = args.sampling_batch
   model, params, step = load_or_init(config, args.digits_workdir,

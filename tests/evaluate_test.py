@@ -1,4 +1,8 @@
-"""Tests of eval mode: reports, sweeps, and programs built once."""
+"""Tests of eval mode: reports, sweeps, and programs built once.
+
+What eval mode does with any network, on the per-pixel one of
+`tests/score_models.py` (`run_test.py` evaluates the tiny RefineNet).
+"""
 
 import json
 import os
@@ -8,6 +12,7 @@ from configs import tiny
 import jax
 import numpy as np
 from tests import compiles
+from tests import score_models
 
 from ncsn_jax import checkpoints
 from ncsn_jax import models
@@ -35,6 +40,10 @@ def save_checkpoints(config, workdir, steps):
 
 
 class EvaluateTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.enter_context(score_models.pixel_networks())
 
   def test_sweep_compiles_what_one_checkpoint_compiles(self):
     config = digits_config()

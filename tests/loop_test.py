@@ -1,4 +1,10 @@
-"""Tests of the training loop: resume, divergence, programs built once."""
+"""Tests of the training loop: resume, divergence, programs built once.
+
+The resume test trains the tiny RefineNet. The divergence and build-once
+tests check what the loop does with any network, on the per-pixel one of
+`tests/score_models.py` (its programs compile in about a second, the
+RefineNet's in ten).
+"""
 
 import json
 import os
@@ -8,6 +14,7 @@ from configs import tiny
 import jax
 import numpy as np
 from tests import compiles
+from tests import score_models
 
 from ncsn_jax import checkpoints
 from ncsn_jax import errors
@@ -68,6 +75,10 @@ class TrainLoopTest(absltest.TestCase):
 
 class DivergenceTest(absltest.TestCase):
 
+  def setUp(self):
+    super().setUp()
+    self.enter_context(score_models.pixel_networks())
+
   def _config(self):
     config = tiny.get_config()
     config.data.dataset = 'digits'
@@ -109,7 +120,7 @@ class BuildOnceTest(absltest.TestCase):
     for n in (1, 3):
       config.training.n_iters = n
       workdir = self.create_tempdir().full_path
-      with compiles.counting() as counts:
+      with score_models.pixel_networks(), compiles.counting() as counts:
         loop.train(config, workdir).state
       self.assertLen(os.listdir(os.path.join(workdir, 'samples')), n)
       runs.append(counts)

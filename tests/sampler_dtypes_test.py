@@ -19,9 +19,10 @@ from ncsn_jax import parallel
 from ncsn_jax import train_state
 from ncsn_jax.sampling import langevin
 
-TINY = ['--digits_ngf=4', '--seeds=1,2', '--num_samples=8',
-        '--sampling_batch=8', '--digits_drift_batch=0', '--cifar_ngf=4',
-        '--cifar_image_size=8', '--cifar_levels=3', '--cifar_batch=4']
+TINY = ['--digits_ngf=4', '--digits_levels=4', '--seeds=1,2',
+        '--num_samples=8', '--sampling_batch=8', '--digits_drift_batch=0',
+        '--cifar_ngf=4', '--cifar_image_size=8', '--cifar_levels=3',
+        '--cifar_batch=4']
 
 
 class SamplerDtypesTest(absltest.TestCase):

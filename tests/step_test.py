@@ -1,4 +1,12 @@
-"""Tests of the pure train step, inside and outside pmap, and its donation."""
+"""Tests of the pure train step, inside and outside pmap, and its donation.
+
+The step does not depend on the network: what is the network's (one device
+against four, bfloat16 compute) and what the other tests share runs the
+tiny RefineNet; the step's own rules (EMA, k steps per call, gradient
+accumulation, injected draws) run a per-pixel network
+(`tests/score_models.py`), whose programs compile in about a second where
+each of the RefineNet's takes ten.
+"""
 
 import functools
 
@@ -7,6 +15,7 @@ from configs import tiny
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tests import score_models
 
 from ncsn_jax import config_checks
 from ncsn_jax import models
@@ -27,11 +36,16 @@ def assert_trees_close(test, a, b, rtol=1e-5, atol=1e-6):
                                atol=atol)
 
 
-def setup(config, **loss_kwargs):
-  model = models.create_model(config)
+_MODEL_OF = {}  # loss_fn -> the name of its network (for `pmapped_step`).
+
+
+def setup(config, model=None, **loss_kwargs):
+  """(state, the step's kwargs) for `model` (default: the config's)."""
+  model = model or models.create_model(config)
   tx = train_state.create_optimizer(config)
   loss_fn = losses.get_loss_fn(config, model, **loss_kwargs)
   state = train_state.create_train_state(config, model, tx, jax.random.key(0))
+  _MODEL_OF[loss_fn] = type(model).__name__
   kwargs = dict(config=config, loss_fn=loss_fn, tx=tx)
   return state, kwargs
 
@@ -47,14 +61,18 @@ _PROGRAMS = {}
 
 def pmapped_step(kwargs, devices=None):
   """The pmapped multi-step of `setup`'s kwargs (no injected draws), built
-  once per config and devices in this module: equal configs give equal
-  programs, which are then neither traced nor looked up again."""
-  key = (kwargs['config'].to_json(), None if devices is None else tuple(
-      d.id for d in devices))
+  once per config, network and devices in this module: equal ones give
+  equal programs, which are then neither traced nor looked up again.
+
+  The program holds a copy of the config: it is traced again for each new
+  number of steps per call, after the tests have changed their config."""
+  key = (kwargs['config'].to_json(), _MODEL_OF[kwargs['loss_fn']],
+         None if devices is None else tuple(d.id for d in devices))
   if key not in _PROGRAMS:
+    config = kwargs['config'].copy_and_resolve_references()
     _PROGRAMS[key] = parallel.pmap_train_step(functools.partial(
-        step_lib.multi_train_step, axis_name=parallel.AXIS, **kwargs),
-                                              devices=devices)
+        step_lib.multi_train_step, axis_name=parallel.AXIS,
+        **dict(kwargs, config=config)), devices=devices)
   return _PROGRAMS[key]
 
 
@@ -89,7 +107,7 @@ class TrainStepTest(absltest.TestCase):
   def test_ema_update_formula(self):
     config = tiny_config()
     config.model.ema_rate = 0.9
-    state, kwargs = setup(config)
+    state, kwargs = setup(config, score_models.pixel_model(config))
     images = batches(config, 1, 8)
     new, _ = run_pmapped(kwargs, state, images, devices=ONE)
     expected = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, state.ema_params,
@@ -97,7 +115,7 @@ class TrainStepTest(absltest.TestCase):
     assert_trees_close(self, new.ema_params, expected)
     self.assertEqual(int(new.step), 1)
     config.model.ema = False
-    state, kwargs = setup(config)
+    state, kwargs = setup(config, score_models.pixel_model(config))
     new, _ = run_pmapped(kwargs, state, images, devices=ONE)
     assert_trees_close(self, new.ema_params, new.params, rtol=0, atol=0)
 
@@ -129,9 +147,10 @@ class TrainStepTest(absltest.TestCase):
     assert_trees_close(self, s0, s1, rtol=1e-4, atol=1e-6)
 
   def test_jitted_steps_equal_single_steps(self):
-    # The shapes of the other tests here: their compiled programs are reused.
+    # The shapes of the EMA and accumulation tests: their one-step program
+    # is reused.
     config = tiny_config()
-    state, kwargs = setup(config)
+    state, kwargs = setup(config, score_models.pixel_model(config))
     images = batches(config, 2, 8)
     scanned, _ = run_pmapped(kwargs, state, images, devices=ONE)
     single = state
@@ -142,11 +161,12 @@ class TrainStepTest(absltest.TestCase):
 
   def test_gradient_accumulation_equals_full_batch(self):
     config = tiny_config()
-    state, kwargs = setup(config)
+    state, kwargs = setup(config, score_models.pixel_model(config))
     images = batches(config, 1, 8)
     full, m_full = run_pmapped(kwargs, state, images, devices=ONE)
     config.training.grad_accum_steps = 4
-    accum, m_accum = run_pmapped(setup(config)[1], state, images, devices=ONE)
+    accum, m_accum = run_pmapped(setup(config, score_models.pixel_model(config))[1], state,
+                                 images, devices=ONE)
     assert_trees_close(self, accum, full, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(m_accum['loss'], m_full['loss'], rtol=1e-5)
     config.training.grad_accum_steps = 3  # Checked with the config.
@@ -208,11 +228,11 @@ class InjectionTest(absltest.TestCase):
     labels = jnp.array([0, 3, 1, 2], jnp.int32)
     z = jax.random.normal(jax.random.key(9), (4, 8, 8, 3))
     recorded = lambda keys, x, sigmas: (labels, z)
-    state, kwargs = setup(config, perturb_fn=recorded)
+    model = score_models.pixel_model(config)
+    state, kwargs = setup(config, model, perturb_fn=recorded)
     images = batches(config, 1, 4)
     _, metrics = jax.jit(functools.partial(step_lib.train_step, **kwargs))(
         state, images[0], parallel.per_example_keys(jax.random.key(0), 4))
-    model = models.create_model(config)
     x = images[0] * 1.0  # tiny: no rescaling, no logit.
     s = sigmas[np.asarray(labels)][:, None, None, None]
     x_tilde = x + s * np.asarray(z)
