@@ -35,6 +35,9 @@ from ncsn_jax import errors
 from ncsn_jax import models
 from ncsn_jax import train_state
 from ncsn_jax.data import input_pipeline
+from ncsn_jax.evaluation import evaluate
+from ncsn_jax.evaluation import sample_quality
+from ncsn_jax.experiments import tune
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TRAIN_FILES = [f'data_batch_{i}.bin' for i in range(1, 6)]
@@ -194,27 +197,44 @@ class TfdsCifar10Test(parameterized.TestCase):
 
   @parameterized.parameters('train', 'eval', 'fid_stats', 'tune')
   def test_missing_data_set_is_one_line(self, mode):
+    """Every mode that reads data fails with one line on it.
+
+    Train runs run.py, which prints an input error as one `error:` line and
+    exits 2 in every mode (tests/run_test.py); the other modes call what
+    run.py calls for them, in this process.
+    """
     workdir = self.create_tempdir().full_path
     empty = self.create_tempdir().full_path
+    config = tiny.get_config('cifar10')
+    config.data.data_dir = empty
     if mode == 'eval':  # With a checkpoint: it fails before sampling it.
-      config = tiny.get_config('cifar10')
       model = models.create_model(config)
       state = train_state.create_train_state(
           config, model, train_state.create_optimizer(config),
           jax.random.key(0))
       checkpoints.save(checkpoints.create_manager(workdir), 1, state)
-    result = run(workdir, mode, f'--config.data.data_dir={empty}')
-    self.assertEqual(result.returncode, 2, result.stderr[-3000:])
-    self.assertNotIn('Traceback', result.stderr)
-    lines = error_lines(result)
-    self.assertLen(lines, 1, result.stderr[-3000:])
+    if mode == 'train':
+      result = run(workdir, mode, f'--config.data.data_dir={empty}')
+      self.assertEqual(result.returncode, 2, result.stderr[-3000:])
+      self.assertNotIn('Traceback', result.stderr)
+      lines = error_lines(result)
+      self.assertLen(lines, 1, result.stderr[-3000:])
+      line = lines[0]
+    else:
+      work = {'eval': lambda: evaluate.evaluate(config, workdir),
+              'fid_stats': lambda: sample_quality.reference_stats(config),
+              'tune': lambda: tune.tune(config, workdir)}[mode]
+      with self.assertRaises(errors.InputError) as e:
+        work()
+      line = str(e.exception)
+      self.assertNotIn('\n', line)
     if mode == 'eval':
       self.assertFalse(os.path.exists(os.path.join(workdir, 'eval', 'step_1')))
     for part in ('cifar10/3.0.2', f'config.data.data_dir={empty}',
                  os.path.join(empty, 'cifar10', '3.0.2'),
                  '--config.data.download=True', 'tfds build cifar10',
                  '--config.data.dataset=image_folder'):
-      self.assertIn(part, lines[0])
+      self.assertIn(part, line)
 
   def test_download_that_fails_is_one_line(self):
     server, thread = serve_folder(self.create_tempdir().full_path)
