@@ -74,6 +74,22 @@ class EvaluateTest(absltest.TestCase):
     self.assertTrue(os.path.exists(os.path.join(workdir, 'eval',
                                                 'report_1.json')))
 
+  def test_sweep_without_samples_ranks_by_the_test_loss(self):
+    config = digits_config()
+    config.eval.num_samples = 0
+    config.eval.begin_ckpt = 1
+    workdir = self.create_tempdir().full_path
+    save_checkpoints(config, workdir, (2, 4))
+    evaluate.evaluate(config, workdir)
+    with open(os.path.join(workdir, 'eval', 'sweep.json')) as f:
+      sweep = json.load(f)
+    self.assertEqual([r['step'] for r in sweep['rows']], [2, 4])
+    self.assertEqual(sweep['criterion'], 'test_dsm_loss')
+    losses = {r['step']: r['test_dsm_loss'] for r in sweep['rows']}
+    self.assertEqual(sweep['best_step'], min(losses, key=losses.get))
+    with open(os.path.join(workdir, 'eval', 'sweep.csv')) as f:
+      self.assertTrue(f.readline().startswith('step,'))
+
   def test_best_step(self):
     rows = [{'step': 1, 'fid': 3.0, 'test_dsm_loss': 1.0},
             {'step': 2, 'fid': 2.0, 'test_dsm_loss': 2.0}]
