@@ -10,6 +10,7 @@ from absl.testing import absltest
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from ncsn_jax.experiments import toy
 
@@ -37,6 +38,23 @@ class ToyTest(absltest.TestCase):
     samples = toy.sample_data(jax.random.key(1), 20_000)
     self.assertAlmostEqual(toy.upper_mode_fraction(samples), 0.8,
                            delta=0.01)
+
+  def test_train_fn_ema(self):
+    # Rate 0 (EMA off): the EMA weights are the parameters, bit for bit.
+    # Otherwise ema <- m ema + (1 - m) params after every step.
+    loss_fn = lambda p, x, keys: (jnp.mean((x @ p['w'])**2), {})
+    tx = optax.sgd(0.1)
+    params = {'w': jnp.array([1.0, -2.0])}
+    key = jax.random.key(0)
+    p, ema, _ = toy.get_train_fn(loss_fn, tx, 3, 8)(params, key)
+    np.testing.assert_array_equal(ema['w'], p['w'])
+    self.assertFalse(np.allclose(p['w'], params['w']))  # It trained.
+    p1, ema1, _ = toy.get_train_fn(loss_fn, tx, 1, 8, 0.5)(params, key)
+    p2, ema2, _ = toy.get_train_fn(loss_fn, tx, 2, 8, 0.5)(params, key)
+    np.testing.assert_allclose(ema1['w'], 0.5 * params['w'] + 0.5 * p1['w'],
+                               rtol=1e-6)
+    np.testing.assert_allclose(ema2['w'], 0.5 * ema1['w'] + 0.5 * p2['w'],
+                               rtol=1e-6)
 
   def test_paper_result_with_learned_scores(self):
     # `run.py --mode=toy` end to end with the full configuration (10k steps
