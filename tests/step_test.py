@@ -165,8 +165,8 @@ class TrainStepTest(absltest.TestCase):
     images = batches(config, 1, 8)
     full, m_full = run_pmapped(kwargs, state, images, devices=ONE)
     config.training.grad_accum_steps = 4
-    accum, m_accum = run_pmapped(setup(config, score_models.pixel_model(config))[1], state,
-                                 images, devices=ONE)
+    _, accum_kwargs = setup(config, score_models.pixel_model(config))
+    accum, m_accum = run_pmapped(accum_kwargs, state, images, devices=ONE)
     assert_trees_close(self, accum, full, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(m_accum['loss'], m_full['loss'], rtol=1e-5)
     config.training.grad_accum_steps = 3  # Checked with the config.
