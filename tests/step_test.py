@@ -1,11 +1,11 @@
 """Tests of the pure train step, inside and outside pmap, and its donation.
 
-The step does not depend on the network: what is the network's (one device
-against four, bfloat16 compute) and what the other tests share runs the
-tiny RefineNet; the step's own rules (EMA, k steps per call, gradient
-accumulation, injected draws) run a per-pixel network
-(`tests/score_models.py`), whose programs compile in about a second where
-each of the RefineNet's takes ten.
+What depends on the network (one device against four, bfloat16 compute)
+runs the tiny RefineNet, as do the tests that reuse its programs (non-finite
+steps, donation). The step's own rules (the EMA, k steps per call, gradient
+accumulation, injected draws) run the per-pixel network of
+`tests/score_models.py`: its programs compile in about a second, the
+RefineNet's in about ten.
 """
 
 import functools
