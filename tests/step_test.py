@@ -36,16 +36,12 @@ def assert_trees_close(test, a, b, rtol=1e-5, atol=1e-6):
                                atol=atol)
 
 
-_MODEL_OF = {}  # loss_fn -> the name of its network (for `pmapped_step`).
-
-
 def setup(config, model=None, **loss_kwargs):
   """(state, the step's kwargs) for `model` (default: the config's)."""
   model = model or models.create_model(config)
   tx = train_state.create_optimizer(config)
   loss_fn = losses.get_loss_fn(config, model, **loss_kwargs)
   state = train_state.create_train_state(config, model, tx, jax.random.key(0))
-  _MODEL_OF[loss_fn] = type(model).__name__
   kwargs = dict(config=config, loss_fn=loss_fn, tx=tx)
   return state, kwargs
 
@@ -59,14 +55,15 @@ def batches(config, k, n):
 _PROGRAMS = {}
 
 
-def pmapped_step(kwargs, devices=None):
+def pmapped_step(kwargs, state, devices=None):
   """The pmapped multi-step of `setup`'s kwargs (no injected draws), built
-  once per config, network and devices in this module: equal ones give
-  equal programs, which are then neither traced nor looked up again.
+  once per config, network (the structure of `state`) and devices in this
+  module: equal ones give equal programs, which are then neither traced
+  nor looked up again.
 
   The program holds a copy of the config: it is traced again for each new
   number of steps per call, after the tests have changed their config."""
-  key = (kwargs['config'].to_json(), _MODEL_OF[kwargs['loss_fn']],
+  key = (kwargs['config'].to_json(), jax.tree.structure(state),
          None if devices is None else tuple(d.id for d in devices))
   if key not in _PROGRAMS:
     config = kwargs['config'].copy_and_resolve_references()
@@ -82,7 +79,7 @@ def run_pmapped(kwargs, state, images, devices=None):
   The train key is key(1): step s draws from fold_in(fold_in(key, s), i).
   """
   key = jax.random.key(1)
-  p_train = pmapped_step(kwargs, devices)
+  p_train = pmapped_step(kwargs, state, devices)
   k, n = images.shape[:2]
   keys = loop.train_keys(key, int(state.step), k, n)
   new, metrics = p_train(parallel.replicate(state, devices), images, keys)
@@ -249,7 +246,7 @@ class DonationTest(absltest.TestCase):
   def test_the_pmapped_step_donates_its_state(self):
     config = tiny_config()
     state, kwargs = setup(config)
-    p_train = pmapped_step(kwargs)  # TrainStepTest's 4-device program.
+    p_train = pmapped_step(kwargs, state)  # TrainStepTest's 4-device one.
     replicated = parallel.replicate(state)
     images = batches(config, 1, 8)
     new, _ = p_train(replicated, images, loop.train_keys(jax.random.key(1),

@@ -38,6 +38,7 @@ from ncsn_jax import config_checks
 from ncsn_jax import models
 from ncsn_jax import outputs
 from ncsn_jax import parallel
+from ncsn_jax import train_state
 from ncsn_jax.models import score
 from ncsn_jax.sampling import langevin
 from ncsn_jax.training import losses
@@ -191,9 +192,7 @@ def get_train_fn(loss_fn, tx, n_iters: int, batch_size: int,
       (loss, _), grads = grad_fn(params, x, keys)
       updates, opt_state = tx.update(grads, opt_state, params)
       params = optax.apply_updates(params, updates)
-      # Rate 0 (EMA off): the parameters themselves, as in the train step.
-      ema = (optax.incremental_update(params, ema, 1.0 - ema_rate)
-             if ema_rate else params)
+      ema = train_state.update_ema(params, ema, ema_rate)
       return (params, opt_state, ema), loss
 
     (params, _, ema), history = jax.lax.scan(
