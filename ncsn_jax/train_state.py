@@ -25,6 +25,12 @@ class TrainState:
   ema_params: Any
 
 
+def ema_rate(config) -> float:
+  """The EMA decay the config asks for: `model.ema_rate`, 0 with `model.ema`
+  off."""
+  return config.model.ema_rate if config.model.ema else 0.0
+
+
 def update_ema(params, ema_params, rate: float):
   """ema <- rate * ema + (1 - rate) * params; rate 0 (EMA off): `params`.
 

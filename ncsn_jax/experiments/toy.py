@@ -253,7 +253,7 @@ def _train(config, plain_key, cond_key, sigmas):
   plain_params = jax.jit(plain.init)(plain_key, x_init)['params']
   cond_params = jax.jit(cond.init)(cond_key, x_init,
                                    jnp.zeros(1, jnp.int32))['params']
-  rate = config.model.ema_rate if config.model.ema else 0.0
+  rate = train_state.ema_rate(config)
   _, plain_params, plain_hist = get_train_fn(
       plain_loss_fn(config, plain), tx, t.n_iters, t.batch_size, rate)(
           plain_params, jax.random.fold_in(plain_key, 1))

@@ -106,9 +106,8 @@ def train_step(state: train_state.TrainState, images, keys, *, config,
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  ema_params = train_state.update_ema(
-      params, state.ema_params,
-      config.model.ema_rate if config.model.ema else 0.0)
+  ema_params = train_state.update_ema(params, state.ema_params,
+                                      train_state.ema_rate(config))
   sums, counts = loss_group_metrics(aux['losses'], aux['labels'],
                                     config.model.num_classes,
                                     config.training.n_loss_groups, axis_name)
