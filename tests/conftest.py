@@ -28,6 +28,14 @@ from packaging import version
 _JAXLIB = version.parse(metadata.version('jaxlib'))
 _NO_YNN = (' --xla_cpu_experimental_ynn_fusion_type='
            if _JAXLIB >= version.parse('0.12.1') else '')
+
+
+def _unless_given(flag: str, value: str) -> str:
+  """` --flag=value`, or '' when XLA_FLAGS already names the flag."""
+  given = flag in os.environ.get('XLA_FLAGS', '')
+  return '' if given else f' --{flag}={value}'
+
+
 # LLVM's optimisation level: 0 unless XLA_FLAGS names one. Most of the
 # suite's CPU time is compiling small programs, of which LLVM's optimisation
 # passes are the larger part; at level 0 a tiny train step compiles in 60%
@@ -40,16 +48,14 @@ _NO_YNN = (' --xla_cpu_experimental_ynn_fusion_type='
 # level (tests/parity_train_test.py); tests that ask for equal bits compare
 # runs under the same flags. The toy test, which mostly runs rather than
 # compiles, and `make test-newest` (the core tests) use the default.
-_OPT = ('' if 'xla_backend_optimization_level' in os.environ.get(
-    'XLA_FLAGS', '') else ' --xla_backend_optimization_level=0')
+_OPT = _unless_given('xla_backend_optimization_level', '0')
 # XLA:CPU's elemental emitters instead of its newer MLIR fusion emitters
 # (runs keep jaxlib's default): the same programs compile in about a fifth
 # less CPU time (models_test and langevin_test: 90-105 CPU-s instead of
 # 116-132). jaxlib 0.11.1 and later (`make test-newest`) do not know the
 # flag, and XLA aborts on a flag it does not know: they keep their default.
-_EMITTERS = ('' if 'xla_cpu_use_fusion_emitters' in os.environ.get(
-    'XLA_FLAGS', '') or _JAXLIB >= version.parse('0.11.1') else
-             ' --xla_cpu_use_fusion_emitters=false')
+_EMITTERS = ('' if _JAXLIB >= version.parse('0.11.1') else
+             _unless_given('xla_cpu_use_fusion_emitters', 'false'))
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + _NO_YNN + _OPT +
                            _EMITTERS +
                            ' --xla_force_host_platform_device_count=4')
